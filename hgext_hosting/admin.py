@@ -1,0 +1,369 @@
+"""``hg-hosting``: the administrator's command line.
+
+``main(argv=None) -> int`` parses the command, runs one small function per
+subcommand and turns every refusal into one ``error: ...`` line on stderr with
+a non-zero exit status.  Nothing here prints a traceback to a user: an
+unexpected exception is reported in one line too (``HG_HOSTING_DEBUG=1`` shows
+the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+from . import accounts, repositories
+from .errors import UserError
+from .site import Site, SiteError, resolve_site_dir
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that refuses with our one-line ``error:`` instead of exiting 2 with usage."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def _read_password(args) -> str | None:
+    if not getattr(args, "password_stdin", False):
+        return None
+    data = sys.stdin.read()
+    if data.endswith("\n"):
+        data = data[:-1]
+        if data.endswith("\r"):
+            data = data[:-1]
+    return data
+
+
+def _iso(dt: datetime.datetime | None) -> str | None:
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ") if dt else None
+
+
+def _emit(args, rows: list[dict], text: Callable[[dict], str]) -> None:
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for row in rows:
+            print(text(row))
+
+
+# -- commands -----------------------------------------------------------------
+
+
+def cmd_init(args, site: Site) -> int:
+    created = site.init()
+    for item in created:
+        print(f"created {item}")
+    print(f"site ready at {site.root}" if created else f"site at {site.root} is up to date")
+    return 0
+
+
+def cmd_serve(args, site: Site) -> int:
+    from daemon.cli import serve  # the daemon is only imported to serve
+
+    return serve(site, args)
+
+
+def cmd_user(args, site: Site) -> int:
+    if args.action == "add":
+        accounts.add_user(args.name, email=args.email or "", admin=args.admin, password=_read_password(args))
+        print(f"added user {args.name}")
+    elif args.action == "passwd":
+        password = _read_password(args)
+        if password is None:
+            raise UserError("user passwd needs --password-stdin")
+        accounts.set_password(args.name, password)
+        print(f"changed the password of {args.name}")
+    elif args.action == "remove":
+        accounts.remove_user(args.name)
+        print(f"removed user {args.name}")
+    else:
+        rows = [{"name": u.name, "email": u.email, "admin": u.is_admin} for u in accounts.list_users()]
+        _emit(args, rows, lambda r: f"{r['name']}\t{r['email']}" + ("\tadmin" if r["admin"] else ""))
+    return 0
+
+
+def cmd_token(args, site: Site) -> int:
+    if args.action == "create":
+        print(accounts.create_token(args.user, args.label))
+    elif args.action == "revoke":
+        accounts.revoke_token(args.user, args.label)
+        print(f"revoked token {args.label} of {args.user}")
+    else:
+        rows = [
+            {"label": t.label, "created": _iso(t.created), "last_used": _iso(t.last_used)}
+            for t in accounts.list_tokens(args.user)
+        ]
+        _emit(args, rows, lambda r: f"{r['label']}\t{r['created']}")
+    return 0
+
+
+def cmd_ssh_key(args, site: Site) -> int:
+    if args.action == "add":
+        if args.file == "-":
+            text = sys.stdin.read()
+        else:
+            try:
+                with open(args.file, encoding="utf-8", errors="replace") as f:
+                    text = f.read(65536)
+            except OSError as e:
+                raise UserError(f"cannot read {args.file}: {e.strerror}") from None
+        key = accounts.add_ssh_key(args.user, text)
+        print(f"added key {key.fingerprint} for {args.user}")
+    elif args.action == "remove":
+        accounts.remove_ssh_key(args.user, args.fingerprint)
+        print(f"removed key {args.fingerprint} of {args.user}")
+    else:
+        rows = [
+            {"fingerprint": k.fingerprint, "type": k.key_type, "comment": k.comment}
+            for k in accounts.list_ssh_keys(args.user)
+        ]
+        _emit(args, rows, lambda r: f"{r['fingerprint']}\t{r['type']}\t{r['comment']}")
+    return 0
+
+
+def cmd_team(args, site: Site) -> int:
+    if args.action == "add":
+        accounts.add_team(args.name)
+        print(f"added team {args.name}")
+    elif args.action == "remove":
+        accounts.remove_team(args.name)
+        print(f"removed team {args.name}")
+    elif args.action == "member-add":
+        accounts.add_member(args.team, args.user)
+        print(f"added {args.user} to {args.team}")
+    elif args.action == "member-remove":
+        accounts.remove_member(args.team, args.user)
+        print(f"removed {args.user} from {args.team}")
+    else:
+        rows = [{"name": t.name, "members": members} for t, members in accounts.list_teams()]
+        _emit(args, rows, lambda r: f"{r['name']}\t{' '.join(r['members'])}")
+    return 0
+
+
+def _repo_row(repo) -> dict:
+    return {
+        "name": repo.full_name,
+        "owner": repo.owner.name,
+        "private": repo.private,
+        "description": repo.description,
+        "created": _iso(repo.created),
+    }
+
+
+def cmd_repo(args, site: Site) -> int:
+    if args.action == "create":
+        repo = repositories.create_repo(site, args.name, private=args.private, description=args.description or "")
+        print(f"created {repo.full_name}")
+    elif args.action == "remove":
+        repositories.remove_repo(site, args.name)
+        print(f"removed {args.name}")
+    elif args.action == "rename":
+        repo = repositories.rename_repo(site, args.src, args.dst)
+        print(f"renamed {args.src} to {repo.full_name}")
+    elif args.action == "fork":
+        repo = repositories.fork_repo(site, args.src, args.dst, user=args.user,
+                                      private=True if args.private else None)
+        print(f"forked {args.src} to {repo.full_name}")
+    else:
+        rows = [_repo_row(r) for r in repositories.list_repos()]
+        _emit(args, rows, lambda r: f"{r['name']}\t{'private' if r['private'] else 'public'}\t{r['description']}")
+    return 0
+
+
+def cmd_grant(args, site: Site) -> int:
+    repositories.grant(args.repo, args.subject, args.level)
+    print(f"granted {args.level} on {args.repo} to {args.subject}")
+    return 0
+
+
+def cmd_revoke(args, site: Site) -> int:
+    repositories.revoke(args.repo, args.subject)
+    print(f"revoked the grant of {args.subject} on {args.repo}")
+    return 0
+
+
+def cmd_protect(args, site: Site) -> int:
+    repositories.protect(args.repo, args.ref, args.allow or [])
+    print(f"protected {args.ref} in {args.repo} (allowed: {' '.join(args.allow)})")
+    return 0
+
+
+def cmd_unprotect(args, site: Site) -> int:
+    repositories.unprotect(args.repo, args.ref)
+    print(f"unprotected {args.ref} in {args.repo}")
+    return 0
+
+
+def cmd_pushlog(args, site: Site) -> int:
+    from . import pushlog
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    repo = repositories.get_repo(args.repo)
+    rows = [p.as_json() for p in pushlog.recent_pushes(repo, args.limit)]
+    _emit(args, rows, pushlog.format_push_line)
+    return 0
+
+
+def cmd_check(args, site: Site) -> int:
+    from . import check
+
+    report = check.run(site, repair=args.repair)
+    for line in report.lines():
+        print(line)
+    return report.exit_status()
+
+
+# -- the parser -------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hg-hosting", description="Administer an hg-hosting site.")
+    parser.add_argument("--site", metavar="DIR",
+                        help="site directory (default: $HG_HOSTING_SITE, else ~/.local/share/hg-hosting)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    def actions(parent: argparse.ArgumentParser) -> argparse._SubParsersAction:
+        s = parent.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+        s.required = True
+        return s
+
+    def listing(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print a JSON array")
+
+    command("init", cmd_init, "create the site (safe to run again)")
+
+    p = command("serve", cmd_serve, "run the daemon in the foreground")
+    p.add_argument("--http", default="127.0.0.1:8000", metavar="HOST:PORT")
+    p.add_argument("--ssh", default=None, metavar="HOST:PORT")
+    p.add_argument("--workers", type=int, default=1, metavar="N")
+
+    users = actions(command("user", cmd_user, "manage users"))
+    p = users.add_parser("add", help="add a user")
+    p.add_argument("name")
+    p.add_argument("--email", default="")
+    p.add_argument("--admin", action="store_true", help="make the user a site admin")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p = users.add_parser("passwd", help="set a user's password (from stdin)")
+    p.add_argument("name")
+    p.add_argument("--password-stdin", action="store_true", required=True)
+    users.add_parser("remove", help="remove a user").add_argument("name")
+    listing(users.add_parser("list", help="list users"))
+
+    tokens = actions(command("token", cmd_token, "manage API tokens"))
+    p = tokens.add_parser("create", help="create a token and print it (shown once)")
+    p.add_argument("user")
+    p.add_argument("--label", default=None)
+    p = tokens.add_parser("list", help="list a user's tokens")
+    p.add_argument("user")
+    listing(p)
+    p = tokens.add_parser("revoke", help="revoke a token")
+    p.add_argument("user")
+    p.add_argument("label")
+
+    keys = actions(command("ssh-key", cmd_ssh_key, "manage SSH public keys"))
+    p = keys.add_parser("add", help="add an OpenSSH public key (FILE, or - for stdin)")
+    p.add_argument("user")
+    p.add_argument("file")
+    p = keys.add_parser("list", help="list a user's keys")
+    p.add_argument("user")
+    listing(p)
+    p = keys.add_parser("remove", help="remove a key by its SHA256 fingerprint")
+    p.add_argument("user")
+    p.add_argument("fingerprint")
+
+    teams = actions(command("team", cmd_team, "manage teams"))
+    teams.add_parser("add", help="add a team").add_argument("name")
+    teams.add_parser("remove", help="remove a team").add_argument("name")
+    for action in ("member-add", "member-remove"):
+        p = teams.add_parser(action, help=f"{action.split('-')[1]} a team member")
+        p.add_argument("team")
+        p.add_argument("user")
+    listing(teams.add_parser("list", help="list teams and members"))
+
+    repos = actions(command("repo", cmd_repo, "manage repositories"))
+    p = repos.add_parser("create", help="create OWNER/NAME")
+    p.add_argument("name", metavar="OWNER/NAME")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--description", default="")
+    listing(repos.add_parser("list", help="list repositories"))
+    repos.add_parser("remove", help="remove a repository").add_argument("name", metavar="OWNER/NAME")
+    for action, helptext in (("rename", "rename or move a repository"), ("fork", "fork a repository")):
+        p = repos.add_parser(action, help=helptext)
+        p.add_argument("src", metavar="OWNER/NAME")
+        p.add_argument("dst", metavar="OWNER/NAME")
+        if action == "fork":
+            p.add_argument("--user", default=None, help="the forking user (default: the new owner)")
+            p.add_argument("--private", action="store_true", help="make the fork private")
+
+    p = command("grant", cmd_grant, "grant LEVEL (read, write, admin) to USER or @TEAM")
+    p.add_argument("repo", metavar="OWNER/NAME")
+    p.add_argument("subject", metavar="SUBJECT")
+    p.add_argument("level", metavar="LEVEL")
+    p = command("revoke", cmd_revoke, "remove the grant of USER or @TEAM")
+    p.add_argument("repo", metavar="OWNER/NAME")
+    p.add_argument("subject", metavar="SUBJECT")
+
+    p = command("protect", cmd_protect, "protect a named branch and bookmark")
+    p.add_argument("repo", metavar="OWNER/NAME")
+    p.add_argument("ref", metavar="REF")
+    p.add_argument("--allow", action="append", metavar="SUBJECT", required=True)
+    p = command("unprotect", cmd_unprotect, "remove a protection")
+    p.add_argument("repo", metavar="OWNER/NAME")
+    p.add_argument("ref", metavar="REF")
+
+    p = command("pushlog", cmd_pushlog, "show the push log, newest first")
+    p.add_argument("repo", metavar="OWNER/NAME")
+    p.add_argument("--limit", type=int, default=None, metavar="N")
+    listing(p)
+
+    p = command("check", cmd_check, "compare the database with the repositories")
+    p.add_argument("--repair", action="store_true", help="mend every difference found")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        site = Site(resolve_site_dir(args.site))
+        if args.command not in ("init",):
+            site.open()
+        return args.func(args, site)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for users, details on demand
+        if os.environ.get("HG_HOSTING_DEBUG"):
+            traceback.print_exc()
+        print(f"error: {_describe(e)}", file=sys.stderr)
+        return 2
+
+
+def _describe(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "database is locked" in text:
+        return "the site database is locked by another process; try again"
+    return f"unexpected failure: {text}"
+
+
+__all__ = ["main", "SiteError"]

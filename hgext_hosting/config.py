@@ -1,0 +1,40 @@
+"""Every ``[hosting]`` configuration key, declared once with its default.
+
+Mercurial reads these from the site ``hgrc`` (included by every repository's
+``.hg/hgrc``); the CLI and the daemon read the same file through
+:func:`read_site_ui`.  Defaults are the safe choice.
+"""
+
+from __future__ import annotations
+
+from mercurial import configitems, registrar
+from mercurial import ui as uimod
+
+configtable: dict = {}
+configitem = registrar.configitem(configtable)
+
+#: Database URL; empty means the site's own SQLite file ``hosting.db``.
+configitem(b"hosting", b"database", default=b"")
+#: How long (milliseconds) a writer waits for the SQLite lock before failing.
+configitem(b"hosting", b"busy-timeout", default=5000)
+#: How long (seconds) a CLI repository operation waits for a repository's lock.
+configitem(b"hosting", b"lock-timeout", default=60)
+
+_registered = False
+
+
+def register(ui: uimod.ui) -> None:
+    """Make the keys known to a ui that did not load the extension (CLI, daemon)."""
+    global _registered
+    if not _registered:
+        configitems.loadconfigtable(ui, b"hosting", configtable)
+        _registered = True
+
+
+def read_site_ui(hgrc_path: str) -> uimod.ui:
+    """A ui holding the site hgrc (and the user's and system's usual config)."""
+    ui = uimod.ui.load()
+    register(ui)
+    ui.setconfig(b"ui", b"interactive", b"false", b"hosting")
+    ui.readconfig(hgrc_path.encode("utf-8"), trust=True)
+    return ui

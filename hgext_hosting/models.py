@@ -1,0 +1,300 @@
+"""The site database: peewee models, bound late, with a recorded schema version.
+
+Every model is bound to :data:`db`, a :class:`peewee.DatabaseProxy` that
+:func:`open_database` initialises from a site (SQLite by default, PostgreSQL
+when ``[hosting] database`` says so).  SQLite runs in WAL mode with a busy
+timeout and foreign keys on, so the daemon and hooks in other processes share
+it.  Writers use :func:`write_transaction`, which on SQLite is
+``BEGIN IMMEDIATE``: a deferred transaction that reads and then writes fails at
+once with ``database is locked`` when another process committed meanwhile.
+
+The schema version lives in the ``meta`` table; :func:`migrate` brings a
+database up to :data:`SCHEMA_VERSION` and :func:`require_current_schema` is
+what hooks call, so that a push never writes into a schema it does not know.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable
+
+import peewee as pw
+
+#: Bumped with every change of the tables below; :data:`MIGRATIONS` gets a step.
+SCHEMA_VERSION = 1
+
+db = pw.DatabaseProxy()
+
+LEVELS = ("read", "write", "admin")
+
+
+def utcnow() -> datetime.datetime:
+    """The current UTC time as a naive datetime (how every date is stored)."""
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class Meta(BaseModel):
+    """Key/value facts about the database itself (``schema_version``)."""
+
+    key = pw.CharField(primary_key=True, max_length=64)
+    value = pw.TextField()
+
+
+class Owner(BaseModel):
+    """A user or a team: users and teams share one namespace of owners."""
+
+    name = pw.CharField(max_length=64)
+    name_key = pw.CharField(max_length=64, unique=True)
+    kind = pw.CharField(max_length=8)  # "user" or "team"
+    email = pw.CharField(max_length=254, default="")
+    password_hash = pw.CharField(max_length=255, null=True)
+    is_admin = pw.BooleanField(default=False)
+    created = pw.DateTimeField(default=utcnow)
+    #: Bumped whenever a credential changes, so that caches of verified logins expire.
+    credentials_epoch = pw.IntegerField(default=0)
+
+    @property
+    def is_team(self) -> bool:
+        return self.kind == "team"
+
+
+class Membership(BaseModel):
+    """A user's membership in a team."""
+
+    team = pw.ForeignKeyField(Owner, on_delete="CASCADE", backref="memberships")
+    user = pw.ForeignKeyField(Owner, on_delete="CASCADE", backref="teams")
+
+    class Meta:
+        indexes = ((("team", "user"), True),)
+
+
+class Repository(BaseModel):
+    """A hosted repository, ``OWNER/NAME``, stored at ``repos/OWNER/NAME``."""
+
+    owner = pw.ForeignKeyField(Owner, on_delete="RESTRICT", backref="repositories")
+    name = pw.CharField(max_length=64)
+    name_key = pw.CharField(max_length=64)
+    private = pw.BooleanField(default=False)
+    description = pw.TextField(default="")
+    created = pw.DateTimeField(default=utcnow)
+    #: Bumped whenever grants, protected refs or visibility change (cache invalidation).
+    settings_epoch = pw.IntegerField(default=0)
+
+    class Meta:
+        indexes = ((("owner", "name_key"), True),)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner.name}/{self.name}"
+
+
+class Grant(BaseModel):
+    """A permission level on a repository for a user or a team."""
+
+    repository = pw.ForeignKeyField(Repository, on_delete="CASCADE", backref="grants")
+    subject = pw.ForeignKeyField(Owner, on_delete="CASCADE", backref="grants")
+    level = pw.CharField(max_length=8)
+
+    class Meta:
+        indexes = ((("repository", "subject"), True),)
+
+
+class ProtectedRef(BaseModel):
+    """A named branch and bookmark of that name that only its allow-list may push."""
+
+    repository = pw.ForeignKeyField(Repository, on_delete="CASCADE", backref="protected_refs")
+    name = pw.CharField(max_length=255)
+
+    class Meta:
+        indexes = ((("repository", "name"), True),)
+
+
+class ProtectedRefAllow(BaseModel):
+    """One subject (user or team) on a protected ref's allow-list."""
+
+    ref = pw.ForeignKeyField(ProtectedRef, on_delete="CASCADE", backref="allowed")
+    subject = pw.ForeignKeyField(Owner, on_delete="CASCADE")
+
+    class Meta:
+        indexes = ((("ref", "subject"), True),)
+
+
+class ApiToken(BaseModel):
+    """An API token, stored only as its SHA-256 digest."""
+
+    user = pw.ForeignKeyField(Owner, on_delete="CASCADE", backref="tokens")
+    label = pw.CharField(max_length=64)
+    digest = pw.CharField(max_length=64, unique=True)
+    created = pw.DateTimeField(default=utcnow)
+    last_used = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("user", "label"), True),)
+
+
+class SshKey(BaseModel):
+    """A user's SSH public key; the fingerprint identifies one user site-wide."""
+
+    user = pw.ForeignKeyField(Owner, on_delete="CASCADE", backref="ssh_keys")
+    fingerprint = pw.CharField(max_length=64, unique=True)
+    key_type = pw.CharField(max_length=64)
+    blob = pw.TextField()
+    comment = pw.CharField(max_length=255, default="")
+    created = pw.DateTimeField(default=utcnow)
+
+
+class Push(BaseModel):
+    """One push to a repository: numbered from 1 per repository, without gaps.
+
+    ``state`` is ``pending`` from the moment the row commits inside the hg
+    transaction's finalizer until the transaction's postclose callback marks it
+    ``done`` (see :mod:`hgext_hosting.pushlog`).  ``user`` is kept as text so
+    that the log survives the removal of the user.
+    """
+
+    repository = pw.ForeignKeyField(Repository, on_delete="CASCADE", backref="pushes")
+    push_id = pw.IntegerField()
+    user = pw.CharField(max_length=64)
+    date = pw.DateTimeField(default=utcnow)
+    state = pw.CharField(max_length=8, default="done")
+    txnid = pw.CharField(max_length=128, default="")
+    #: JSON: phase moves of existing changesets, obsolescence marker count.
+    details = pw.TextField(default="{}")
+
+    class Meta:
+        indexes = ((("repository", "push_id"), True),)
+
+    @property
+    def extra(self) -> dict:
+        return json.loads(self.details or "{}")
+
+
+class PushChangeset(BaseModel):
+    """A changeset of a push, in the order it was added to the repository."""
+
+    push = pw.ForeignKeyField(Push, on_delete="CASCADE", backref="changesets")
+    position = pw.IntegerField()
+    node = pw.CharField(max_length=64, index=True)
+
+    class Meta:
+        indexes = ((("push", "position"), True),)
+
+
+class PushBookmark(BaseModel):
+    """A bookmark move of a push: ``old``/``new`` are hex nodes, None when absent."""
+
+    push = pw.ForeignKeyField(Push, on_delete="CASCADE", backref="bookmarks")
+    name = pw.CharField(max_length=255)
+    old = pw.CharField(max_length=64, null=True)
+    new = pw.CharField(max_length=64, null=True)
+
+
+ALL_MODELS = [
+    Meta,
+    Owner,
+    Membership,
+    Repository,
+    Grant,
+    ProtectedRef,
+    ProtectedRefAllow,
+    ApiToken,
+    SshKey,
+    Push,
+    PushChangeset,
+    PushBookmark,
+]
+
+
+class SchemaError(RuntimeError):
+    """The database is missing, or its schema is not the one this code knows."""
+
+
+def sqlite_pragmas(busy_timeout_ms: int) -> dict[str, object]:
+    """The pragmas run on every new SQLite connection."""
+    return {
+        "journal_mode": "wal",
+        "busy_timeout": busy_timeout_ms,
+        "foreign_keys": 1,
+        # FULL: a push record must survive power loss once hg's commit follows it.
+        "synchronous": "full",
+    }
+
+
+def make_database(url: str, busy_timeout_ms: int = 5000) -> pw.Database:
+    """A peewee Database for ``url`` (``sqlite:///path`` or ``postgresql://...``)."""
+    from playhouse.db_url import connect
+
+    if url.startswith("sqlite"):
+        return connect(
+            url,
+            pragmas=sqlite_pragmas(busy_timeout_ms),
+            timeout=busy_timeout_ms / 1000.0,
+        )
+    return connect(url)
+
+
+def is_sqlite() -> bool:
+    """True when the bound database is SQLite."""
+    return isinstance(db.obj, pw.SqliteDatabase)
+
+
+def write_transaction():
+    """A transaction that takes the write lock at once (``BEGIN IMMEDIATE`` on SQLite)."""
+    if is_sqlite():
+        return db.obj.atomic("IMMEDIATE")
+    return db.obj.atomic()
+
+
+def schema_version() -> int:
+    """The version recorded in the database, 0 for an empty database."""
+    if not db.table_exists("meta"):
+        return 0
+    row = Meta.select(Meta.value).where(Meta.key == "schema_version").tuples().first()
+    return int(row[0]) if row else 0
+
+
+def require_current_schema() -> None:
+    """Raise SchemaError unless the database has exactly :data:`SCHEMA_VERSION`."""
+    found = schema_version()
+    if found != SCHEMA_VERSION:
+        if found == 0:
+            raise SchemaError("the site database has no schema (run 'hg-hosting init')")
+        raise SchemaError(
+            f"the site database has schema version {found}, this code needs"
+            f" {SCHEMA_VERSION} (run 'hg-hosting init' to migrate)"
+        )
+
+
+def _create_v1() -> None:
+    db.create_tables(ALL_MODELS, safe=True)
+
+
+#: Step N brings a database from version N-1 to N.
+MIGRATIONS: dict[int, Callable[[], None]] = {1: _create_v1}
+
+
+def migrate() -> list[int]:
+    """Apply every missing migration step in order; return the steps applied."""
+    applied = []
+    with write_transaction():
+        current = schema_version()
+        if current > SCHEMA_VERSION:
+            raise SchemaError(
+                f"the site database has schema version {current}, newer than this"
+                f" code's {SCHEMA_VERSION}; upgrade hg-hosting"
+            )
+        for step in range(current + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[step]()
+            applied.append(step)
+        if applied:
+            Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict(
+                conflict_target=[Meta.key], update={Meta.value: str(SCHEMA_VERSION)}
+            ).execute()
+    return applied

@@ -1,0 +1,168 @@
+"""Who may do what: the one answer to "may SUBJECT do LEVEL on REPO?".
+
+The rules (SPEC.md, *Accounts and permissions*), as :func:`level_of` applies them:
+
+- levels are ordered ``read`` < ``write`` < ``admin``;
+- a site admin and the repository's owning user hold ``admin``;
+- members of an owning team hold ``write``;
+- grants to the user, and to every team the user is a member of, add their level;
+- anyone, anonymous included, may ``read`` a public repository;
+- a protected ref may be pushed only by the subjects on its allow-list (users,
+  or ``@team`` meaning its members) and site admins.
+
+The decision functions are pure: they take :class:`Subject` and :class:`RepoFacts`
+snapshots, so that every caller (CLI, hooks, daemon, SSH) shares them and the
+table-driven tests need no database.  :func:`load_subject` and
+:func:`load_repo_facts` build the snapshots from the models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import names
+from .models import LEVELS, Grant, Membership, Owner, ProtectedRef, ProtectedRefAllow, Repository
+
+_RANK = {level: rank for rank, level in enumerate(LEVELS, start=1)}
+
+
+def check_level(level: str) -> str:
+    """Return ``level`` if it is one of read/write/admin, else raise ValueError."""
+    if level not in _RANK:
+        raise ValueError(f"unknown level {level!r}: use read, write or admin")
+    return level
+
+
+@dataclass(frozen=True)
+class Subject:
+    """An authenticated user as the policy sees it."""
+
+    name: str
+    is_admin: bool = False
+    teams: frozenset[str] = frozenset()  # team name keys
+
+    @property
+    def key(self) -> str:
+        return names.key(self.name)
+
+
+@dataclass(frozen=True)
+class RepoFacts:
+    """What the policy needs to know about one repository."""
+
+    full_name: str
+    owner: str  # owner name key
+    owner_is_team: bool
+    private: bool
+    user_grants: dict[str, str] = field(default_factory=dict)  # user key -> level
+    team_grants: dict[str, str] = field(default_factory=dict)  # team key -> level
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A yes or no, with the one-line reason a user is shown on no."""
+
+    allowed: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+def level_of(subject: Subject | None, repo: RepoFacts) -> str | None:
+    """The highest level ``subject`` (None: anonymous) holds on ``repo``, or None."""
+    held: list[str] = []
+    if not repo.private:
+        held.append("read")
+    if subject is not None:
+        if subject.is_admin:
+            return "admin"
+        if not repo.owner_is_team and repo.owner == subject.key:
+            return "admin"
+        if repo.owner_is_team and repo.owner in subject.teams:
+            held.append("write")
+        if subject.key in repo.user_grants:
+            held.append(repo.user_grants[subject.key])
+        held.extend(level for team, level in repo.team_grants.items() if team in subject.teams)
+    return max(held, key=_RANK.__getitem__) if held else None
+
+
+def may(subject: Subject | None, level: str, repo: RepoFacts) -> Decision:
+    """May ``subject`` (None: anonymous) do ``level`` on ``repo``?"""
+    held = level_of(subject, repo)
+    if held is not None and _RANK[held] >= _RANK[check_level(level)]:
+        return Decision(True)
+    who = subject.name if subject else "anonymous"
+    if held is None:
+        return Decision(False, f"{who} may not read {repo.full_name}")
+    return Decision(False, f"{who} may not {level} to {repo.full_name}" if level == "write"
+                    else f"{who} is not an admin of {repo.full_name}")
+
+
+def may_push_ref(subject: Subject, allow: frozenset[str]) -> bool:
+    """May ``subject`` push to a protected ref whose allow-list is ``allow``?
+
+    ``allow`` holds user name keys and ``@team`` keys.
+    """
+    if subject.is_admin or subject.key in allow:
+        return True
+    return any("@" + team in allow for team in subject.teams)
+
+
+# -- snapshots from the database ---------------------------------------------
+
+
+def load_subject(user_name: str | None) -> Subject | None:
+    """The Subject for an existing user name (any case), or None."""
+    if not user_name:
+        return None
+    user = Owner.get_or_none((Owner.name_key == names.key(user_name)) & (Owner.kind == "user"))
+    if user is None:
+        return None
+    teams = (
+        Owner.select(Owner.name_key)
+        .join(Membership, on=(Membership.team == Owner.id))
+        .where(Membership.user == user.id)
+    )
+    return Subject(user.name, user.is_admin, frozenset(t.name_key for t in teams))
+
+
+def load_repo_facts(repo: Repository) -> RepoFacts:
+    """The RepoFacts of a repository row."""
+    owner = repo.owner
+    user_grants: dict[str, str] = {}
+    team_grants: dict[str, str] = {}
+    grants = (
+        Grant.select(Grant.level, Owner.name_key, Owner.kind)
+        .join(Owner)
+        .where(Grant.repository == repo.id)
+        .tuples()
+    )
+    for level, key, kind in grants:
+        (team_grants if kind == "team" else user_grants)[key] = level
+    return RepoFacts(
+        full_name=f"{owner.name}/{repo.name}",
+        owner=owner.name_key,
+        owner_is_team=owner.is_team,
+        private=repo.private,
+        user_grants=user_grants,
+        team_grants=team_grants,
+    )
+
+
+def load_protected_refs(repo: Repository) -> dict[str, frozenset[str]]:
+    """``{ref name: allow-list}`` for a repository (allow-list as :func:`may_push_ref` wants)."""
+    refs: dict[str, set[str]] = {}
+    for ref in ProtectedRef.select().where(ProtectedRef.repository == repo.id):
+        refs[ref.name] = set()
+    rows = (
+        ProtectedRefAllow.select(ProtectedRef.name, Owner.name_key, Owner.kind)
+        .join(ProtectedRef)
+        .switch(ProtectedRefAllow)
+        .join(Owner)
+        .where(ProtectedRef.repository == repo.id)
+        .tuples()
+    )
+    for ref_name, key, kind in rows:
+        refs[ref_name].add("@" + key if kind == "team" else key)
+    return {name: frozenset(allow) for name, allow in refs.items()}

@@ -1,0 +1,358 @@
+"""Operations on repositories, grants and protected refs, on disk and in the database.
+
+Disk and database change together or not at all.  Every operation that touches
+the disk prepares what it can outside (a new repository is built in
+``SITE/tmp``), then, inside one write transaction, changes the rows and makes
+a single ``rename(2)`` of a directory.  If anything fails before the COMMIT
+returns, including the COMMIT itself, the directory is renamed back and the
+transaction rolls back.  Moving or removing a repository first takes its
+Mercurial locks, so that no push is in flight while its directory moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from mercurial import error as hgerror
+from mercurial import hg
+from mercurial.node import hex as hexnode
+
+from . import faults, names, policy
+from .accounts import get_owner, get_subject, get_user, subject_label
+from .errors import UserError
+from .models import (
+    Grant,
+    Owner,
+    ProtectedRef,
+    ProtectedRefAllow,
+    Push,
+    PushBookmark,
+    PushChangeset,
+    Repository,
+    write_transaction,
+)
+from .site import REPO_HGRC, Site
+
+T = TypeVar("T")
+
+
+def get_repo(full_name: str) -> Repository:
+    """The repository ``OWNER/NAME`` (any case), or UserError."""
+    owner_name, name = names.split_repo_name(full_name)
+    repo = (
+        Repository.select(Repository, Owner)
+        .join(Owner)
+        .where((Owner.name_key == names.key(owner_name)) & (Repository.name_key == names.key(name)))
+        .first()
+    )
+    if repo is None:
+        raise UserError(f"no repository {full_name!r}")
+    return repo
+
+
+def list_repos() -> list[Repository]:
+    return list(
+        Repository.select(Repository, Owner)
+        .join(Owner)
+        .order_by(Owner.name_key, Repository.name_key)
+    )
+
+
+def repo_dir(site: Site, repo: Repository) -> Path:
+    return site.repo_path(repo.owner.name, repo.name)
+
+
+# -- helpers: staging, locking, moving ------------------------------------
+
+
+def _hg_ui(site: Site):
+    ui = site.ui.copy()
+    ui.setconfig(b"ui", b"timeout", b"%d" % ui.configint(b"hosting", b"lock-timeout"), b"hosting")
+    ui.setconfig(b"ui", b"quiet", b"true", b"hosting")
+    return ui
+
+
+@contextlib.contextmanager
+def _staging(site: Site, name: str) -> Iterator[Path]:
+    """A fresh directory ``SITE/tmp/stage-XXXX/NAME`` removed on the way out."""
+    site.tmp.mkdir(mode=0o700, exist_ok=True)
+    stage = site.tmp / f"stage-{secrets.token_hex(6)}"
+    stage.mkdir(mode=0o700)
+    try:
+        yield stage / name
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _repo_locked(site: Site, path: Path) -> Iterator[object]:
+    """Hold a repository's wlock and lock (waits for pushes in flight)."""
+    try:
+        repo = hg.repository(_hg_ui(site), os.fsencode(path))
+    except hgerror.RepoError as e:
+        raise UserError(f"cannot open {path}: {e}") from None
+    try:
+        with repo.wlock(), repo.lock():
+            yield repo
+    except hgerror.LockHeld:
+        raise UserError(f"{path.name} is busy (locked by another process); try again") from None
+
+
+def _move_in_transaction(src: Path, dst: Path, change: Callable[[], T], fault: str) -> T:
+    """Apply ``change()`` and ``rename(src, dst)`` atomically together."""
+    moved = False
+    try:
+        with write_transaction():
+            result = change()
+            dst.parent.mkdir(mode=0o755, exist_ok=True)
+            os.rename(src, dst)
+            moved = True
+            faults.point(fault)
+    except BaseException:
+        if moved:
+            os.rename(dst, src)
+        raise
+    return result
+
+
+def _drop_lock_files(path: Path) -> None:
+    """Remove the lock files we held when the directory moved under them."""
+    for lock in (path / ".hg" / "wlock", path / ".hg" / "store" / "lock"):
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
+def _check_free(owner: Owner, name: str, site: Site, ignore: Repository | None = None) -> Path:
+    names.check_name(name, "repository name")
+    clash = Repository.get_or_none(
+        (Repository.owner == owner.id) & (Repository.name_key == names.key(name))
+    )
+    if clash is not None and (ignore is None or clash.id != ignore.id):
+        raise UserError(f"repository {owner.name}/{clash.name} already exists")
+    path = site.repo_path(owner.name, name)
+    if os.path.lexists(path) and not (ignore and path == repo_dir(site, ignore)):
+        raise UserError(f"{path} already exists on disk (see 'hg-hosting check')")
+    return path
+
+
+def _write_repo_hgrc(path: Path) -> None:
+    (path / ".hg" / "hgrc").write_text(REPO_HGRC)
+
+
+# -- repositories -----------------------------------------------------------
+
+
+def create_repo(site: Site, full_name: str, private: bool = False, description: str = "") -> Repository:
+    """Create ``OWNER/NAME``: an empty Mercurial repository and its row."""
+    owner_name, name = names.split_repo_name(full_name)
+    owner = get_owner(owner_name)
+    _check_description(description)
+    _check_free(owner, name, site)
+    with _staging(site, name) as stage:
+        hg.repository(_hg_ui(site), os.fsencode(stage), create=True)
+        _write_repo_hgrc(stage)
+
+        def insert() -> Repository:
+            _check_free(owner, name, site)
+            return Repository.create(
+                owner=owner, name=name, name_key=names.key(name),
+                private=private, description=description,
+            )
+
+        return _move_in_transaction(stage, site.repo_path(owner.name, name), insert, "repo-create-after-move")
+
+
+def remove_repo(site: Site, full_name: str) -> None:
+    """Remove a repository, its directory and every row that belongs to it."""
+    repo = get_repo(full_name)
+    path = repo_dir(site, repo)
+    if not path.is_dir():
+        with write_transaction():
+            repo.delete_instance()
+        return
+    site.tmp.mkdir(mode=0o700, exist_ok=True)
+    trash = site.tmp / f"removed-{secrets.token_hex(6)}"
+    with _repo_locked(site, path):
+        _move_in_transaction(path, trash, lambda: get_repo(full_name).delete_instance(), "repo-remove-after-move")
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def rename_repo(site: Site, src_name: str, dst_name: str) -> Repository:
+    """Rename (or move to another owner) a repository with its history and settings."""
+    repo = get_repo(src_name)
+    dst_owner_name, dst_name_only = names.split_repo_name(dst_name)
+    dst_owner = get_owner(dst_owner_name)
+    if dst_owner.id == repo.owner.id and dst_name_only == repo.name:
+        raise UserError(f"{src_name} is already called {dst_name}")
+    src = repo_dir(site, repo)
+    dst = _check_free(dst_owner, dst_name_only, site, ignore=repo)
+
+    def update() -> Repository:
+        current = get_repo(src_name)
+        _check_free(dst_owner, dst_name_only, site, ignore=current)
+        current.owner = dst_owner
+        current.name = dst_name_only
+        current.name_key = names.key(dst_name_only)
+        current.settings_epoch += 1
+        current.save()
+        return current
+
+    with _repo_locked(site, src):
+        result = _move_in_transaction(src, dst, update, "repo-rename-after-move")
+        _drop_lock_files(dst)
+    return result
+
+
+def fork_repo(
+    site: Site, src_name: str, dst_name: str, user: str | None = None, private: bool | None = None
+) -> Repository:
+    """Copy a repository; the copy starts with one push, by ``user``, of all it holds."""
+    src_repo = get_repo(src_name)
+    dst_owner_name, name = names.split_repo_name(dst_name)
+    dst_owner = get_owner(dst_owner_name)
+    if user is None:
+        if dst_owner.is_team:
+            raise UserError("a fork into a team needs --user: the user who forks")
+        user = dst_owner.name
+    forker = get_user(user)
+    _check_free(dst_owner, name, site)
+    private = src_repo.private if private is None else private
+    with _staging(site, name) as stage:
+        hg.clone(_hg_ui(site), {}, os.fsencode(repo_dir(site, src_repo)), os.fsencode(stage),
+                 pull=False, update=False)
+        _write_repo_hgrc(stage)
+        copy = hg.repository(_hg_ui(site), os.fsencode(stage)).unfiltered()
+        nodes = [hexnode(copy.changelog.node(rev)) for rev in copy]
+        bookmarks = {name.decode("utf-8", "replace"): hexnode(node) for name, node in copy._bookmarks.items()}
+        del copy
+
+        def insert() -> Repository:
+            _check_free(dst_owner, name, site)
+            fork = Repository.create(
+                owner=dst_owner, name=name, name_key=names.key(name),
+                private=private, description=src_repo.description,
+            )
+            if nodes or bookmarks:
+                push = Push.create(repository=fork, push_id=1, user=forker.name, state="done",
+                                   txnid="fork")
+                _insert_changesets(push, nodes)
+                for bm, node in sorted(bookmarks.items()):
+                    PushBookmark.create(push=push, name=bm, old=None, new=node)
+            faults.point("repo-fork-before-move")
+            return fork
+
+        return _move_in_transaction(stage, site.repo_path(dst_owner.name, name), insert, "repo-fork-after-move")
+
+
+def _insert_changesets(push: Push, nodes: list[str]) -> None:
+    rows = [{"push": push.id, "position": i, "node": n} for i, n in enumerate(nodes)]
+    for start in range(0, len(rows), 500):
+        PushChangeset.insert_many(rows[start : start + 500]).execute()
+
+
+def _check_description(description: str) -> None:
+    if len(description) > 2000 or "\0" in description:
+        raise UserError("the description is too long or contains NUL characters")
+
+
+def set_repo_settings(full_name: str, private: bool | None = None, description: str | None = None) -> Repository:
+    """Change visibility and description (the daemon's settings page)."""
+    with write_transaction():
+        repo = get_repo(full_name)
+        if private is not None:
+            repo.private = private
+        if description is not None:
+            _check_description(description)
+            repo.description = description
+        repo.settings_epoch += 1
+        repo.save()
+        return repo
+
+
+def _bump_settings(repo: Repository) -> None:
+    Repository.update(settings_epoch=Repository.settings_epoch + 1).where(
+        Repository.id == repo.id
+    ).execute()
+
+
+# -- grants -----------------------------------------------------------------
+
+
+def grant(full_name: str, subject: str, level: str) -> None:
+    try:
+        policy.check_level(level)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    with write_transaction():
+        repo, who = get_repo(full_name), get_subject(subject)
+        Grant.insert(repository=repo, subject=who, level=level).on_conflict(
+            conflict_target=[Grant.repository, Grant.subject], update={Grant.level: level}
+        ).execute()
+        _bump_settings(repo)
+
+
+def revoke(full_name: str, subject: str) -> None:
+    with write_transaction():
+        repo, who = get_repo(full_name), get_subject(subject)
+        deleted = Grant.delete().where((Grant.repository == repo) & (Grant.subject == who)).execute()
+        if not deleted:
+            raise UserError(f"{subject} has no grant on {repo.full_name}")
+        _bump_settings(repo)
+
+
+def list_grants(repo: Repository) -> list[tuple[str, str]]:
+    """``[(subject label, level)]`` for a repository."""
+    rows = Grant.select(Grant, Owner).join(Owner).where(Grant.repository == repo.id)
+    return sorted((subject_label(g.subject), g.level) for g in rows)
+
+
+# -- protected refs -----------------------------------------------------------
+
+
+def check_ref_name(ref: str) -> str:
+    """A branch or bookmark name as Mercurial allows it."""
+    if (not ref or ref != ref.strip() or len(ref.encode("utf-8")) > 255
+            or any(c in ref for c in ":\0\r\n") or ref.isdigit() or ref in (".", "null", "tip")):
+        raise UserError(f"invalid branch or bookmark name {ref!r}")
+    return ref
+
+
+def protect(full_name: str, ref: str, allow: list[str]) -> None:
+    """Protect a branch/bookmark; the allow-list replaces any previous one."""
+    check_ref_name(ref)
+    if not allow:
+        raise UserError("protect needs at least one --allow SUBJECT")
+    with write_transaction():
+        repo = get_repo(full_name)
+        subjects = {get_subject(s).id: get_subject(s) for s in allow}
+        row, _ = ProtectedRef.get_or_create(repository=repo, name=ref)
+        ProtectedRefAllow.delete().where(ProtectedRefAllow.ref == row).execute()
+        for who in subjects.values():
+            ProtectedRefAllow.create(ref=row, subject=who)
+        _bump_settings(repo)
+
+
+def unprotect(full_name: str, ref: str) -> None:
+    with write_transaction():
+        repo = get_repo(full_name)
+        deleted = ProtectedRef.delete().where(
+            (ProtectedRef.repository == repo) & (ProtectedRef.name == ref)
+        ).execute()
+        if not deleted:
+            raise UserError(f"{ref!r} is not protected in {repo.full_name}")
+        _bump_settings(repo)
+
+
+def list_protected(repo: Repository) -> list[tuple[str, list[str]]]:
+    """``[(ref, [subject labels])]`` for a repository."""
+    result = []
+    for ref in ProtectedRef.select().where(ProtectedRef.repository == repo.id).order_by(ProtectedRef.name):
+        allowed = ProtectedRefAllow.select(ProtectedRefAllow, Owner).join(Owner).where(ProtectedRefAllow.ref == ref)
+        result.append((ref.name, sorted(subject_label(a.subject) for a in allowed)))
+    return result

@@ -1,0 +1,208 @@
+"""A site: one directory holding the database, the repositories and the site hgrc.
+
+Layout (``hg-hosting init`` creates it; running it again changes nothing that exists)::
+
+    SITE/hgrc                  site hgrc: enables the extension; administrators' hooks
+    SITE/hosting.db            SQLite database (mode 0600), unless [hosting] database
+    SITE/secret                random key for cookies and caches (mode 0600)
+    SITE/ssh_host_ed25519_key  the SSH server's host key (mode 0600)
+    SITE/repos/OWNER/NAME/     ordinary Mercurial repositories
+    SITE/tmp/                  staging area for repository operations (same filesystem)
+    SITE/lost+found/           what ``check --repair`` moved aside
+
+Every repository's ``.hg/hgrc`` includes ``SITE/hgrc`` by a relative path, so the
+site can be moved as a whole and any ``hg`` process opening a repository runs
+the hooks.  The site directory is, in order: ``--site``, ``$HG_HOSTING_SITE``,
+``$XDG_DATA_HOME/hg-hosting`` (``~/.local/share/hg-hosting``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from . import config, models
+from .errors import UserError
+
+ENV_SITE = "HG_HOSTING_SITE"
+
+#: The site hgrc written by ``init``; ``hgrc.example`` is this with SITE=/srv/hg-hosting.
+SITE_HGRC_TEMPLATE = """\
+# hg-hosting site configuration (Mercurial hgrc syntax).
+#
+# Every repository of the site includes this file from its .hg/hgrc, so whatever
+# is set here applies to the daemon, to SSH sessions and to local `hg` commands
+# run inside a repository.  `hg help hosting` documents the extension.
+# `hg-hosting init` never overwrites this file once it exists.
+
+[extensions]
+# The extension that checks and records every push.  Do not remove it.
+hgext_hosting =
+
+[hosting]
+# Database URL.  Empty: the SQLite file hosting.db in the site directory.
+# For several daemons on shared storage: postgresql://user:pass@host/dbname
+database =
+# Milliseconds a writer waits for the database lock before a push fails.
+busy-timeout = 5000
+
+[phases]
+# Pushed changesets become public, as on hg.mozilla.org and Bitbucket.
+publish = True
+
+[web]
+encoding = UTF-8
+# The daemon decides who may read and push; these keep hgweb from adding rules.
+allow-push = *
+push_ssl = False
+
+[hooks]
+# Your own hooks go here; they run after the hosting checks.  Example:
+# pretxnchangegroup.nomerges = python:mymodule.refuse_merges
+"""
+
+REPO_HGRC = """\
+# Managed by hg-hosting: settings come from the site hgrc.
+%include ../../../../hgrc
+"""
+
+
+class SiteError(UserError):
+    """The site is missing or unusable; the message is fit for a user."""
+
+
+def default_site_dir() -> Path:
+    """Where the site lives when neither ``--site`` nor ``$HG_HOSTING_SITE`` is given."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(data_home) / "hg-hosting"
+
+
+def resolve_site_dir(arg: str | None) -> Path:
+    """The site directory chosen by ``--site``, the environment or the default."""
+    chosen = arg or os.environ.get(ENV_SITE) or default_site_dir()
+    return Path(chosen).expanduser().absolute()
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600, atomically, never over an existing file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # fails if path appeared meanwhile: never overwrite
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Site:
+    """Paths and settings of one site directory."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root).absolute()
+        self.hgrc = self.root / "hgrc"
+        self.db_path = self.root / "hosting.db"
+        self.secret_path = self.root / "secret"
+        self.host_key_path = self.root / "ssh_host_ed25519_key"
+        self.repos = self.root / "repos"
+        self.tmp = self.root / "tmp"
+        self.lost_found = self.root / "lost+found"
+        self._ui = None
+
+    # -- locating ----------------------------------------------------------
+
+    @classmethod
+    def for_repository(cls, repo_root: bytes | str) -> tuple[Site, str, str] | None:
+        """``(site, owner, name)`` for a repository inside a site, else None."""
+        root = Path(os.fsdecode(repo_root)).absolute()
+        site_root = root.parent.parent.parent
+        if root.parent.parent.name != "repos" or not (site_root / "hgrc").is_file():
+            return None
+        return cls(site_root), root.parent.name, root.name
+
+    def repo_path(self, owner: str, name: str) -> Path:
+        return self.repos / owner / name
+
+    def exists(self) -> bool:
+        return self.hgrc.is_file() and self.repos.is_dir()
+
+    # -- configuration -----------------------------------------------------
+
+    @property
+    def ui(self):
+        """A Mercurial ui with the site hgrc loaded (cached)."""
+        if self._ui is None:
+            self._ui = config.read_site_ui(str(self.hgrc))
+        return self._ui
+
+    def database_url(self) -> str:
+        url = self.ui.config(b"hosting", b"database").decode("utf-8").strip()
+        return url or f"sqlite:///{self.db_path}"
+
+    def busy_timeout_ms(self) -> int:
+        return self.ui.configint(b"hosting", b"busy-timeout")
+
+    def secret(self) -> bytes:
+        return self.secret_path.read_bytes()
+
+    # -- the database --------------------------------------------------------
+
+    def bind_database(self) -> None:
+        """Bind the models to this site's database (once per process)."""
+        if models.db.obj is None:
+            models.db.initialize(
+                models.make_database(self.database_url(), self.busy_timeout_ms())
+            )
+
+    def open(self) -> Site:
+        """Check the site exists, bind the database and require the current schema."""
+        if not self.exists():
+            raise SiteError(f"no site at {self.root} (run 'hg-hosting --site DIR init')")
+        self.bind_database()
+        try:
+            models.require_current_schema()
+        except models.SchemaError as e:
+            raise SiteError(str(e)) from None
+        return self
+
+    # -- creating ----------------------------------------------------------
+
+    def init(self) -> list[str]:
+        """Create whatever part of the site is missing; return what was created."""
+        created: list[str] = []
+        for directory in (self.root, self.repos, self.tmp):
+            if not directory.is_dir():
+                directory.mkdir(mode=0o755 if directory != self.tmp else 0o700, parents=True)
+                created.append(f"{directory}/")
+        if not self.hgrc.exists():
+            self.hgrc.write_text(SITE_HGRC_TEMPLATE)
+            created.append(str(self.hgrc))
+        if not self.secret_path.exists():
+            write_private_file(self.secret_path, secrets.token_bytes(32))
+            created.append(str(self.secret_path))
+        if not self.host_key_path.exists():
+            write_private_file(self.host_key_path, _new_host_key())
+            created.append(str(self.host_key_path))
+        new_db = self.database_url().startswith("sqlite") and not self.db_path.exists()
+        if new_db:
+            write_private_file(self.db_path, b"")
+        self.bind_database()
+        if models.migrate() and new_db:
+            created.append(str(self.db_path))
+        return created
+
+
+def _new_host_key() -> bytes:
+    """A new ed25519 private key in OpenSSH format, for the SSH server."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )

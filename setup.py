@@ -1,0 +1,30 @@
+"""Install hg-hosting: the Mercurial extension, the daemon, the templates and the CLI."""
+
+from setuptools import setup
+
+setup(
+    name="hg-hosting",
+    version="0.1.0",
+    description="Self-hosted Mercurial hosting for teams: hooks, daemon, pages, SSH",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=["hgext_hosting", "daemon", "hg_hosting_templates"],
+    # templates/ is installed as the package hg_hosting_templates (Jinja2 loads from it).
+    package_dir={"hg_hosting_templates": "templates"},
+    package_data={"hg_hosting_templates": ["*.html", "static/*"]},
+    install_requires=[
+        "mercurial>=7.2,<7.3",
+        "twisted[conch]>=26.0,<27",
+        "peewee>=4.5,<5",
+        "jinja2>=3.1,<4",
+        "argon2-cffi>=25.1,<26",
+        "cryptography>=45",
+    ],
+    extras_require={
+        "test": ["pytest>=9,<10", "ruff>=0.15"],
+        "postgresql": ["psycopg2-binary>=2.9,<3"],
+    },
+    entry_points={"console_scripts": ["hg-hosting = hgext_hosting.admin:main"]},
+)
