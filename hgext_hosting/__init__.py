@@ -1,15 +1,69 @@
 """check and record every push to an hg-hosting site
 
-This extension is enabled by the site ``hgrc`` of an hg-hosting site, which
-every repository of the site includes from its ``.hg/hgrc``.  Repositories
-outside a site are left alone.
+This extension is the part of hg-hosting that runs inside Mercurial.  The site
+``hgrc`` of an hg-hosting site enables it, and every repository of the site
+includes that file from its ``.hg/hgrc``, so every process that opens a site
+repository runs it: the daemon (HTTP), SSH sessions and local ``hg``
+commands.  Repositories outside a site are left alone.
+
+Who may push
+------------
+
+Every transaction that changes a site repository needs an authenticated user
+with ``write`` on it (see ``hg-hosting grant``).  Over HTTP the daemon sets
+the user; over SSH the daemon's SSH server or the ``hg-hosting ssh-serve``
+forced command does.  A local push or commit names the user with the
+environment variable ``HG_HOSTING_USER``; without it the push is refused::
+
+  $ HG_HOSTING_USER=alice hg push /srv/hg-hosting/repos/alice/demo
+
+A protected branch or bookmark (``hg-hosting protect``) refuses any new
+changeset on that named branch and any move of that bookmark by a user who is
+not on its allow-list (site admins always may).  A refusal names the user, the
+repository and, for protected refs, the ref and the changeset.
+
+The push log
+------------
+
+Each accepted push is recorded (user, UTC date, changesets in order, bookmark
+moves, phase moves of existing changesets) in the site database, in the same
+transaction as the push: the record commits if and only if the push does.  A
+push that only moves a bookmark or a phase is recorded too.  Ids count 1, 2,
+3... per repository without gaps.  ``hg pushlog`` shows the log of the current
+repository; ``hg-hosting pushlog OWNER/NAME`` the same from anywhere.
+
+If the database cannot be written (locked past ``busy-timeout``, disk full,
+schema missing or of another version) the push fails and nothing lands.  If a
+process dies in the middle of a push, the next push or pull of that
+repository recovers the interrupted transaction and settles its record, with
+no administrator needed; ``hg-hosting check`` reports and ``check --repair``
+mends any difference between repositories and database.
+
+Configuration
+-------------
+
+In the site ``hgrc``::
+
+  [hosting]
+  # database URL; empty: the site's SQLite file hosting.db
+  database =
+  # milliseconds a push waits for the database write lock before failing
+  busy-timeout = 5000
+  # seconds a CLI repository operation waits for a repository's lock
+  lock-timeout = 60
+  # recover an interrupted transaction when a repository is opened
+  auto-recover = True
+
+Administrators' own hooks go in the site ``hgrc`` too; they run after these
+checks, and when one of them refuses a push, neither the changesets nor the
+record remain.
 """
 
 from __future__ import annotations
 
-from mercurial import registrar
+from mercurial import error, registrar, wireprototypes, wireprotov1server
 
-from . import config
+from . import config, hooks
 
 testedwith = b"7.2.4"
 minimumhgversion = b"7.2"
@@ -17,3 +71,110 @@ minimumhgversion = b"7.2"
 configtable = config.configtable
 cmdtable: dict = {}
 command = registrar.command(cmdtable)
+
+
+def reposetup(ui, repo) -> None:
+    """Wire the hooks and crash recovery into every local repository of a site."""
+    if not repo.local():
+        return
+    located = hooks.locate(repo)
+    if located is None:
+        return
+    site, owner, name = located
+    site.bind_database()
+    hooks.install(ui)
+
+    class hostingrepo(repo.__class__):
+        def transaction(self, desc, report=None):
+            if self.currenttransaction() is None:
+                _settle_before_transaction(self, owner, name)
+            return super().transaction(desc, report)
+
+    repo.__class__ = hostingrepo
+    if ui.configbool(b"hosting", b"auto-recover") and repo.svfs.exists(b"journal"):
+        _recover_if_abandoned(repo, owner, name)
+
+
+def _settle_before_transaction(repo, owner: str, name: str) -> None:
+    """Under the lock the caller holds: recover a dead transaction, settle its record."""
+    from . import pushlog
+
+    try:
+        row = hooks.repository_row(owner, name)
+        if row is not None and (repo.svfs.exists(b"journal") or pushlog.has_pending(row.id)):
+            pushlog.settle(repo, row.id)
+    except error.Abort:
+        raise
+    except Exception as e:  # noqa: BLE001 - refuse the push rather than guess
+        raise hooks.abort(f"cannot settle an earlier interrupted push: {e}") from None
+
+
+def _recover_if_abandoned(repo, owner: str, name: str) -> None:
+    """When a reader opens a repository left with a journal and no live writer, recover it."""
+    try:
+        lock = repo.lock(wait=False)
+    except (error.LockError, OSError):
+        return  # a push is in flight (or we may not write): nothing to do
+    try:
+        _settle_before_transaction(repo, owner, name)
+    except error.Abort as e:
+        repo.ui.warn(b"%s\n" % e.message)
+    finally:
+        lock.release()
+
+
+def uisetup(ui) -> None:
+    _wrap_ssh_unbundle()
+
+
+def _wrap_ssh_unbundle() -> None:
+    """Refuse an SSH push before its bundle is uploaded when the user may not write.
+
+    The ssh wire protocol answers ``unbundle`` first with an empty reply meaning
+    "send the bundle"; replying with an error instead makes the client abort
+    at once.  (HTTP refuses in the daemon, before hgweb reads the body.)
+    """
+    entry = wireprotov1server.commands[b"unbundle"]
+    if getattr(entry.func, "_hosting", False):
+        return
+    original = entry.func
+
+    def unbundle(repo, proto, heads):
+        if proto.name.startswith(b"ssh") and hooks.locate(repo) is not None:
+            try:
+                hooks.require_write(repo.ui, repo)
+            except error.Abort as e:
+                return wireprototypes.pusherr(e.message + b"\n", b"")
+        return original(repo, proto, heads)
+
+    unbundle._hosting = True
+    entry.func = unbundle
+
+
+@command(
+    b"pushlog",
+    [(b"l", b"limit", 10, b"show at most this many pushes", b"N"),
+     (b"", b"json", False, b"print a JSON array")],
+    b"[-l N] [--json]",
+    helpcategory=command.CATEGORY_CHANGE_NAVIGATION,
+)
+def pushlog_command(ui, repo, limit=10, json=False):
+    """show who pushed what to this repository, newest first"""
+    import json as jsonlib
+
+    from . import pushlog
+
+    located = hooks.locate(repo)
+    if located is None:
+        raise error.Abort(b"hosting: this repository is not inside an hg-hosting site")
+    _site, owner, name = located
+    row = hooks.repository_row(owner, name)
+    if row is None:
+        raise error.Abort(b"hosting: %s/%s has no row in the site database"
+                          % (owner.encode(), name.encode()))
+    rows = [p.as_json() for p in pushlog.recent_pushes(row, limit if limit > 0 else None)]
+    if json:
+        ui.write(jsonlib.dumps(rows, indent=2).encode("utf-8") + b"\n")
+    else:
+        for r in rows:
+            ui.write(pushlog.format_push_line(r).encode("utf-8") + b"\n")

@@ -19,6 +19,8 @@ configitem(b"hosting", b"database", default=b"")
 configitem(b"hosting", b"busy-timeout", default=5000)
 #: How long (seconds) a CLI repository operation waits for a repository's lock.
 configitem(b"hosting", b"lock-timeout", default=60)
+#: Recover an interrupted transaction when a reader opens a repository.
+configitem(b"hosting", b"auto-recover", default=True)
 
 _registered = False
 

@@ -21,7 +21,6 @@ from typing import TypeVar
 
 from mercurial import error as hgerror
 from mercurial import hg
-from mercurial.node import hex as hexnode
 
 from . import faults, names, policy
 from .accounts import get_owner, get_subject, get_user, subject_label
@@ -228,8 +227,8 @@ def fork_repo(
                  pull=False, update=False)
         _write_repo_hgrc(stage)
         copy = hg.repository(_hg_ui(site), os.fsencode(stage)).unfiltered()
-        nodes = [hexnode(copy.changelog.node(rev)) for rev in copy]
-        bookmarks = {name.decode("utf-8", "replace"): hexnode(node) for name, node in copy._bookmarks.items()}
+        nodes = [copy.changelog.node(rev).hex() for rev in copy]
+        bookmarks = {name.decode("utf-8", "replace"): node.hex() for name, node in copy._bookmarks.items()}
         del copy
 
         def insert() -> Repository:

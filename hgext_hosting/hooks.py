@@ -1,0 +1,184 @@
+"""The hooks that decide every push and hand it to the push log.
+
+Wired by :func:`hgext_hosting.reposetup` for repositories inside a site, before
+any administrator's hook of the same type (``priority.*``):
+
+``pretxnopen``
+    Refuses before anything is applied when nobody is authenticated, the user
+    is unknown, lacks ``write``, or the database is unusable.
+``pretxnchangegroup``
+    Refuses a changeset on a protected named branch, per changeset, for users
+    not on its allow-list (before any later hook runs).
+``pretxnclose``
+    Runs for every kind of push (changesets, bookmark-only, phase-only,
+    markers): checks write, protected branches of all new changesets (a local
+    commit has no changegroup) and protected bookmarks, then collects the push
+    and attaches the recorder of :mod:`hgext_hosting.pushlog` to the transaction.
+
+Identity never comes from the hook's ``url``.  Over HTTP, hgweb replaces the
+repository ui's environment with the WSGI environ, in which only the daemon
+can set ``REMOTE_USER`` (client headers become ``HTTP_*``).  Everywhere else
+(SSH sessions, local pushes) the process environment's ``HG_HOSTING_USER``,
+set by the daemon's SSH server or by the person pushing locally, names the user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mercurial import error
+from mercurial.node import short
+
+from . import names, policy, pushlog
+from .models import Owner, Repository, SchemaError, require_current_schema
+from .site import Site
+
+#: Hooks run in this order before any administrator's hook of the same type.
+PRIORITY = b"1000000"
+
+
+def pusher_name(ui) -> str | None:
+    """The authenticated user pushing, as the daemon or the local pusher set it."""
+    env = ui.environ
+    if b"REQUEST_METHOD" in env:  # hgweb: the WSGI environ built by the daemon
+        raw = env.get(b"REMOTE_USER")
+    else:
+        raw = env.get(b"HG_HOSTING_USER")
+    if not raw:
+        return None
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def abort(message: str, hint: str | None = None) -> error.Abort:
+    return error.Abort(
+        b"hosting: " + message.encode("utf-8"), hint=hint.encode("utf-8") if hint else None
+    )
+
+
+@dataclass
+class PushContext:
+    """Who is pushing to which repository, as the database says now."""
+
+    row: Repository
+    full_name: str
+    subject: policy.Subject
+
+
+def locate(repo) -> tuple[Site, str, str] | None:
+    return Site.for_repository(repo.root)
+
+
+def repository_row(owner: str, name: str) -> Repository | None:
+    return (
+        Repository.select(Repository, Owner)
+        .join(Owner)
+        .where((Owner.name_key == names.key(owner)) & (Repository.name_key == names.key(name)))
+        .first()
+    )
+
+
+def require_write(ui, repo) -> PushContext:
+    """The push's context if the pusher may write, else raise Abort."""
+    located = locate(repo)
+    if located is None:
+        raise abort("this repository is not inside an hg-hosting site")
+    _site, owner, name = located
+    display = f"{owner}/{name}"
+    try:
+        require_current_schema()
+        row = repository_row(owner, name)
+        user = pusher_name(ui)
+        if user is None:
+            raise abort(f"push to {display} refused: no authenticated user",
+                        hint="log in, or set HG_HOSTING_USER for a local push")
+        if row is None:
+            raise abort(f"{display} is not a repository of this site",
+                        hint="ask an administrator to run 'hg-hosting check'")
+        subject = policy.load_subject(user)
+        facts = policy.load_repo_facts(row)
+    except SchemaError as e:
+        raise abort(f"push to {display} refused: {e}") from None
+    except error.Abort:
+        raise
+    except Exception as e:  # noqa: BLE001 - a database failure refuses the push
+        raise abort(f"push to {display} refused: the site database is unavailable ({e})") from None
+    if subject is None:
+        raise abort(f"push to {display} refused: unknown user {user!r}")
+    decision = policy.may(subject, "write", facts)
+    if not decision:
+        raise abort(decision.reason)
+    return PushContext(row, facts.full_name, subject)
+
+
+def check_branches(repo, ctx: PushContext, first_rev: int, refs: dict[str, frozenset[str]]) -> None:
+    """Refuse the first new changeset on a protected branch the pusher may not push."""
+    if not refs:
+        return
+    cl = repo.unfiltered().changelog
+    for rev in range(first_rev, len(cl)):
+        branch = cl.branchinfo(rev)[0].decode("utf-8", "replace")
+        allow = refs.get(branch)
+        if allow is not None and not policy.may_push_ref(ctx.subject, allow):
+            raise abort(
+                f"{ctx.subject.name} may not push to protected branch {branch!r}"
+                f" of {ctx.full_name} (changeset {short(cl.node(rev)).decode()})"
+            )
+
+
+def check_bookmarks(tr, ctx: PushContext, refs: dict[str, frozenset[str]]) -> None:
+    """Refuse a move of a protected bookmark by someone not on its allow-list."""
+    for raw, (old, new) in sorted(tr.changes[b"bookmarks"].items()):
+        name = raw.decode("utf-8", "replace")
+        allow = refs.get(name)
+        if allow is None or old == new or policy.may_push_ref(ctx.subject, allow):
+            continue
+        target = f"to changeset {short(new).decode()}" if new else "deleting it"
+        raise abort(
+            f"{ctx.subject.name} may not move protected bookmark {name!r}"
+            f" of {ctx.full_name} ({target})"
+        )
+
+
+# -- the hook entry points ---------------------------------------------------
+
+
+def pretxnopen(ui, repo, hooktype, **kwargs) -> bool:
+    require_write(ui, repo)
+    return False
+
+
+def pretxnchangegroup(ui, repo, hooktype, node=None, **kwargs) -> bool:
+    ctx = require_write(ui, repo)
+    if node:
+        refs = policy.load_protected_refs(ctx.row)
+        check_branches(repo, ctx, repo.unfiltered()[node].rev(), refs)
+    return False
+
+
+def pretxnclose(ui, repo, hooktype, txnid=b"", **kwargs) -> bool:
+    tr = repo.currenttransaction()
+    if tr is None:
+        raise abort(f"{hooktype} hook called without a transaction")
+    ctx = require_write(ui, repo)
+    refs = policy.load_protected_refs(ctx.row)
+    check_branches(repo, ctx, tr.changes[b"origrepolen"], refs)
+    check_bookmarks(tr, ctx, refs)
+    txn = txnid.decode("ascii", "replace") if isinstance(txnid, bytes) else str(txnid)
+    pending = pushlog.collect(repo, tr, ctx.row.id, ctx.subject.name, txn)
+    if not pending.is_empty():
+        pending.attach(tr)
+    return False
+
+
+HOOKS = {
+    b"pretxnopen": pretxnopen,
+    b"pretxnchangegroup": pretxnchangegroup,
+    b"pretxnclose": pretxnclose,
+}
+
+
+def install(ui) -> None:
+    """Set our hooks (and their priority) on a repository's ui."""
+    for hooktype, func in HOOKS.items():
+        ui.setconfig(b"hooks", hooktype + b".hosting", func, b"hosting")
+        ui.setconfig(b"hooks", b"priority." + hooktype + b".hosting", PRIORITY, b"hosting")
