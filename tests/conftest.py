@@ -1,0 +1,123 @@
+"""Fixtures shared by the tests: a real site on disk, the real CLI and the real hg client.
+
+Everything runs as subprocesses of the installed console scripts (``hg-hosting``,
+``hg``) next to the test interpreter, with an isolated ``HOME`` and ``HGRCPATH``
+so that no user configuration leaks in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+HG = str(BIN / "hg")
+HG_HOSTING = str(BIN / "hg-hosting")
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+CORPUS = SHARED / "data" / "flask.hg"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+#: Fixed commit date, so that changeset hashes are stable between runs.
+DATE = "2020-01-01 00:00:00 +0000"
+
+
+def base_env(home: Path) -> dict[str, str]:
+    """An environment with no user or system hg config and no site chosen."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HG", "REMOTE_"))}
+    hgrc = home / "empty-hgrc"
+    hgrc.touch()
+    env.update(
+        HOME=str(home),
+        HGRCPATH=str(hgrc),
+        HGPLAIN="1",
+        HGENCODING="utf-8",
+        HGUSER="test <test@example.org>",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        LC_ALL="C.UTF-8",
+    )
+    return env
+
+
+def run(argv: list[str], env: dict[str, str], *, cwd=None, input: str | None = None,
+        check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, env=env, cwd=cwd, input=input, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+        )
+    return proc
+
+
+@dataclass
+class SiteHandle:
+    """A site created by ``hg-hosting init`` in a temporary directory."""
+
+    root: Path
+    env: dict[str, str]
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return run([HG_HOSTING, "--site", str(self.root), *args], {**self.env, **(env or {})},
+                   input=input, check=check)
+
+    def cli_json(self, *args: str):
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def refuse(self, *args: str, input: str | None = None) -> str:
+        """Run a command that must be refused; return its one error line."""
+        proc = self.cli(*args, input=input, check=False)
+        assert proc.returncode != 0, f"{args} was accepted: {proc.stdout}"
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+        return lines[0]
+
+    def repo_path(self, full_name: str) -> Path:
+        return self.root / "repos" / full_name
+
+    def hg(self, *args: str, cwd=None, user: str | None = None, check: bool = True,
+           env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+        extra = dict(env or {})
+        if user is not None:
+            extra["HG_HOSTING_USER"] = user
+        return run([HG, *args], {**self.env, **extra}, cwd=cwd, check=check, input=input)
+
+    def add_user(self, name: str, password: str | None = None, admin: bool = False) -> None:
+        args = ["user", "add", name, "--email", f"{name}@example.org"]
+        if admin:
+            args.append("--admin")
+        if password is not None:
+            args.append("--password-stdin")
+        self.cli(*args, input=None if password is None else password + "\n")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "home"
+    home.mkdir()
+    return base_env(home)
+
+
+@pytest.fixture
+def site(tmp_path: Path, env: dict[str, str]) -> SiteHandle:
+    handle = SiteHandle(tmp_path / "site", env)
+    handle.cli("init")
+    return handle
+
+
+def commit(hg_run, wc: Path, filename: str, content: str, message: str | None = None,
+           branch: str | None = None) -> str:
+    """Write a file in a working copy and commit it with a fixed date; return the node."""
+    (wc / filename).parent.mkdir(parents=True, exist_ok=True)
+    (wc / filename).write_text(content)
+    if branch:
+        hg_run("branch", "-q", "-f", branch, cwd=wc)
+    hg_run("addremove", "-q", cwd=wc)
+    hg_run("commit", "-q", "-d", DATE, "-m", message or f"change {filename}", cwd=wc)
+    return hg_run("log", "-r", ".", "-T", "{node}", cwd=wc).stdout
