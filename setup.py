@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
-    packages=["hgext_hosting", "daemon", "hg_hosting_templates"],
+    packages=["hgext_hosting", "daemon", "hg_hosting_templates", "twisted.plugins"],
     # templates/ is installed as the package hg_hosting_templates (Jinja2 loads from it).
     package_dir={"hg_hosting_templates": "templates"},
     package_data={"hg_hosting_templates": ["*.html", "static/*"]},
@@ -21,6 +21,7 @@ setup(
         "jinja2>=3.1,<4",
         "argon2-cffi>=25.1,<26",
         "cryptography>=45",
+        "markdown-it-py>=4,<5",
     ],
     extras_require={
         "test": ["pytest>=9,<10", "ruff>=0.15"],

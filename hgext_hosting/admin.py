@@ -16,6 +16,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from . import accounts, repositories
 from .errors import UserError
@@ -225,6 +226,48 @@ def cmd_check(args, site: Site) -> int:
     return report.exit_status()
 
 
+def cmd_ssh_serve(args, site: Site) -> int:
+    """OpenSSH forced command: run the client's ``hg -R OWNER/NAME serve --stdio`` as ``args.user``.
+
+    The command comes from ``$SSH_ORIGINAL_COMMAND`` (none: the client asked
+    for a shell) and passes :mod:`hgext_hosting.sshcommand`'s filter and read
+    check; then this process becomes ``hg -R ABS serve --stdio`` (``exec``),
+    wired to sshd's stdin and stdout, with ``HG_HOSTING_USER`` set to the user
+    and every other ``HG*`` variable removed (sshd passes variables the client
+    sent when ``AcceptEnv`` lets it).  Pushes are decided by the hooks.
+    """
+    from . import models, sshcommand
+
+    owner, name = sshcommand.parse_command(os.environ.get("SSH_ORIGINAL_COMMAND"))
+    repo = sshcommand.authorize_read(args.user, owner, name)
+    path = repositories.repo_dir(site, repo)
+    if not (path / ".hg").is_dir():
+        raise UserError(f"no repository {owner}/{name}")
+    hg = sshcommand.hg_executable()
+    env = sshcommand.session_environ(os.environ, args.user)
+    models.db.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(hg, sshcommand.serve_argv(hg, path), env)
+    return 1  # not reached: execve replaced this process or raised
+
+
+def cmd_ssh_authorized_keys(args, site: Site) -> int:
+    """Print an ``authorized_keys`` line forcing ``ssh-serve USER`` for every registered key.
+
+    Usable as sshd's ``AuthorizedKeysCommand``.  The optional ACCOUNT (sshd's
+    ``%u``) is accepted and ignored: every key of the site is printed because
+    the key, not the login name, decides who the user is.
+    """
+    from . import sshcommand
+
+    beside = Path(sys.executable).parent / "hg-hosting"
+    exe = str(beside) if beside.is_file() else os.path.abspath(sys.argv[0])
+    for line in sshcommand.authorized_keys_lines(exe, site.root):
+        print(line)
+    return 0
+
+
 # -- the parser -------------------------------------------------------------------
 
 
@@ -336,6 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("check", cmd_check, "compare the database with the repositories")
     p.add_argument("--repair", action="store_true", help="mend every difference found")
+
+    p = command("ssh-serve", cmd_ssh_serve,
+                "OpenSSH forced command: serve $SSH_ORIGINAL_COMMAND (hg -R OWNER/NAME serve --stdio) as USER")
+    p.add_argument("user", metavar="USER")
+    p = command("ssh-authorized-keys", cmd_ssh_authorized_keys,
+                "print authorized_keys lines (forced ssh-serve) for every registered key")
+    p.add_argument("account", nargs="?", metavar="ACCOUNT",
+                   help="the login account (sshd's %%u); ignored: every key is printed, the key decides the user")
     return parser
 
 

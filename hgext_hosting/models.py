@@ -196,6 +196,16 @@ class PushBookmark(BaseModel):
     new = pw.CharField(max_length=64, null=True)
 
 
+class Session(BaseModel):
+    """A browser login: the cookie carries the id, the database only its digest."""
+
+    digest = pw.CharField(max_length=64, unique=True)
+    user = pw.ForeignKeyField(Owner, on_delete="CASCADE", backref="sessions")
+    csrf = pw.CharField(max_length=64)
+    created = pw.DateTimeField(default=utcnow)
+    expires = pw.DateTimeField(index=True)
+
+
 ALL_MODELS = [
     Meta,
     Owner,
@@ -209,6 +219,7 @@ ALL_MODELS = [
     Push,
     PushChangeset,
     PushBookmark,
+    Session,
 ]
 
 

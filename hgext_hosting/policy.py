@@ -166,3 +166,25 @@ def load_protected_refs(repo: Repository) -> dict[str, frozenset[str]]:
     for ref_name, key, kind in rows:
         refs[ref_name].add("@" + key if kind == "team" else key)
     return {name: frozenset(allow) for name, allow in refs.items()}
+
+
+def readable_repositories(subject: Subject | None):
+    """A query of the repositories ``subject`` may read (same rules as :func:`level_of`).
+
+    One query, whatever the number of repositories: the index and owner pages use it.
+    """
+    query = Repository.select(Repository, Owner).join(Owner)
+    if subject is not None and subject.is_admin:
+        return query
+    visible = Repository.private == False  # noqa: E712 - peewee expression
+    if subject is not None:
+        team_keys = list(subject.teams)
+        subject_ids = Owner.select(Owner.id).where(
+            (Owner.name_key == subject.key) | (Owner.name_key.in_(team_keys) & (Owner.kind == "team"))
+        )
+        granted = Grant.select(Grant.repository).where(Grant.subject.in_(subject_ids))
+        visible |= (Owner.name_key == subject.key) & (Owner.kind == "user")
+        if team_keys:
+            visible |= (Owner.name_key.in_(team_keys)) & (Owner.kind == "team")
+        visible |= Repository.id.in_(granted)
+    return query.where(visible)

@@ -1,0 +1,217 @@
+"""The WSGI application behind every URL except ``/healthz`` and ``/-/static``.
+
+For each request, in order:
+
+1. :class:`daemon.web.Request` validates the path and query (400 otherwise).
+2. Authentication: HTTP Basic (password or token, :mod:`daemon.auth`) or the
+   session cookie.  Bad credentials: 401; throttled: 429; malformed: 400.
+3. Routing: ``/`` index, ``/-/login|logout|new`` pages, ``/OWNER`` owner page,
+   ``/OWNER/NAME[/...]`` a repository.
+4. For a repository, read permission first: a repository the requester may not
+   read does not exist for them (401 anonymous, 404 authenticated, exactly as
+   for a missing one).  A wire-protocol command that writes (``unbundle``,
+   ``pushkey``) needs ``write``: 401 anonymous, 403 with the policy's reason
+   otherwise.  The hosting pages (overview, pushlog, settings, fork,
+   json-pushes) are ours; everything else goes to the repository's cached
+   hgweb with ``REMOTE_USER`` set by us alone.  The extension's hooks then
+   make the push decision (protected refs) inside the transaction.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mercurial import hg, wireprotov1server
+from mercurial.hgweb import common as hgwebcommon
+from mercurial.hgweb import webcommands
+from twisted.logger import Logger
+
+from hgext_hosting import names, policy
+from hgext_hosting.models import Owner, Repository
+
+from . import jsonpushes
+from .auth import SESSION_COOKIE, Authenticator, Malformed, Refusal
+from .hgwebs import HgwebCache
+from .web import HTTPError, Request, error_body, respond, respond_json
+
+log = Logger()
+
+REALM = 'Basic realm="hg-hosting", charset="UTF-8"'
+LEVEL_KEY = "hosting.level"
+
+
+def hosting_permhook(hgweb, req, op) -> None:
+    """hgweb permission hook: never let hgweb write for a requester without write.
+
+    The daemon already decided; this is defense in depth for wire commands
+    nested in ``batch``.  Only our daemon puts ``hosting.level`` in the environ.
+    """
+    if op in (b"push", b"upload"):
+        level = req.rawenv.get(LEVEL_KEY.encode())
+        if level not in (b"write", b"admin", "write", "admin"):
+            raise hgwebcommon.ErrorResponse(hgwebcommon.HTTP_FORBIDDEN, b"write access required")
+
+
+if hosting_permhook not in hgwebcommon.permhooks:
+    hgwebcommon.permhooks.append(hosting_permhook)
+
+
+def wire_command_writes(req: Request) -> bool:
+    """Does this request ask hgweb to write?  Unknown commands count as writes."""
+    cmd = req.arg("cmd")
+    if cmd is None:
+        return req.method not in ("GET", "HEAD")
+    entry = wireprotov1server.commands.get(cmd.encode("utf-8", "replace"))
+    if entry is None:
+        return cmd not in webcommands.__all__
+    return entry.permission == b"push"
+
+
+class HostingApp:
+    """Authenticate, route, authorize; hand repository requests to hgweb."""
+
+    def __init__(self, site, authenticator: Authenticator, hgwebs: HgwebCache, pages, baseui):
+        self.site = site
+        self.auth = authenticator
+        self.hgwebs = hgwebs
+        self.pages = pages
+        self.baseui = baseui
+
+    def __call__(self, environ, start_response):
+        req = None
+        try:
+            req = Request(environ)
+            self._authenticate(req)
+            return self._route(req, start_response)
+        except HTTPError as e:
+            return self.error(req, e, start_response)
+        except Exception:  # noqa: BLE001 - logged for the admin, one line for the user
+            log.failure("unexpected failure on {path}", path=environ.get("PATH_INFO", "")[:200])
+            return self.error(req, HTTPError(500, "internal error; see the server log"), start_response)
+
+    # -- errors --------------------------------------------------------------------
+
+    def error(self, req: Request | None, e: HTTPError, start_response):
+        wants_html = bool(req and "text/html" in (req.header("Accept") or "")
+                          and req.arg("cmd") is None)
+        body, ctype = error_body(e, wants_html)
+        headers = list(e.headers)
+        if e.status == 401 and not any(h[0] == "WWW-Authenticate" for h in headers):
+            headers.append(("WWW-Authenticate", REALM))
+        return respond(start_response, e.status, body, ctype, headers=headers, reason=e.reason)
+
+    def hidden(self, req: Request) -> HTTPError:
+        """What a requester sees for a repository they may not read, or that is missing."""
+        if req.user is None:
+            return HTTPError(401, "authorization required")
+        return HTTPError(404, "not found")
+
+    # -- authentication ---------------------------------------------------------------
+
+    def _authenticate(self, req: Request) -> None:
+        header = req.header("Authorization")
+        if header:
+            try:
+                result = self.auth.basic(header, req.address)
+            except Malformed as e:
+                raise HTTPError(400, str(e)) from None
+            if isinstance(result, Refusal):
+                raise HTTPError(result.status, result.reason)
+            req.user = result
+            return
+        cookie = req.cookie(SESSION_COOKIE)
+        if cookie:
+            session = self.auth.session(cookie)
+            if session is not None:
+                req.session = session
+                req.user = session.user
+
+    def health(self, req: Request, start_response):
+        """``/healthz``: 200 when the database answers, 503 otherwise."""
+        try:
+            count = Repository.select().count()
+        except Exception as e:  # noqa: BLE001 - reported as unhealthy
+            return respond_json(start_response, {"status": "error", "error": str(e)[:200]}, status=503)
+        return respond_json(start_response, {"status": "ok", "repositories": count})
+
+    # -- routing ------------------------------------------------------------------------
+
+    def _route(self, req: Request, start_response):
+        seg = req.segments
+        if not seg:
+            return self.pages.index(req, start_response)
+        if seg == ["healthz"]:
+            return self.health(req, start_response)
+        if seg[0] == "-":
+            handler = {"login": self.pages.login, "logout": self.pages.logout,
+                       "new": self.pages.new_repo}.get(seg[1] if len(seg) == 2 else "")
+            if handler is None:
+                raise HTTPError(404, "not found")
+            return handler(req, start_response)
+        if len(seg) == 1:
+            return self.pages.owner(req, start_response, seg[0])
+        return self._repository(req, start_response, seg[0], seg[1], seg[2:])
+
+    def lookup(self, req: Request, owner: str, name: str) -> tuple[Repository, policy.RepoFacts, str]:
+        """The repository and the requester's level, or the 'hidden' error."""
+        try:
+            names.check_name(owner)
+            names.check_name(name)
+        except names.InvalidName:
+            raise self.hidden(req) from None
+        row = (
+            Repository.select(Repository, Owner)
+            .join(Owner)
+            .where((Owner.name_key == names.key(owner)) & (Repository.name_key == names.key(name)))
+            .first()
+        )
+        if row is None:
+            raise self.hidden(req)
+        facts = policy.load_repo_facts(row)
+        level = policy.level_of(self.subject(req), facts)
+        if level is None:
+            raise self.hidden(req)
+        return row, facts, level
+
+    def subject(self, req: Request) -> policy.Subject | None:
+        if req.user is None:
+            return None
+        if not hasattr(req, "_subject"):
+            req._subject = policy.load_subject(req.user.name)
+        return req._subject
+
+    def _repository(self, req: Request, start_response, owner: str, name: str, rest: list[str]):
+        row, facts, level = self.lookup(req, owner, name)
+        if req.arg("cmd") is None and (not rest or rest[0] in self.pages.repo_pages):
+            page = rest[0] if rest else "overview"
+            if page == "json-pushes":
+                unfi = self._open(row).unfiltered() if "full" in req.query else None
+                return respond_json(start_response, jsonpushes.query(req, row.id, unfi))
+            return self.pages.repo_pages[page](req, start_response, row, facts, level)
+        if wire_command_writes(req) and level not in ("write", "admin"):
+            if req.user is None:
+                raise HTTPError(401, "authorization required to push")
+            raise HTTPError(403, policy.may(self.subject(req), "write", facts).reason)
+        return self._hgweb(req, start_response, row, level, rest)
+
+    def repo_path(self, row: Repository) -> Path:
+        return self.site.repo_path(row.owner.name, row.name)
+
+    def _open(self, row: Repository):
+        return hg.repository(self.baseui.copy(), os.fsencode(self.repo_path(row)))
+
+    def _hgweb(self, req: Request, start_response, row: Repository, level: str, rest: list[str]):
+        path = self.repo_path(row)
+        if (path / ".hg" / "store" / "journal").exists():
+            self._open(row)  # the extension's reposetup recovers an abandoned transaction
+        app = self.hgwebs.get(row.id, path, row.full_name, row.description, row.settings_epoch)
+        environ = dict(req.environ)
+        environ.pop("REMOTE_USER", None)
+        if req.user is not None:
+            environ["REMOTE_USER"] = req.user.name
+        environ["REMOTE_HOST"] = req.address
+        environ[LEVEL_KEY] = level
+        environ["SCRIPT_NAME"] = f"/{row.owner.name}/{row.name}"
+        environ["PATH_INFO"] = ("/" + "/".join(rest)).encode("utf-8").decode("latin-1") if rest else ""
+        return app(environ, start_response)

@@ -1,0 +1,327 @@
+"""The hosting pages: each handler queries the models, then renders one template.
+
+Pages: ``/`` (repositories the visitor may read, with search), ``/OWNER``,
+``/OWNER/NAME`` (overview: description, clone URLs, recent pushes, README),
+``/OWNER/NAME/pushlog`` (paged), ``/OWNER/NAME/settings`` (grants, protected
+refs, visibility, description; repository admins only), ``/OWNER/NAME/fork``
+and ``/-/new`` (logged-in users), ``/-/login`` and ``/-/logout``.
+
+Every form that changes state carries the session's CSRF token (the login
+form a double-submit cookie) and is refused without it.  Session cookies are
+HttpOnly and SameSite=Lax.  Templates autoescape; the README is rendered by
+markdown-it with raw HTML disabled.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import secrets
+import urllib.parse
+from importlib import resources
+
+import jinja2
+from markdown_it import MarkdownIt
+from peewee import fn
+
+from hgext_hosting import names, policy, pushlog, repositories
+from hgext_hosting.errors import UserError
+from hgext_hosting.models import Membership, Owner, Push, Repository
+
+from .auth import SESSION_COOKIE, Refusal
+from .web import HTTPError, Request, redirect, respond
+
+LOGIN_CSRF_COOKIE = "hgh_login_csrf"
+PUSHES_PER_PAGE = 20
+README_NAMES = (b"README.md", b"README.markdown", b"README.rst", b"README.txt", b"README")
+
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+
+
+def templates_dir() -> str:
+    return str(resources.files("hg_hosting_templates"))
+
+
+def make_environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir()),
+        autoescape=jinja2.select_autoescape(["html"], default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["short"] = lambda node: (node or "")[:12]
+    env.filters["datetime"] = lambda dt: dt.strftime("%Y-%m-%d %H:%M UTC") if dt else ""
+    return env
+
+
+def _cookie(name: str, value: str, *, secure: bool, max_age: int | None = None) -> tuple[str, str]:
+    parts = [f"{name}={value}", "Path=/", "HttpOnly", "SameSite=Lax"]
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
+    if secure:
+        parts.append("Secure")
+    return ("Set-Cookie", "; ".join(parts))
+
+
+def safe_next(target: str | None) -> str:
+    """A local path to go back to after logging in (never another site)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+class Pages:
+    """Page handlers; ``app`` is the :class:`daemon.app.HostingApp` they serve under."""
+
+    def __init__(self, site, auth, ssh_address: str | None = None):
+        self.site = site
+        self.auth = auth
+        self.ssh_address = ssh_address
+        self.env = make_environment()
+        self.app = None
+        self.repo_pages = {
+            "overview": self.overview,
+            "pushlog": self.pushlog,
+            "settings": self.settings,
+            "fork": self.fork,
+            "json-pushes": None,  # served by daemon.jsonpushes through the app
+        }
+
+    # -- rendering ---------------------------------------------------------------
+
+    def render(self, req: Request, start_response, template: str, status: int = 200,
+               headers: list[tuple[str, str]] | None = None, **context) -> list[bytes]:
+        context.setdefault("title", "hg-hosting")
+        body = self.env.get_template(template).render(
+            user=req.user,
+            csrf=req.session.csrf if req.session is not None else "",
+            path=urllib.parse.quote("/" + "/".join(req.segments)),
+            **context,
+        )
+        return respond(start_response, status, body, "text/html; charset=utf-8", headers=headers)
+
+    def _secure(self, req: Request) -> bool:
+        return req.environ.get("wsgi.url_scheme") == "https"
+
+    def require_login(self, req: Request) -> None:
+        if req.user is None:
+            raise HTTPError(401, "log in first")
+
+    def check_csrf(self, req: Request) -> None:
+        """Refuse a state-changing POST without the session's CSRF token."""
+        if req.method != "POST":
+            raise HTTPError(405, "use the form")
+        if req.session is None:
+            raise HTTPError(403, "log in with the login form to change anything")
+        token = req.field("csrf")
+        if not token or not hmac.compare_digest(token.encode(), req.session.csrf.encode()):
+            raise HTTPError(403, "the form has expired (CSRF token mismatch); reload and try again")
+
+    # -- index and owners --------------------------------------------------------------
+
+    def _listing(self, req: Request, query) -> list[dict]:
+        search = (req.arg("q") or "").strip()[:100]
+        if search:
+            like = f"%{search.lower()}%"
+            query = query.where(
+                (fn.LOWER(Repository.name).contains(search.lower()))
+                | (fn.LOWER(Owner.name).contains(search.lower()))
+                | (fn.LOWER(Repository.description) ** like)
+            )
+        rows = list(query.order_by(Owner.name_key, Repository.name_key).limit(500))
+        last = dict(
+            Push.select(Push.repository, fn.MAX(Push.date))
+            .where((Push.repository.in_([r.id for r in rows])) & (Push.state == "done"))
+            .group_by(Push.repository)
+            .tuples()
+        ) if rows else {}
+        return [{"row": r, "last_push": last.get(r.id)} for r in rows]
+
+    def index(self, req: Request, start_response):
+        subject = self.app.subject(req)
+        repos = self._listing(req, policy.readable_repositories(subject))
+        return self.render(req, start_response, "index.html", repos=repos, q=req.arg("q") or "",
+                           title="Repositories")
+
+    def owner(self, req: Request, start_response, owner_name: str):
+        try:
+            names.check_name(owner_name)
+        except names.InvalidName:
+            raise HTTPError(404, "not found") from None
+        owner = Owner.get_or_none(Owner.name_key == names.key(owner_name))
+        if owner is None:
+            raise HTTPError(404, "not found")
+        subject = self.app.subject(req)
+        repos = self._listing(req, policy.readable_repositories(subject).where(Repository.owner == owner.id))
+        members = []
+        if owner.is_team:
+            members = [m.user.name for m in Membership.select(Membership, Owner)
+                       .join(Owner, on=(Membership.user == Owner.id)).where(Membership.team == owner.id)]
+        return self.render(req, start_response, "owner.html", owner=owner, repos=repos, members=members,
+                           q=req.arg("q") or "", title=owner.name)
+
+    # -- a repository ------------------------------------------------------------------
+
+    def clone_urls(self, req: Request, row: Repository) -> dict[str, str]:
+        urls = {"HTTP": f"{req.host_url}/{row.owner.name}/{row.name}"}
+        if self.ssh_address:
+            host, _, port = self.ssh_address.rpartition(":")
+            if host in ("0.0.0.0", "::", ""):
+                host = urllib.parse.urlsplit(req.host_url).hostname or "localhost"
+            urls["SSH"] = f"ssh://hg@{host}:{port}/{row.owner.name}/{row.name}"
+        return urls
+
+    def _readme(self, row: Repository) -> tuple[str, str] | None:
+        repo = self.app._open(row)
+        try:
+            ctx = repo[b"tip"]
+        except Exception:  # noqa: BLE001 - an empty or odd repository has no README
+            return None
+        if ctx.rev() < 0:
+            return None
+        files = {f.lower(): f for f in ctx.manifest().keys() if b"/" not in f}
+        for candidate in README_NAMES:
+            actual = files.get(candidate.lower())
+            if actual is None:
+                continue
+            data = ctx[actual].data()[:512 * 1024].decode("utf-8", "replace")
+            if actual.lower().endswith((b".md", b".markdown")):
+                return actual.decode("utf-8", "replace"), _markdown.render(data)
+            return actual.decode("utf-8", "replace"), "<pre>" + jinja2.escape(data) + "</pre>"
+        return None
+
+    def overview(self, req: Request, start_response, row, facts, level):
+        pushes = pushlog.recent_pushes(row, 5)
+        readme = self._readme(row)
+        return self.render(req, start_response, "repo.html", repo=row, level=level, pushes=pushes,
+                           clone_urls=self.clone_urls(req, row), readme=readme, title=row.full_name)
+
+    def pushlog(self, req: Request, start_response, row, facts, level):
+        try:
+            page = max(1, int(req.arg("page", "1")))
+        except ValueError:
+            raise HTTPError(400, "page must be a number") from None
+        total = Push.select().where((Push.repository == row.id) & (Push.state == "done")).count()
+        pages = max(1, math.ceil(total / PUSHES_PER_PAGE))
+        pushes = pushlog.recent_pushes(row, PUSHES_PER_PAGE, (page - 1) * PUSHES_PER_PAGE)
+        return self.render(req, start_response, "pushlog.html", repo=row, level=level, pushes=pushes,
+                           page=page, pages=pages, total=total, title=f"{row.full_name}: push log")
+
+    def settings(self, req: Request, start_response, row, facts, level):
+        self.require_login(req)
+        if level != "admin":
+            raise HTTPError(403, f"{req.user.name} is not an admin of {row.full_name}")
+        message = error = None
+        if req.method == "POST":
+            self.check_csrf(req)
+            try:
+                message = self._apply_setting(req, row)
+                if req.field("action") == "delete":
+                    return redirect(start_response, f"/{row.owner.name}")
+                row = Repository.get_by_id(row.id)
+            except UserError as e:
+                error = str(e)
+        return self.render(
+            req, start_response, "settings.html", status=400 if error else 200, repo=row, level=level,
+            grants=repositories.list_grants(row), protected=repositories.list_protected(row),
+            message=message, error=error, title=f"{row.full_name}: settings",
+        )
+
+    def _apply_setting(self, req: Request, row: Repository) -> str:
+        action = req.field("action")
+        full = row.full_name
+        if action == "grant":
+            repositories.grant(full, req.field("subject").strip(), req.field("level"))
+            return f"granted {req.field('level')} to {req.field('subject').strip()}"
+        if action == "revoke":
+            repositories.revoke(full, req.field("subject"))
+            return f"revoked the grant of {req.field('subject')}"
+        if action == "protect":
+            allow = [s for s in req.field("allow").replace(",", " ").split() if s]
+            repositories.protect(full, req.field("ref").strip(), allow)
+            return f"protected {req.field('ref').strip()}"
+        if action == "unprotect":
+            repositories.unprotect(full, req.field("ref"))
+            return f"unprotected {req.field('ref')}"
+        if action == "settings":
+            repositories.set_repo_settings(full, private=req.field("private") == "on",
+                                           description=req.field("description"))
+            return "saved"
+        raise UserError("unknown action")
+
+    def fork(self, req: Request, start_response, row, facts, level):
+        self.require_login(req)
+        owners = self._owner_choices(req)
+        error = None
+        if req.method == "POST":
+            self.check_csrf(req)
+            owner, name = req.field("owner"), req.field("name").strip()
+            try:
+                if names.key(owner) not in {names.key(o) for o in owners}:
+                    raise UserError(f"you may not create repositories for {owner!r}")
+                fork = repositories.fork_repo(self.site, full_name(row), f"{owner}/{name}", user=req.user.name)
+                return redirect(start_response, f"/{fork.owner.name}/{fork.name}")
+            except UserError as e:
+                error = str(e)
+        return self.render(req, start_response, "fork.html", status=400 if error else 200, repo=row,
+                           owners=owners, error=error, title=f"Fork {row.full_name}")
+
+    def _owner_choices(self, req: Request) -> list[str]:
+        teams = (Owner.select(Owner.name).join(Membership, on=(Membership.team == Owner.id))
+                 .where(Membership.user == req.user.id).order_by(Owner.name_key))
+        return [req.user.name] + [t.name for t in teams]
+
+    def new_repo(self, req: Request, start_response):
+        self.require_login(req)
+        owners = self._owner_choices(req)
+        error = None
+        if req.method == "POST":
+            self.check_csrf(req)
+            owner, name = req.field("owner"), req.field("name").strip()
+            try:
+                if names.key(owner) not in {names.key(o) for o in owners}:
+                    raise UserError(f"you may not create repositories for {owner!r}")
+                repo = repositories.create_repo(self.site, f"{owner}/{name}", private=req.field("private") == "on",
+                                                description=req.field("description"))
+                return redirect(start_response, f"/{repo.owner.name}/{repo.name}")
+            except UserError as e:
+                error = str(e)
+        return self.render(req, start_response, "new.html", status=400 if error else 200, owners=owners,
+                           error=error, title="New repository")
+
+    # -- logging in and out ----------------------------------------------------------------
+
+    def login(self, req: Request, start_response):
+        target = safe_next(req.arg("next"))
+        if req.method == "POST":
+            cookie_token = req.cookie(LOGIN_CSRF_COOKIE) or ""
+            form_token = req.field("csrf")
+            if not cookie_token or not hmac.compare_digest(cookie_token.encode(), form_token.encode()):
+                raise HTTPError(403, "the login form has expired; reload and try again")
+            result = self.auth.password_login(req.field("user").strip(), req.field("password"), req.address)
+            if not isinstance(result, Refusal):
+                cookie = self.auth.new_session(result)
+                return redirect(start_response, safe_next(req.field("next")), headers=[
+                    _cookie(SESSION_COOKIE, cookie, secure=self._secure(req), max_age=14 * 86400),
+                    _cookie(LOGIN_CSRF_COOKIE, "", secure=self._secure(req), max_age=0),
+                ])
+            status, error = result.status, result.reason
+        else:
+            status, error = 200, None
+        token = secrets.token_urlsafe(24)
+        return self.render(req, start_response, "login.html", status=status, error=error, next=target,
+                           login_csrf=token, title="Log in",
+                           headers=[_cookie(LOGIN_CSRF_COOKIE, token, secure=self._secure(req))])
+
+    def logout(self, req: Request, start_response):
+        if req.session is not None:
+            self.check_csrf(req)
+            self.auth.end_session(req.session)
+        return redirect(start_response, "/", headers=[
+            _cookie(SESSION_COOKIE, "", secure=self._secure(req), max_age=0)])
+
+
+def full_name(row: Repository) -> str:
+    return f"{row.owner.name}/{row.name}"
+
+
