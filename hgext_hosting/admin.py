@@ -13,6 +13,7 @@ import argparse
 import datetime
 import json
 import os
+import secrets
 import sys
 import traceback
 from collections.abc import Callable
@@ -66,6 +67,12 @@ def cmd_init(args, site: Site) -> int:
     for item in created:
         print(f"created {item}")
     print(f"site ready at {site.root}" if created else f"site at {site.root} is up to date")
+    if args.admin and not any(u.is_admin for u in accounts.list_users()):
+        password = os.environ.get("HG_HOSTING_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        accounts.add_user(args.admin, admin=True, password=password)
+        print(f"created site admin {args.admin}")
+        if "HG_HOSTING_ADMIN_PASSWORD" not in os.environ:
+            print(f"password (shown once): {password}")
     return 0
 
 
@@ -291,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     def listing(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print a JSON array")
 
-    command("init", cmd_init, "create the site (safe to run again)")
+    p = command("init", cmd_init, "create the site (safe to run again)")
+    p.add_argument("--admin", metavar="NAME", default=None,
+                   help="also create this site admin if the site has none (password from"
+                        " $HG_HOSTING_ADMIN_PASSWORD, else generated and printed once)")
 
     p = command("serve", cmd_serve, "run the daemon in the foreground")
     p.add_argument("--http", default="127.0.0.1:8000", metavar="HOST:PORT")

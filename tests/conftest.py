@@ -121,3 +121,61 @@ def commit(hg_run, wc: Path, filename: str, content: str, message: str | None = 
     hg_run("addremove", "-q", cwd=wc)
     hg_run("commit", "-q", "-d", DATE, "-m", message or f"change {filename}", cwd=wc)
     return hg_run("log", "-r", ".", "-T", "{node}", cwd=wc).stdout
+
+
+# -- the daemon ------------------------------------------------------------------------
+
+
+class Daemon:
+    """``hg-hosting serve`` on an ephemeral loopback port, its log captured to a file."""
+
+    def __init__(self, site: SiteHandle, *extra: str, env: dict[str, str] | None = None):
+        import re
+        import time
+
+        self.site = site
+        self.log_path = site.root.parent / f"daemon-{id(self)}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [HG_HOSTING, "--site", str(site.root), "serve", "--http", "127.0.0.1:0", *extra],
+            env={**site.env, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        pattern = re.compile(r"serving HTTP on [\d.]+:(\d+)")
+        while time.monotonic() < deadline:
+            match = pattern.search(self.log_path.read_text())
+            if match:
+                self.port = int(match.group(1))
+                break
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}: {self.log_path.read_text()}")
+            time.sleep(0.05)
+        else:
+            self.stop()
+            raise AssertionError(f"daemon did not start: {self.log_path.read_text()}")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 30) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def daemon(site: SiteHandle):
+    """A daemon serving ``site``; stopped (SIGTERM) after the test."""
+    d = Daemon(site)
+    yield d
+    d.stop()
+    assert "Traceback" not in d.log(), d.log()[-3000:]

@@ -1,0 +1,30 @@
+# hg-hosting: `make serve` runs a ready local site, `make test` the whole suite.
+PYTHON ?= python3
+VENV   ?= .venv
+SITE   ?= $(CURDIR)/site
+BIN     = $(VENV)/bin
+
+.PHONY: serve test check bench clean
+
+$(BIN)/hg-hosting: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+serve: $(BIN)/hg-hosting
+	$(BIN)/hg-hosting --site $(SITE) init --admin admin
+	$(BIN)/hg-hosting --site $(SITE) serve --http 127.0.0.1:8000
+
+test: $(BIN)/hg-hosting
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+check: $(BIN)/hg-hosting
+	$(BIN)/ruff check .
+
+bench: $(BIN)/hg-hosting
+	$(BIN)/python bench/hook_cost.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info tests/artifacts
