@@ -13,6 +13,8 @@ setup(
     packages=["hgext_hosting", "daemon", "hg_hosting_templates", "twisted.plugins"],
     # templates/ is installed as the package hg_hosting_templates (Jinja2 loads from it).
     package_dir={"hg_hosting_templates": "templates"},
+    # hgext3rd is Mercurial's namespace for third-party extensions: "[extensions] hosting =".
+    py_modules=["hgext3rd.hosting"],
     package_data={"hg_hosting_templates": ["*.html", "static/*"]},
     install_requires=[
         "mercurial>=7.2,<7.3",

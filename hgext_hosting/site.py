@@ -37,8 +37,8 @@ SITE_HGRC_TEMPLATE = """\
 # `hg-hosting init` never overwrites this file once it exists.
 
 [extensions]
-# The extension that checks and records every push.  Do not remove it.
-hgext_hosting =
+# The extension that checks and records every push (`hg help hosting`).  Do not remove it.
+hosting =
 
 [hosting]
 # Database URL.  Empty: the SQLite file hosting.db in the site directory.
