@@ -135,7 +135,7 @@ class HTTPService(service.Service):
     """The HTTP side of one process: thread pool, resources, listening port."""
 
     def __init__(self, site, host: str, port: int, *, fd: int | None = None, ssh_address: str | None = None,
-                 threads: int = 32, drain_seconds: float = 30.0, reactor=None):
+                 threads: int = 32, drain_seconds: float = 30.0, settle: bool = True, reactor=None):
         # Register Mercurial's bundle2 parts, templates and web commands once, here on
         # the main thread: doing it lazily in a pool thread races (DESIGN.md §0.5).
         initialization.init()
@@ -145,6 +145,7 @@ class HTTPService(service.Service):
         self.reactor = reactor or default_reactor
         self.pool = ThreadPool(minthreads=2, maxthreads=threads, name="hosting-wsgi")
         self.drain_seconds = drain_seconds
+        self.settle = settle  # False in workers: their master settled the site already
         self.tracker = InFlight()
         auth = Authenticator(site.secret())
         pages = Pages(site, auth, ssh_address=ssh_address)
@@ -158,7 +159,8 @@ class HTTPService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        settle_all(self.site)
+        if self.settle:
+            settle_all(self.site)
         self.pool.start()
         if self.fd is not None:
             self.listening = self.reactor.adoptStreamPort(self.fd, socket.AF_INET, self.site_factory)

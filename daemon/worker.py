@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     site = Site(args.site).open()
-    http = HTTPService(site, "", 0, fd=args.fd, ssh_address=args.ssh_address)
+    http = HTTPService(site, "", 0, fd=args.fd, ssh_address=args.ssh_address, settle=False)
     http.startService()
     reactor.addSystemEventTrigger("before", "shutdown", http.stopService)
     reactor.run()
