@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 
-from mercurial import hg, initialization
+from mercurial import hg, initialization, templater
 from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet import reactor as default_reactor
@@ -105,6 +105,10 @@ class InFlight:
 
 def settle_all(site) -> None:
     """Recover every repository a crash left half-way (run before serving)."""
+    from hgext_hosting.repositories import finish_interrupted_moves
+
+    for what in finish_interrupted_moves(site):
+        log.info("recovered: {what}", what=what)
     ui = site.ui.copy()
     for row in Repository.select():
         path = site.repo_path(row.owner.name, row.name)
@@ -117,16 +121,32 @@ def settle_all(site) -> None:
 
 
 def daemon_baseui(site):
-    """The ui every hgweb application copies: the site hgrc plus daemon settings."""
+    """The ui every hgweb application copies: the site hgrc plus daemon settings.
+
+    hgweb's pages use our style (``templates/hgweb/hosting``: Mercurial's paper
+    with the site's top bar and stylesheet) unless the site hgrc names its own
+    ``web.templates``.  ``web.static`` keeps ``/OWNER/NAME/static/`` serving
+    Mercurial's own files (paper's CSS, JavaScript, icons), which hgweb would
+    otherwise look for next to our templates.
+    """
     ui = site.ui.copy()
-    for section, key, value in (
+    settings = [
         (b"ui", b"nontty", b"true"),
         (b"ui", b"interactive", b"false"),
         (b"web", b"encoding", b"UTF-8"),
         (b"web", b"allow-push", b"*"),
         (b"web", b"push_ssl", b"false"),
         (b"server", b"streamunbundle", b"true"),
-    ):
+    ]
+    if not ui.config(b"web", b"templates"):
+        settings += [
+            (b"web", b"templates", os.fsencode(os.path.join(templates_dir(), "hgweb"))),
+            (b"web", b"style", b"hosting"),
+        ]
+        mercurial_templates = templater.templatedir()
+        if mercurial_templates is not None and not ui.config(b"web", b"static"):
+            settings.append((b"web", b"static", os.path.join(mercurial_templates, b"static")))
+    for section, key, value in settings:
         ui.setconfig(section, key, value, b"hosting-daemon")
     return ui
 

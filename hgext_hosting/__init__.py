@@ -61,9 +61,12 @@ record remain.
 
 from __future__ import annotations
 
-from mercurial import error, registrar, wireprototypes, wireprotov1server
+from mercurial import error, registrar
 
-from . import config, hooks
+from . import config
+
+# Everything else is imported when Mercurial calls us, so that the hg-hosting CLI,
+# which imports this package, does not pay for the wire protocol and the hooks.
 
 testedwith = b"7.2.4"
 minimumhgversion = b"7.2"
@@ -77,6 +80,8 @@ def reposetup(ui, repo) -> None:
     """Wire the hooks and crash recovery into every local repository of a site."""
     if not repo.local():
         return
+    from . import hooks
+
     located = hooks.locate(repo)
     if located is None:
         return
@@ -97,7 +102,7 @@ def reposetup(ui, repo) -> None:
 
 def _settle_before_transaction(repo, owner: str, name: str) -> None:
     """Under the lock the caller holds: recover a dead transaction, settle its record."""
-    from . import pushlog
+    from . import hooks, pushlog
 
     try:
         row = hooks.repository_row(owner, name)
@@ -134,6 +139,10 @@ def _wrap_ssh_unbundle() -> None:
     "send the bundle"; replying with an error instead makes the client abort
     at once.  (HTTP refuses in the daemon, before hgweb reads the body.)
     """
+    from mercurial import wireprototypes, wireprotov1server
+
+    from . import hooks
+
     entry = wireprotov1server.commands[b"unbundle"]
     if getattr(entry.func, "_hosting", False):
         return
@@ -162,7 +171,7 @@ def pushlog_command(ui, repo, limit=10, json=False):
     """show who pushed what to this repository, newest first"""
     import json as jsonlib
 
-    from . import pushlog
+    from . import hooks, pushlog
 
     located = hooks.locate(repo)
     if located is None:

@@ -406,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         site = Site(resolve_site_dir(args.site))
         if args.command not in ("init",):
             site.open()
+            for what in repositories.finish_interrupted_moves(site):
+                print(f"recovered: {what}", file=sys.stderr)
         return args.func(args, site)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

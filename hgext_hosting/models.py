@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import uuid
 from collections.abc import Callable
 
 import peewee as pw
@@ -86,6 +87,8 @@ class Repository(BaseModel):
     created = pw.DateTimeField(default=utcnow)
     #: Bumped whenever grants, protected refs or visibility change (cache invalidation).
     settings_epoch = pw.IntegerField(default=0)
+    #: Identity that survives renames; move intents (repositories.py) refer to it.
+    uuid = pw.CharField(max_length=32, unique=True, default=lambda: uuid.uuid4().hex)
 
     class Meta:
         indexes = ((("owner", "name_key"), True),)

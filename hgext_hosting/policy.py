@@ -89,8 +89,9 @@ def level_of(subject: Subject | None, repo: RepoFacts) -> str | None:
 
 def may(subject: Subject | None, level: str, repo: RepoFacts) -> Decision:
     """May ``subject`` (None: anonymous) do ``level`` on ``repo``?"""
+    check_level(level)
     held = level_of(subject, repo)
-    if held is not None and _RANK[held] >= _RANK[check_level(level)]:
+    if held is not None and _RANK[held] >= _RANK[level]:
         return Decision(True)
     who = subject.name if subject else "anonymous"
     if held is None:

@@ -7,14 +7,26 @@ a single ``rename(2)`` of a directory.  If anything fails before the COMMIT
 returns, including the COMMIT itself, the directory is renamed back and the
 transaction rolls back.  Moving or removing a repository first takes its
 Mercurial locks, so that no push is in flight while its directory moves.
+
+A process killed between the rename and the COMMIT cannot rename back, so the
+move is announced first in an intent file ``SITE/tmp/move-*.json`` (pid,
+repository uuid, source, destination; fsynced) and the file is removed once
+the transaction has committed or rolled back.  :func:`finish_interrupted_moves`
+(run by every ``hg-hosting`` command and by the daemon at start) finds the
+intents of dead processes and puts each directory where the database says the
+repository is, or, when the database has no such repository, out of
+``repos/``: the database decides, as for a push.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
+import socket
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -103,21 +115,89 @@ def _repo_locked(site: Site, path: Path) -> Iterator[object]:
         raise UserError(f"{path.name} is busy (locked by another process); try again") from None
 
 
-def _move_in_transaction(src: Path, dst: Path, change: Callable[[], T], fault: str) -> T:
+@contextlib.contextmanager
+def _move_intent(site: Site, repo_uuid: str, src: Path, dst: Path) -> Iterator[None]:
+    """Announce a directory move durably for as long as its transaction is open."""
+    site.tmp.mkdir(mode=0o700, exist_ok=True)
+    intent = site.tmp / f"move-{secrets.token_hex(6)}.json"
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "uuid": repo_uuid,
+              "src": str(src), "dst": str(dst)}
+    fd = os.open(intent, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        yield
+    finally:
+        intent.unlink(missing_ok=True)
+
+
+def _move_in_transaction(site: Site, repo_uuid: str, src: Path, dst: Path,
+                         change: Callable[[], T], fault: str) -> T:
     """Apply ``change()`` and ``rename(src, dst)`` atomically together."""
     moved = False
-    try:
-        with write_transaction():
-            result = change()
-            dst.parent.mkdir(mode=0o755, exist_ok=True)
-            os.rename(src, dst)
-            moved = True
-            faults.point(fault)
-    except BaseException:
-        if moved:
-            os.rename(dst, src)
-        raise
+    made_parent = not dst.parent.exists()
+    with _move_intent(site, repo_uuid, src, dst):
+        try:
+            with write_transaction():
+                result = change()
+                dst.parent.mkdir(mode=0o755, exist_ok=True)
+                os.rename(src, dst)
+                moved = True
+                faults.point(fault)
+        except BaseException:
+            if moved:
+                os.rename(dst, src)
+            if made_parent:
+                with contextlib.suppress(OSError):
+                    dst.parent.rmdir()  # only if still empty
+            raise
     return result
+
+
+def _alive(record: dict) -> bool:
+    if record.get("host") != socket.gethostname():
+        return True  # another machine's operation: not ours to judge
+    try:
+        os.kill(int(record["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, KeyError):
+        return True
+    return True
+
+
+def finish_interrupted_moves(site: Site) -> list[str]:
+    """Settle the moves of processes that died mid-operation; return what was done."""
+    done: list[str] = []
+    if not site.tmp.is_dir():
+        return done
+    for intent in sorted(site.tmp.glob("move-*.json")):
+        try:
+            record = json.loads(intent.read_text())
+            src, dst = Path(record["src"]), Path(record["dst"])
+        except (OSError, ValueError, KeyError):
+            continue
+        if _alive(record):
+            continue
+        row = (Repository.select(Repository, Owner).join(Owner)
+               .where(Repository.uuid == record["uuid"]).first())
+        where = next((p for p in (dst, src) if (p / ".hg").is_dir()), None)
+        if row is not None:
+            expected = repo_dir(site, row)
+            if where is not None and where != expected and not expected.exists():
+                expected.parent.mkdir(mode=0o755, exist_ok=True)
+                os.rename(where, expected)
+                _drop_lock_files(expected)
+                done.append(f"{row.full_name}: an interrupted operation had moved it to {where}; moved back")
+        elif where is not None and site.repos in where.parents:
+            site.lost_found.mkdir(mode=0o700, exist_ok=True)
+            target = site.lost_found / f"{where.parent.name}-{where.name}-{secrets.token_hex(4)}"
+            os.rename(where, target)
+            done.append(f"{where}: left by an interrupted operation the database never saw; moved to {target}")
+        intent.unlink(missing_ok=True)
+    return done
 
 
 def _drop_lock_files(path: Path) -> None:
@@ -157,14 +237,17 @@ def create_repo(site: Site, full_name: str, private: bool = False, description: 
         hg.repository(_hg_ui(site), os.fsencode(stage), create=True)
         _write_repo_hgrc(stage)
 
+        new_uuid = uuid.uuid4().hex
+
         def insert() -> Repository:
             _check_free(owner, name, site)
             return Repository.create(
                 owner=owner, name=name, name_key=names.key(name),
-                private=private, description=description,
+                private=private, description=description, uuid=new_uuid,
             )
 
-        return _move_in_transaction(stage, site.repo_path(owner.name, name), insert, "repo-create-after-move")
+        return _move_in_transaction(site, new_uuid, stage, site.repo_path(owner.name, name), insert,
+                                    "repo-create-after-move")
 
 
 def remove_repo(site: Site, full_name: str) -> None:
@@ -178,7 +261,8 @@ def remove_repo(site: Site, full_name: str) -> None:
     site.tmp.mkdir(mode=0o700, exist_ok=True)
     trash = site.tmp / f"removed-{secrets.token_hex(6)}"
     with _repo_locked(site, path):
-        _move_in_transaction(path, trash, lambda: get_repo(full_name).delete_instance(), "repo-remove-after-move")
+        _move_in_transaction(site, repo.uuid, path, trash, lambda: get_repo(full_name).delete_instance(),
+                             "repo-remove-after-move")
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -203,7 +287,7 @@ def rename_repo(site: Site, src_name: str, dst_name: str) -> Repository:
         return current
 
     with _repo_locked(site, src):
-        result = _move_in_transaction(src, dst, update, "repo-rename-after-move")
+        result = _move_in_transaction(site, repo.uuid, src, dst, update, "repo-rename-after-move")
         _drop_lock_files(dst)
     return result
 
@@ -231,11 +315,13 @@ def fork_repo(
         bookmarks = {name.decode("utf-8", "replace"): node.hex() for name, node in copy._bookmarks.items()}
         del copy
 
+        new_uuid = uuid.uuid4().hex
+
         def insert() -> Repository:
             _check_free(dst_owner, name, site)
             fork = Repository.create(
                 owner=dst_owner, name=name, name_key=names.key(name),
-                private=private, description=src_repo.description,
+                private=private, description=src_repo.description, uuid=new_uuid,
             )
             if nodes or bookmarks:
                 push = Push.create(repository=fork, push_id=1, user=forker.name, state="done",
@@ -246,7 +332,8 @@ def fork_repo(
             faults.point("repo-fork-before-move")
             return fork
 
-        return _move_in_transaction(stage, site.repo_path(dst_owner.name, name), insert, "repo-fork-after-move")
+        return _move_in_transaction(site, new_uuid, stage, site.repo_path(dst_owner.name, name), insert,
+                                    "repo-fork-after-move")
 
 
 def _insert_changesets(push: Push, nodes: list[str]) -> None:

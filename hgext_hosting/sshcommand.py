@@ -18,11 +18,13 @@ This module is the shared filter, so that the two cannot drift apart:
     splits the string with :mod:`shlex` (POSIX rules, like the ``sh -c`` that
     OpenSSH would use) and compares the words exactly.  Accepted path forms:
     ``OWNER/NAME``, ``/OWNER/NAME`` (from ``ssh://host//OWNER/NAME``) and a
-    trailing slash.  Refused, each with its own message: an empty command (an
-    interactive shell), any other program, ``hg init`` (creating repositories
-    over SSH is not supported: use ``hg-hosting repo create`` or the web pages),
-    any extra word such as ``--debugger``, ``--config`` or ``--hidden``, and any
-    path that is not a valid ``OWNER/NAME`` (``../``, absolute paths, ``.hg``).
+    trailing slash; a leading slash is relative to the site, so no path can
+    name anything outside ``SITE/repos``.  Refused, each with its own
+    message: an empty command (an interactive shell), any other program,
+    ``hg init`` (creating repositories over SSH is not supported: use
+    ``hg-hosting repo create`` or the web pages), any extra word such as
+    ``--debugger``, ``--config`` or ``--hidden``, and any path that is not a
+    valid ``OWNER/NAME`` (``../``, deeper paths, names ending in ``.hg``).
 
     ``--hidden`` (sent by ``hg --remote-hidden``) is refused on purpose: it asks
     for obsolete changesets that the HTTP side does not serve either, and
@@ -40,9 +42,15 @@ This module is the shared filter, so that the two cannot drift apart:
     ``unbundle`` wrapper, which refuses before the upload) decide it inside the
     ``hg serve`` process, with ``HG_HOSTING_USER`` as the identity.
 
-:func:`serve_argv` and :func:`hg_executable`
-    The argv that runs the session: the ``hg`` installed next to the running
-    Python, ``-R`` the absolute repository path, ``serve --stdio``.
+:func:`serve_argv`, :func:`hg_executable` and :func:`session_environ`
+    How the session runs: the ``hg`` installed next to the running Python,
+    ``-R`` the absolute repository path, ``serve --stdio`` and nothing else;
+    the identity goes by environment (``HG_HOSTING_USER``, always set here).
+
+:func:`authorized_keys_line` and :func:`authorized_keys_lines`
+    OpenSSH ``authorized_keys`` lines forcing ``hg-hosting --site SITE
+    ssh-serve USER`` with ``restrict`` for every registered key (``hg-hosting
+    ssh-authorized-keys``; ``docs/ssh.md`` shows the sshd setup).
 
 Examples::
 
@@ -69,6 +77,8 @@ from .errors import UserError
 
 #: What we tell a user who asked for something else.
 ACCEPTED = "hg -R OWNER/NAME serve --stdio"
+#: The answer to a client that asked for a shell (no command).
+NO_SHELL = f"interactive shells are not available: this account only serves '{ACCEPTED}'"
 #: Longer commands are refused before parsing (the client's are ~160 bytes at most).
 MAX_COMMAND_LENGTH = 4096
 #: Longest piece of a refused command quoted back in a message.
@@ -100,9 +110,7 @@ def parse_command(command: str | bytes | None) -> tuple[str, str]:
         except UnicodeDecodeError:
             raise CommandRefused("the command is not valid UTF-8") from None
     if not command or not command.strip():
-        raise CommandRefused(
-            f"interactive shells are not available: this account only serves '{ACCEPTED}'"
-        )
+        raise CommandRefused(NO_SHELL)
     if len(command) > MAX_COMMAND_LENGTH:
         raise CommandRefused(f"the command is too long: this account only serves '{ACCEPTED}'")
     if "\0" in command:
@@ -112,9 +120,7 @@ def parse_command(command: str | bytes | None) -> tuple[str, str]:
     except ValueError as e:  # "No closing quotation", "No escaped character"
         raise CommandRefused(f"cannot parse the command: {str(e).lower()}") from None
     if not words:
-        raise CommandRefused(
-            f"interactive shells are not available: this account only serves '{ACCEPTED}'"
-        )
+        raise CommandRefused(NO_SHELL)
     if words[0] != "hg":
         raise CommandRefused(f"unsupported command {_show(words[0])}: this account only serves '{ACCEPTED}'")
     if len(words) >= 2 and words[1] == "init":
