@@ -18,15 +18,15 @@ def parse_address(text: str, what: str) -> tuple[str, int]:
 
 def serve(site, args) -> int:
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner
 
-    from .service import make_service
+    from .service import info_observer, make_service
 
     http = parse_address(args.http, "--http")
     ssh = parse_address(args.ssh, "--ssh") if args.ssh else None
     if args.workers < 1 or args.workers > 64:
         raise UserError("--workers must be between 1 and 64")
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([info_observer(sys.stderr)], redirectStandardIO=False)
     top = make_service(site, http, ssh, args.workers, reactor=reactor)
     try:
         top.startService()

@@ -25,7 +25,13 @@ from mercurial import hg, initialization, templater
 from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet import reactor as default_reactor
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    textFileLogObserver,
+)
 from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server, static
 
@@ -39,6 +45,12 @@ from .pages import Pages, templates_dir
 from .streaming import StreamingWSGIResource
 
 log = Logger()
+
+
+def info_observer(stream):
+    """A log observer writing events of level info and above (Conch is chatty at debug)."""
+    return FilteringLogObserver(textFileLogObserver(stream),
+                                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)])
 
 
 class Root(resource.Resource):
@@ -120,6 +132,13 @@ def settle_all(site) -> None:
                 log.info("{repo}: {what}", repo=row.full_name, what=what)
 
 
+#: hgweb's Content-Security-Policy: the hosting pages' (daemon.web.PAGE_CSP), plus
+#: paper's inline scripts (log scrolling, graph), which hgweb marks with the nonce.
+#: Our stylesheet and paper's are same-origin ('self').
+HGWEB_CSP = (b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+             b"script-src 'self' 'nonce-%nonce%'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+
+
 def daemon_baseui(site):
     """The ui every hgweb application copies: the site hgrc plus daemon settings.
 
@@ -127,7 +146,9 @@ def daemon_baseui(site):
     with the site's top bar and stylesheet) unless the site hgrc names its own
     ``web.templates``.  ``web.static`` keeps ``/OWNER/NAME/static/`` serving
     Mercurial's own files (paper's CSS, JavaScript, icons), which hgweb would
-    otherwise look for next to our templates.
+    otherwise look for next to our templates.  hgweb's pages get the same
+    Content-Security-Policy as ours (:data:`HGWEB_CSP`) unless the site hgrc
+    sets ``web.csp``.
     """
     ui = site.ui.copy()
     settings = [
@@ -138,6 +159,8 @@ def daemon_baseui(site):
         (b"web", b"push_ssl", b"false"),
         (b"server", b"streamunbundle", b"true"),
     ]
+    if not ui.config(b"web", b"csp"):
+        settings.append((b"web", b"csp", HGWEB_CSP))
     if not ui.config(b"web", b"templates"):
         settings += [
             (b"web", b"templates", os.fsencode(os.path.join(templates_dir(), "hgweb"))),

@@ -74,10 +74,10 @@ from pathlib import Path
 from twisted.application.service import Service
 from twisted.conch import error as concherror
 from twisted.conch.avatar import ConchUser
-from twisted.conch.checkers import ISSHPrivateKey
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import channel, common, connection, factory, keys, transport, userauth
 from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ISSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
@@ -94,10 +94,12 @@ from hgext_hosting import accounts, models, sshcommand
 from hgext_hosting.errors import UserError
 from hgext_hosting.repositories import repo_dir
 from hgext_hosting.site import Site, write_private_file
+from hgext_hosting.sshkeys import fingerprint_of_blob
 
 log = Logger()
 
-#: Sessions (running ``hg serve`` children, or exec requests being checked) at once.
+#: Sessions at once, each counted from its exec request until its channel is closed
+#: and its ``hg serve`` child has ended.
 MAX_SESSIONS = 32
 #: TCP connections at once, authenticated or not; more are closed at accept.
 MAX_CONNECTIONS = 256
@@ -296,22 +298,34 @@ class SessionManager:
         return None
 
     def release(self, session: HgSession) -> None:
+        """Give a slot back: the session's channel is closed and its child (if any) has ended."""
         self.sessions.discard(session)
-        if not self.sessions:
-            waiters, self._drained = self._drained, []
-            for d in waiters:
+        if not self.sessions and self._drained:
+            # not from inside the caller: the reactor may go on shutting down at once
+            self.reactor.callLater(0, self._fire_drained)
+
+    def _fire_drained(self) -> None:
+        waiters, self._drained = self._drained, []
+        for d in waiters:
+            if not d.called:
                 d.callback(None)
 
-    def drain(self, timeout: float) -> defer.Deferred:
-        """Refuse new sessions; fire when running ones ended (SIGTERM them after ``timeout``)."""
+    def drain(self, timeout: float, grace: float = 10.0) -> defer.Deferred:
+        """Refuse new sessions; fire when the running ones have ended.
+
+        After ``timeout`` seconds the children still running get SIGTERM; after
+        ``grace`` more seconds the Deferred fires regardless (a client that
+        never closes its channel does not hold the daemon up).
+        """
         self.stopping = True
         if not self.sessions:
             return defer.succeed(None)
         log.info("ssh: waiting for {n} session(s) to end", n=len(self.sessions))
         d = defer.Deferred()
         self._drained.append(d)
-        timer = self.reactor.callLater(timeout, self._terminate_all)
-        d.addBoth(_cancel_timer, timer)
+        timers = [self.reactor.callLater(timeout, self._terminate_all),
+                  self.reactor.callLater(timeout + grace, self._fire_drained)]
+        d.addBoth(_cancel_timers, timers)
         return d
 
     def _terminate_all(self) -> None:
@@ -320,9 +334,10 @@ class SessionManager:
             session.terminate_child()
 
 
-def _cancel_timer(result, timer):
-    if timer.active():
-        timer.cancel()
+def _cancel_timers(result, timers):
+    for timer in timers:
+        if timer.active():
+            timer.cancel()
     return result
 
 
@@ -453,7 +468,6 @@ class HgSession(channel.SSHChannel):
         self.server.reactor.callLater(0, self._refuse, message)
 
     def _refuse(self, message: str) -> None:
-        self.server.release(self)
         if self._closed:
             return
         self.writeExtended(_STDERR, f"error: {message}\n".encode("utf-8", "replace"))
@@ -476,8 +490,10 @@ class HgSession(channel.SSHChannel):
     # the child ------------------------------------------------------------------
 
     def _spawn(self, path: Path) -> None:
-        if self._closed or self.server.stopping:
-            self.server.release(self)
+        if self._closed:
+            return
+        if self.server.stopping:
+            self._refuse("the server is shutting down; try again in a moment")
             return
         env = sshcommand.session_environ(os.environ, self.user, drop=("HG_", "SSH_"))
         peer = self.conn.transport.transport.getPeer()
@@ -521,7 +537,6 @@ class HgSession(channel.SSHChannel):
 
     def child_ended(self, status) -> None:
         proc, self._process = self._process, None
-        self.server.release(self)
         code, signal_number = getattr(status, "exitCode", None), getattr(status, "signal", None)
         log.info("ssh: {user} {what} ended (exit {code}, signal {sig}) after {s:.2f}s",
                  user=self.user, what=self._what, code=code, sig=signal_number,
@@ -529,6 +544,7 @@ class HgSession(channel.SSHChannel):
         if proc is not None:
             proc.unregisterProducer()
         if self._closed:
+            self.server.release(self)
             return
         if signal_number is not None:
             name = _signal_name(signal_number)
@@ -598,10 +614,10 @@ class HgSession(channel.SSHChannel):
         self.loseConnection()
 
     def closed(self) -> None:
-        """Both sides closed the channel, or the connection is gone."""
+        """Both sides closed the channel, or the connection is gone: the slot is free once the child ended."""
         self._closed = True
         if self._process is not None:
-            self.terminate_child()  # released when it ends
+            self.terminate_child()  # child_ended releases the slot
         else:
             self.server.release(self)
 
@@ -654,7 +670,7 @@ class SshService(Service):
         self.port = self.listening.getHost().port
         super().startService()
         log.info("ssh: listening on {host}:{port} (host key {fp})", host=self.host, port=self.port,
-                 fp=host_key.fingerprint(keys.FingerprintFormats.SHA256_BASE64))
+                 fp=fingerprint_of_blob(host_key.public().blob()))
 
     def stopService(self) -> defer.Deferred:
         super().stopService()

@@ -6,11 +6,11 @@ import argparse
 import sys
 
 from twisted.internet import reactor
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.logger import globalLogBeginner
 
 from hgext_hosting.site import Site
 
-from .service import HTTPService
+from .service import HTTPService, info_observer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--ssh-address", default=None)
     args = parser.parse_args(argv)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([info_observer(sys.stderr)], redirectStandardIO=False)
     site = Site(args.site).open()
     http = HTTPService(site, "", 0, fd=args.fd, ssh_address=args.ssh_address, settle=False)
     http.startService()
