@@ -15,7 +15,7 @@ setup(
     package_dir={"hg_hosting_templates": "templates"},
     # hgext3rd is Mercurial's namespace for third-party extensions: "[extensions] hosting =".
     py_modules=["hgext3rd.hosting"],
-    package_data={"hg_hosting_templates": ["*.html", "static/*"]},
+    package_data={"hg_hosting_templates": ["*.html", "static/*", "hgweb/map-*", "hgweb/hosting/*"]},
     install_requires=[
         "mercurial>=7.2,<7.3",
         "twisted[conch]>=26.0,<27",
@@ -26,7 +26,7 @@ setup(
         "markdown-it-py>=4,<5",
     ],
     extras_require={
-        "test": ["pytest>=9,<10", "ruff>=0.15"],
+        "test": ["pytest>=9,<10", "ruff>=0.15", "playwright>=1.65,<2"],
         "postgresql": ["psycopg2-binary>=2.9,<3"],
     },
     entry_points={"console_scripts": ["hg-hosting = hgext_hosting.admin:main"]},

@@ -20,6 +20,7 @@ For each request, in order:
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from mercurial import hg, wireprotov1server
@@ -130,10 +131,11 @@ class HostingApp:
     def health(self, req: Request, start_response):
         """``/healthz``: 200 when the database answers, 503 otherwise."""
         try:
-            count = Repository.select().count()
-        except Exception as e:  # noqa: BLE001 - reported as unhealthy
-            return respond_json(start_response, {"status": "error", "error": str(e)[:200]}, status=503)
-        return respond_json(start_response, {"status": "ok", "repositories": count})
+            Repository.select().limit(1).count()
+        except Exception:  # noqa: BLE001 - reported as unhealthy, details in the log
+            log.failure("health check: the database does not answer")
+            return respond_json(start_response, {"status": "error"}, status=503)
+        return respond_json(start_response, {"status": "ok"})
 
     # -- routing ------------------------------------------------------------------------
 
@@ -214,4 +216,33 @@ class HostingApp:
         environ[LEVEL_KEY] = level
         environ["SCRIPT_NAME"] = f"/{row.owner.name}/{row.name}"
         environ["PATH_INFO"] = ("/" + "/".join(rest)).encode("utf-8").decode("latin-1") if rest else ""
-        return app(environ, start_response)
+        return self._guarded(req, app(environ, start_response), start_response)
+
+    def _guarded(self, req: Request, result, start_response):
+        """hgweb's response, or 400 when hgweb fails before answering.
+
+        hgweb computes a response before yielding anything, and raises on malformed
+        wire-protocol arguments (``?cmd=known&nodes=zz``): that is the client's error.
+        """
+        iterator = iter(result)
+        try:
+            first = next(iterator)
+        except StopIteration:
+            return []
+        except Exception as e:  # noqa: BLE001 - answered 400, logged in one line
+            log.info("hgweb refused {path}: {kind}: {msg}", path=req.environ.get("PATH_INFO", "")[:200],
+                     kind=type(e).__name__, msg=str(e)[:200])
+            body, ctype = error_body(HTTPError(400, "malformed request"), False)
+            start_response("400 malformed request", [("Content-Type", ctype)], sys.exc_info())
+            return [body.encode()]
+
+        def rest():
+            try:
+                yield first
+                yield from iterator
+            finally:
+                close = getattr(iterator, "close", None)
+                if close is not None:
+                    close()
+
+        return rest()

@@ -101,7 +101,10 @@ class Authenticator:
     def __init__(self, secret: bytes, cache_seconds: float = 300.0, throttle: Throttle | None = None):
         self._secret = secret
         self._cache_seconds = cache_seconds
-        self._cache: dict[bytes, tuple[int, int, float]] = {}
+        #: HMAC key -> (user id, name key, created, credentials_epoch, expiry).  The name
+        #: and creation time pin the very user: SQLite may give a removed user's id to
+        #: the next user created, whose epoch starts again at 0.
+        self._cache: dict[bytes, tuple[int, str, object, int, float]] = {}
         self._lock = threading.Lock()
         self.throttle = throttle or Throttle()
 
@@ -114,11 +117,12 @@ class Authenticator:
             entry = self._cache.get(key)
         if entry is None:
             return None
-        user_id, epoch, expires = entry
+        user_id, name_key, created, epoch, expires = entry
         if expires < time.monotonic():
             return None
         user = Owner.get_or_none((Owner.id == user_id) & (Owner.kind == "user"))
-        if user is None or user.credentials_epoch != epoch:
+        if (user is None or user.name_key != name_key or user.created != created
+                or user.credentials_epoch != epoch):
             with self._lock:
                 self._cache.pop(key, None)
             return None
@@ -128,7 +132,8 @@ class Authenticator:
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[key] = (user.id, user.credentials_epoch, time.monotonic() + self._cache_seconds)
+            self._cache[key] = (user.id, user.name_key, user.created, user.credentials_epoch,
+                                time.monotonic() + self._cache_seconds)
 
     def basic(self, header: str, address: str) -> Owner | Refusal:
         """The user an Authorization header proves, or why not (raises Malformed)."""

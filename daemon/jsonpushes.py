@@ -142,7 +142,7 @@ def _full(unfi, node: str) -> dict:
         "author": text(ctx.user()),
         "desc": text(ctx.description()),
         "branch": text(ctx.branch()),
-        "parents": [p.hex() for p in ctx.parents()],
+        "parents": [text(p.hex()) for p in ctx.parents()],
         "tags": [text(t) for t in ctx.tags()],
         "files": [text(f) for f in ctx.files()],
     }

@@ -23,7 +23,7 @@ import sys
 
 from mercurial import hg, initialization, templater
 from twisted.application import service
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, task
 from twisted.internet import reactor as default_reactor
 from twisted.logger import (
     FilteringLogObserver,
@@ -36,7 +36,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server, static
 
 from hgext_hosting import pushlog
-from hgext_hosting.models import Repository
+from hgext_hosting.models import Owner, Repository
 
 from .app import HostingApp
 from .auth import Authenticator
@@ -90,6 +90,26 @@ class _Tracked(resource.Resource):
         return self._wsgi.render(request)
 
 
+class TrackingSite(server.Site):
+    """A Site that knows its open connections, so that shutdown can flush and close them."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.channels: set = set()
+
+    def buildProtocol(self, addr):
+        channel = super().buildProtocol(addr)
+        self.channels.add(channel)
+        lost = channel.connectionLost
+
+        def connection_lost(reason, channel=channel):
+            self.channels.discard(channel)
+            lost(reason)
+
+        channel.connectionLost = connection_lost
+        return channel
+
+
 class InFlight:
     """Counts requests in flight so that shutdown can wait for them."""
 
@@ -122,7 +142,9 @@ def settle_all(site) -> None:
     for what in finish_interrupted_moves(site):
         log.info("recovered: {what}", what=what)
     ui = site.ui.copy()
-    for row in Repository.select():
+    # Read the list first: a SQLite read cursor left open across settle()'s writes
+    # would make them fail with 'database is locked' while pushes are running.
+    for row in list(Repository.select(Repository, Owner).join(Owner)):
         path = site.repo_path(row.owner.name, row.name)
         if not path.is_dir():
             continue
@@ -196,7 +218,7 @@ class HTTPService(service.Service):
         self.app = HostingApp(site, auth, HgwebCache(baseui), pages, baseui)
         pages.app = self.app
         wsgi = StreamingWSGIResource(self.reactor, self.pool, self.app)
-        self.site_factory = server.Site(Root(wsgi, self.tracker))
+        self.site_factory = TrackingSite(Root(wsgi, self.tracker))
         self.site_factory.displayTracebacks = False
         self.listening = None
 
@@ -229,6 +251,21 @@ class HTTPService(service.Service):
             yield drained
             if timeout.active():
                 timeout.cancel()
+        # Responses are complete, but their last bytes may still sit in transport
+        # buffers: loseConnection() flushes, then closes; wait for every close.
+        try:
+            log.info("closing {n} connection(s)", n=len(self.site_factory.channels))
+            for channel in list(self.site_factory.channels):
+                # Site builds a protocol that wraps the HTTPChannel as ``_channel``.
+                transport = getattr(getattr(channel, "_channel", channel), "transport", None)
+                if transport is not None:
+                    transport.loseConnection()
+            deadline = self.reactor.seconds() + 10
+            while self.site_factory.channels and self.reactor.seconds() < deadline:
+                yield task.deferLater(self.reactor, 0.05, lambda: None)
+            log.info("connections closed ({n} left); stopping threads", n=len(self.site_factory.channels))
+        except Exception:  # noqa: BLE001 - never let shutdown stop before joining the threads
+            log.failure("closing connections")
         self.pool.stop()
 
 

@@ -68,7 +68,8 @@ class Request:
         self.query_string = raw_query
         try:
             self.query = urllib.parse.parse_qs(
-                raw_query.encode("latin-1").decode("utf-8"), keep_blank_values=True, max_num_fields=100
+                raw_query.encode("latin-1").decode("utf-8"), keep_blank_values=True, max_num_fields=100,
+                errors="strict",
             )
         except (UnicodeError, ValueError):
             raise HTTPError(400, "malformed query string") from None

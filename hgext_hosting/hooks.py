@@ -18,15 +18,18 @@ any administrator's hook of the same type (``priority.*``):
 Identity never comes from the hook's ``url``.  Over HTTP, hgweb replaces the
 repository ui's environment with the WSGI environ, in which only the daemon
 can set ``REMOTE_USER`` (client headers become ``HTTP_*``).  Everywhere else
-(SSH sessions, local pushes) the process environment's ``HG_HOSTING_USER``,
-set by the daemon's SSH server or by the person pushing locally, names the user.
+(SSH sessions, local pushes) ``ui.environ`` *is* the process environment, and
+its ``HG_HOSTING_USER``, set by the daemon's SSH server or by the person
+pushing locally, names the user.  Which case applies is decided by that
+identity of objects, never by a variable: a process could set
+``REQUEST_METHOD`` and ``REMOTE_USER`` in its own environment.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mercurial import error
+from mercurial import encoding, error
 from mercurial.node import short
 
 from . import names, policy, pushlog
@@ -40,7 +43,7 @@ PRIORITY = b"1000000"
 def pusher_name(ui) -> str | None:
     """The authenticated user pushing, as the daemon or the local pusher set it."""
     env = ui.environ
-    if b"REQUEST_METHOD" in env:  # hgweb: the WSGI environ built by the daemon
+    if env is not encoding.environ:  # hgweb replaced it with the daemon's WSGI environ
         raw = env.get(b"REMOTE_USER")
     else:
         raw = env.get(b"HG_HOSTING_USER")

@@ -51,6 +51,11 @@ busy-timeout = 5000
 # Pushed changesets become public, as on hg.mozilla.org and Bitbucket.
 publish = True
 
+[server]
+# Legacy bundle1 pushes apply changesets and bookmarks in separate transactions;
+# every client since Mercurial 3.x speaks bundle2, which makes a push atomic.
+bundle1.push = False
+
 [web]
 encoding = UTF-8
 # The daemon decides who may read and push; these keep hgweb from adding rules.

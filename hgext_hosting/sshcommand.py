@@ -202,9 +202,14 @@ def session_environ(base: Mapping[str, str], user: str, drop: tuple[str, ...] = 
     ``HGPLAIN=1`` (no aliases or defaults from a personal hgrc change what the
     server does).
     """
-    env = {k: v for k, v in base.items() if not k.startswith(drop)}
+    env = {k: v for k, v in base.items() if not k.startswith(drop) and k not in CGI_VARIABLES}
     env.update(HG_HOSTING_USER=user, HGENCODING="UTF-8", HGPLAIN="1")
     return env
+
+
+#: Variables that only a web server sets; never passed to an SSH session.
+CGI_VARIABLES = frozenset({"REQUEST_METHOD", "REMOTE_USER", "REMOTE_HOST", "REMOTE_ADDR", "GATEWAY_INTERFACE",
+                           "QUERY_STRING", "SCRIPT_NAME", "PATH_INFO", "SERVER_NAME", "SERVER_PORT"})
 
 
 # -- OpenSSH authorized_keys lines ----------------------------------------------
