@@ -1,0 +1,730 @@
+"""The HTTP daemon with the stock ``hg`` client: permissions, credentials, bad input, json-pushes.
+
+``hg-hosting serve --http 127.0.0.1:0`` runs as a subprocess (:class:`conftest.Daemon`).
+Most tests share one site and one daemon (module-scoped ``shared``):
+
+* ``alice`` owns the public ``alice/demo`` (one changeset, pushed by alice), the
+  private ``alice/secret`` (one changeset), ``alice/jp`` (json-pushes) and
+  ``alice/prot`` (branch ``stable`` protected, only alice allowed);
+* ``bob`` may read ``alice/secret`` and write ``alice/jp``;
+* ``carol`` has no grant at all;
+* ``dave`` may write ``alice/demo``, ``alice/jp`` and ``alice/prot``, and has an API token.
+
+Tests that change credentials, trip the login throttle (which blocks the
+address 127.0.0.1 for five minutes), restart the daemon or crash a push get a
+site and a daemon of their own.  Requests whose exact bytes matter are made
+with raw sockets or :mod:`http.client`, never :mod:`urllib` (which normalizes
+paths).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import CORPUS, HG, HG_HOSTING, Daemon, SiteHandle, base_env, commit
+from pushhelpers import cli_all, repo_state, run_all
+
+PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3", "dave": "dave-pw-4"}
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def add_users(site: SiteHandle, passwords: dict[str, str]) -> None:
+    """``user add NAME --password-stdin`` for every user at once (hashing is slow)."""
+    procs = [
+        subprocess.Popen([HG_HOSTING, "--site", str(site.root), "user", "add", name, "--email",
+                          f"{name}@example.org", "--password-stdin"], env=site.env, text=True,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for name in passwords
+    ]
+    for proc, password in zip(procs, passwords.values(), strict=True):
+        out, err = proc.communicate(password + "\n", timeout=120)
+        assert proc.returncode == 0, out + err
+
+
+def basic(user: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
+def repo_url(daemon: Daemon, full: str, user: str | None = None, secret: str | None = None) -> str:
+    """The clone URL of ``full``, with credentials in it when given."""
+    if user is None:
+        return f"{daemon.url}/{full}"
+    return f"http://{user}:{urllib.parse.quote(secret, safe='')}@127.0.0.1:{daemon.port}/{full}"
+
+
+def fetch(url: str, auth: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """GET with urllib: (status, headers, body), errors included."""
+    request = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def status_of(daemon: Daemon, path: str, auth: str | None = None, source: str = "127.0.0.1") -> int:
+    """The status of ``GET path`` sent with http.client from the address ``source``."""
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30, source_address=(source, 0))
+    try:
+        conn.request("GET", path, headers={"Authorization": auth} if auth else {})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def clone(site: SiteHandle, url: str, dest: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return site.hg("clone", "-q", *args, url, str(dest), check=check)
+
+
+def revcount(site: SiteHandle, repo: Path) -> int:
+    return len(site.hg("log", "-R", str(repo), "-T", "{node}\n").stdout.split())
+
+
+def pushes(site: SiteHandle, full: str) -> list[dict]:
+    return site.cli_json("pushlog", full)
+
+
+def wc_with_commit(site: SiteHandle, path: Path, filename: str = "a.txt") -> str:
+    site.hg("init", str(path))
+    return commit(site.hg, path, filename, f"{filename}\n")
+
+
+def assert_no_traceback(daemon: Daemon) -> None:
+    log = daemon.log()
+    assert "Traceback" not in log, log[-4000:]
+
+
+# -- the shared site ---------------------------------------------------------------------
+
+
+class Shared:
+    """The module's site, its daemon and the nodes its set-up pushed."""
+
+    def __init__(self, site: SiteHandle, daemon: Daemon, root: Path, dave_token: str):
+        self.site, self.daemon, self.root, self.dave_token = site, daemon, root, dave_token
+        self.count = 0
+
+    def path(self, name: str) -> Path:
+        """A fresh directory for a clone or a working copy."""
+        self.count += 1
+        return self.root / f"{name}-{self.count}"
+
+    def url(self, full: str, user: str | None = None, secret: str | None = None) -> str:
+        if user is not None and secret is None:
+            secret = PASSWORDS[user]
+        return repo_url(self.daemon, full, user, secret)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Shared:
+    root = tmp_path_factory.mktemp("http")
+    home = root / "home"
+    home.mkdir()
+    site = SiteHandle(root / "site", base_env(home))
+    site.cli("init")
+    add_users(site, PASSWORDS)
+    cli_all(site, ["repo", "create", "alice/demo"], ["repo", "create", "alice/secret", "--private"],
+            ["repo", "create", "alice/jp"], ["repo", "create", "alice/prot"])
+    seed = root / "seed"
+    wc_with_commit(site, seed)
+    cli = [HG_HOSTING, "--site", str(site.root)]
+    outs = run_all([
+        [*cli, "token", "create", "dave", "--label", "laptop"],
+        [*cli, "grant", "alice/secret", "bob", "read"], [*cli, "grant", "alice/jp", "bob", "write"],
+        [*cli, "grant", "alice/demo", "dave", "write"], [*cli, "grant", "alice/jp", "dave", "write"],
+        [*cli, "grant", "alice/prot", "dave", "write"],
+        [*cli, "protect", "alice/prot", "stable", "--allow", "alice"],
+        *[[HG, "-R", str(seed), "push", "-q", str(site.repo_path(full))]
+          for full in ("alice/demo", "alice/secret", "alice/prot")],
+    ], {**site.env, "HG_HOSTING_USER": "alice"})
+    dave_token = outs[0].strip()
+    daemon = Daemon(site)
+    yield Shared(site, daemon, root, dave_token)
+    daemon.stop()
+    assert_no_traceback(daemon)
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def test_anonymous_clone_of_public_repository(shared):
+    """An anonymous ``hg clone`` of the public alice/demo gets its changeset."""
+    dest = shared.path("anon")
+    clone(shared.site, shared.url("alice/demo"), dest)
+    assert revcount(shared.site, dest) == 1
+
+
+def test_private_repository_looks_missing(shared):
+    """A private repository answers exactly like a missing one: 401 with a Basic challenge anonymously, 404 to an authenticated user without read, with identical bodies, for the repository, a wire command and its pages."""
+    carol = basic("carol", PASSWORDS["carol"])
+    for suffix in ("", "?cmd=capabilities", "/json-pushes", "/pushlog", "/log", "/file/tip/a.txt"):
+        secret = {}
+        missing = {}
+        for who, auth in (("anonymous", None), ("carol", carol)):
+            secret[who] = fetch(f"{shared.daemon.url}/alice/secret{suffix}", auth)
+            missing[who] = fetch(f"{shared.daemon.url}/alice/missing{suffix}", auth)
+        for answers in (secret, missing):
+            status, headers, _ = answers["anonymous"]
+            assert status == 401, (suffix, answers["anonymous"])
+            assert headers.get("WWW-Authenticate", "").startswith("Basic "), headers
+            assert answers["carol"][0] == 404, (suffix, answers["carol"])
+            assert "WWW-Authenticate" not in answers["carol"][1]
+        for who in ("anonymous", "carol"):
+            assert secret[who][2] == missing[who][2], (suffix, who)
+            assert secret[who][1].get("Content-Type") == missing[who][1].get("Content-Type")
+            assert b"secret" not in secret[who][2]
+    # and the owner does see it
+    assert fetch(f"{shared.daemon.url}/alice/secret?cmd=capabilities", basic("alice", PASSWORDS["alice"]))[0] == 200
+
+
+def test_hg_clone_of_private_fails_like_missing(shared):
+    """``hg clone`` of a private repository without read fails exactly as for a missing one, anonymously (authorization required) and as carol (HTTP Error 404)."""
+    for user in (None, "carol"):
+        results = []
+        for name in ("secret", "missing"):
+            proc = clone(shared.site, shared.url(f"alice/{name}", user), shared.path("refused"), check=False)
+            text = (proc.stdout + proc.stderr).replace(f"alice/{name}", "alice/NAME")
+            results.append((proc.returncode, text))
+        assert results[0] == results[1]
+        assert results[0][0] != 0
+        expected = "authorization required" if user is None else "abort: HTTP Error 404: not found"
+        assert expected in results[0][1], results[0][1]
+
+
+def test_clone_with_read_grant(shared):
+    """Bob, granted read on the private alice/secret, clones it with his password."""
+    dest = shared.path("bob")
+    clone(shared.site, shared.url("alice/secret", "bob"), dest)
+    assert revcount(shared.site, dest) == 1
+
+
+# -- pushing -------------------------------------------------------------------------------
+
+
+def test_push_refused_without_login(shared):
+    """An anonymous push is refused with 401 (hg says authorization is required) and nothing is recorded."""
+    wc = shared.path("wc")
+    clone(shared.site, shared.url("alice/demo"), wc)
+    commit(shared.site.hg, wc, "anon.txt", "x\n")
+    before = repo_state(shared.site, "alice/demo")
+    proc = shared.site.hg("push", shared.url("alice/demo"), cwd=wc, check=False)
+    assert proc.returncode != 0
+    assert "abort: http authorization required" in proc.stderr, proc.stderr
+    after = repo_state(shared.site, "alice/demo")
+    assert (after.log, after.pushes) == (before.log, before.pushes)
+
+
+def test_push_refused_without_write(shared):
+    """Bob (read only, the repository being public) is refused with 403 and hg prints the policy's reason."""
+    wc = shared.path("wc")
+    clone(shared.site, shared.url("alice/demo"), wc)
+    commit(shared.site.hg, wc, "bob.txt", "x\n")
+    before = repo_state(shared.site, "alice/demo")
+    proc = shared.site.hg("push", shared.url("alice/demo", "bob"), cwd=wc, check=False)
+    assert proc.returncode != 0
+    assert "abort: HTTP Error 403: bob may not write to alice/demo" in proc.stderr.splitlines(), proc.stderr
+    after = repo_state(shared.site, "alice/demo")
+    assert (after.log, after.pushes) == (before.log, before.pushes)
+
+
+def test_push_accepted_with_write_by_password_and_token(shared):
+    """Dave (write) pushes with his password and then with his API token as the password; both pushes are recorded under dave."""
+    wc = shared.path("wc")
+    clone(shared.site, shared.url("alice/demo"), wc)
+    first = commit(shared.site.hg, wc, "dave1.txt", "1\n")
+    before = pushes(shared.site, "alice/demo")
+    shared.site.hg("push", "-q", shared.url("alice/demo", "dave"), cwd=wc)
+    second = commit(shared.site.hg, wc, "dave2.txt", "2\n")
+    shared.site.hg("push", "-q", shared.url("alice/demo", "dave", shared.dave_token), cwd=wc)
+    after = pushes(shared.site, "alice/demo")
+    assert after[2:] == before
+    assert [(p["id"], p["user"], p["changesets"]) for p in after[:2]] == [
+        (before[0]["id"] + 2, "dave", [second]),
+        (before[0]["id"] + 1, "dave", [first]),
+    ]
+
+
+def test_protected_branch_refused_over_http(shared):
+    """Dave (write, not on the allow-list) pushing a changeset on protected branch ``stable`` over HTTP is refused; hg prints the hook's reason on ``remote:`` lines naming dave, the repository, the branch and the changeset, and nothing lands."""
+    wc = shared.path("wc")
+    clone(shared.site, shared.url("alice/prot"), wc)
+    node = commit(shared.site.hg, wc, "s.txt", "s\n", branch="stable")
+    before = repo_state(shared.site, "alice/prot")
+    proc = shared.site.hg("push", "--new-branch", shared.url("alice/prot", "dave"), cwd=wc, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    remote = [line for line in output.splitlines() if line.startswith("remote: ")]
+    reason = "\n".join(remote)
+    for needle in ("dave", "alice/prot", "stable", node[:12]):
+        assert needle in reason, f"{needle!r} not on the remote: lines:\n{output}"
+    assert "Traceback" not in output
+    after = repo_state(shared.site, "alice/prot")
+    assert (after.log, after.pushes) == (before.log, before.pushes)
+
+
+# -- json-pushes -----------------------------------------------------------------------------
+
+
+def test_json_pushes(shared):
+    """After pushes by alice (2 changesets), dave (1) and bob (bookmark only), json-pushes answers version 1 and 2, startID/endID (exclusive/inclusive), changeset, fromchange/tochange, user, full, tipsonly and startdate/enddate as hg.mozilla.org does."""
+    site = shared.site
+    wc = shared.path("wc")
+    site.hg("init", str(wc))
+    a1 = commit(site.hg, wc, "a1.txt", "1\n", "first")
+    a2 = commit(site.hg, wc, "a2.txt", "2\n", "second")
+    target = str(site.repo_path("alice/jp"))
+    site.hg("push", "-q", target, cwd=wc, user="alice")
+    d1 = commit(site.hg, wc, "d1.txt", "3\n", "third")
+    site.hg("push", "-q", target, cwd=wc, user="dave")
+    site.hg("bookmark", "-r", a2, "release", cwd=wc)
+    site.hg("push", "-q", "-B", "release", target, cwd=wc, user="bob", check=False)
+
+    def get(query: str = ""):
+        status, headers, body = fetch(f"{shared.daemon.url}/alice/jp/json-pushes{query}")
+        assert status == 200, (query, body)
+        assert headers["Content-Type"].startswith("application/json")
+        return json.loads(body)
+
+    v1 = get()
+    assert sorted(v1) == ["1", "2", "3"]
+    assert v1["1"]["changesets"] == [a1, a2] and v1["1"]["user"] == "alice"
+    assert v1["2"]["changesets"] == [d1] and v1["2"]["user"] == "dave"
+    assert v1["3"]["changesets"] == [] and v1["3"]["user"] == "bob"
+    assert v1["3"]["bookmarks"] == {"release": a2}
+    for push in v1.values():
+        assert isinstance(push["date"], int) and abs(push["date"] - time.time()) < 600
+    v2 = get("?version=2")
+    assert v2 == {"lastpushid": 3, "pushes": v1}
+    assert get("?version=1") == v1
+
+    assert sorted(get("?startID=1&endID=2")) == ["2"]
+    assert sorted(get("?startID=0&endID=3")) == ["1", "2", "3"]
+    assert sorted(get("?startID=2")) == ["3"]
+    assert get("?version=2&startID=3") == {"lastpushid": 3, "pushes": {}}
+    assert sorted(get(f"?changeset={d1}")) == ["2"]
+    assert sorted(get(f"?changeset={a2[:12]}&changeset={d1}")) == ["1", "2"]
+    assert sorted(get(f"?fromchange={a1}&tochange={d1}")) == ["2"]
+    assert sorted(get(f"?fromchange={a2}")) == ["2", "3"]
+    assert sorted(get(f"?tochange={a1}")) == ["1"]
+    assert sorted(get("?user=dave")) == ["2"]
+    assert sorted(get("?user=alice&user=bob")) == ["1", "3"]
+
+    full = get("?full=1&startID=0&endID=1")
+    cs = full["1"]["changesets"]
+    assert [c["node"] for c in cs] == [a1, a2]
+    assert set(cs[1]) >= {"author", "desc", "branch", "parents", "tags", "files", "node"}
+    assert cs[1]["author"] == "test <test@example.org>" and cs[1]["desc"] == "second"
+    assert cs[1]["branch"] == "default" and cs[1]["files"] == ["a2.txt"]
+    assert cs[1]["parents"] == [a1] and cs[0]["parents"] == ["0" * 40]
+    assert cs[0]["tags"] == [] and cs[1]["tags"] == []  # bookmarks are not tags; tip is d1
+
+    tips = get("?tipsonly=1")
+    assert {k: v["changesets"] for k, v in tips.items()} == {"1": [a2], "2": [d1], "3": []}
+
+    fmt = "%Y-%m-%d %H:%M:%S +0000"
+    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).strftime(fmt)
+    in_an_hour = (datetime.now(UTC) + timedelta(hours=1)).strftime(fmt)
+    q = urllib.parse.urlencode
+    assert sorted(get("?" + q({"startdate": hour_ago, "enddate": in_an_hour}))) == ["1", "2", "3"]
+    assert get("?" + q({"startdate": in_an_hour})) == {}
+    assert get("?" + q({"enddate": hour_ago})) == {}
+    assert fetch(f"{shared.daemon.url}/alice/jp/json-pushes?startdate=not+a+date")[0] == 400
+    assert fetch(f"{shared.daemon.url}/alice/jp/json-pushes?version=3")[0] == 400
+
+
+def test_json_pushes_of_private_repository_hidden(shared):
+    """json-pushes of a private repository is hidden like the repository: identical to a missing one anonymously (401) and for carol (404); bob, who may read, gets the push."""
+    carol = basic("carol", PASSWORDS["carol"])
+    base = shared.daemon.url
+    for auth, status in ((None, 401), (carol, 404)):
+        secret = fetch(f"{base}/alice/secret/json-pushes?version=2", auth)
+        missing = fetch(f"{base}/alice/missing/json-pushes?version=2", auth)
+        assert secret[0] == missing[0] == status
+        assert secret[2] == missing[2]
+    status, _, body = fetch(f"{base}/alice/secret/json-pushes?version=2", basic("bob", PASSWORDS["bob"]))
+    assert status == 200 and json.loads(body)["lastpushid"] == 1
+
+
+def test_healthz(shared):
+    """/healthz answers 200 with JSON {"status": "ok"}."""
+    status, headers, body = fetch(f"{shared.daemon.url}/healthz")
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
+    assert json.loads(body)["status"] == "ok"
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 15) -> bytes:
+    """Send raw bytes, read until the server closes; b"" when it closed without a word."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    received = b""
+    try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    finally:
+        sock.close()
+    return received
+
+
+def raw_request(target: bytes, headers: bytes = b"", method: bytes = b"GET", body: bytes = b"") -> bytes:
+    return (method + b" " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            + headers + b"\r\n" + body)
+
+
+def auth_header(value: bytes) -> bytes:
+    return b"Authorization: " + value + b"\r\n"
+
+
+ALICE_AUTH = auth_header(basic("alice", PASSWORDS["alice"]).encode())
+
+#: name -> raw request; every one must be answered 4xx (or, for the huge header, a close)
+BAD_REQUESTS: dict[str, bytes] = {
+    "traversal-raw": raw_request(b"/../../etc/passwd"),
+    "traversal-raw-in-repo": raw_request(b"/alice/../../x"),
+    "traversal-raw-under-repo": raw_request(b"/alice/demo/../../../etc/passwd"),
+    "traversal-encoded-dots": raw_request(b"/%2e%2e/%2e%2e/etc/passwd"),
+    "traversal-encoded-slash": raw_request(b"/alice%2f..%2f..%2fetc%2fpasswd"),
+    "traversal-double-encoded": raw_request(b"/%252e%252e/%252e%252e/etc/passwd"),
+    "traversal-backslash": raw_request(b"/alice/..%5c..%5cetc%5cpasswd"),
+    "traversal-static": raw_request(b"/alice/demo/static/%2e%2e%2f%2e%2e%2fhgrc"),
+    "nul-in-path": raw_request(b"/alice/demo%00"),
+    "nul-in-file-path": raw_request(b"/alice/demo/file/tip/a.txt%00.png"),
+    "basic-not-base64": raw_request(b"/alice/demo", auth_header(b"Basic !!!not*base64!!!")),
+    "basic-no-colon": raw_request(b"/alice/demo", auth_header(b"Basic " + base64.b64encode(b"alice"))),
+    "basic-wrong-scheme": raw_request(b"/alice/demo", auth_header(b"Bearer abcdef")),
+    "basic-5000-chars": raw_request(b"/alice/demo", auth_header(b"Basic " + b"QUFB" * 1250)),
+    "basic-control-chars": raw_request(b"/alice/demo", auth_header(b"Basic " + base64.b64encode(b"ali\x01ce:pw"))),
+    "header-100k": raw_request(b"/alice/demo", b"X-Big: " + b"a" * 100_000 + b"\r\n"),
+    "headers-40k-total": raw_request(b"/alice/demo", b"".join(b"X-Big-%d: %s\r\n" % (i, b"a" * 4000)
+                                                             for i in range(10))),
+    "path-not-utf8": raw_request(b"/alice/%ff"),
+    "file-path-not-utf8": raw_request(b"/alice/demo/file/tip/%ff%fe"),
+    "query-not-utf8-encoded": raw_request(b"/alice/demo?cmd=capabilities&x=%ff"),
+    "query-not-utf8-page": raw_request(b"/alice/demo/log?rev=%ff%fe"),
+    "query-not-utf8-raw": raw_request(b"/alice/demo?cmd=\xff\xfe"),
+    "uri-10k": raw_request(b"/alice/" + b"a" * 10_000),
+    "post-bad-content-length": raw_request(b"/-/login", b"Content-Length: abc\r\n", b"POST"),
+    "login-without-csrf": raw_request(
+        b"/-/login", b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 33\r\n", b"POST",
+        b"user=alice&password=alice-pw-1&x="),
+    "unbundle-get-anonymous": raw_request(b"/alice/demo?cmd=unbundle"),
+    "unbundle-get-alice": raw_request(b"/alice/demo?cmd=unbundle", ALICE_AUTH),
+    "unknown-cmd-anonymous": raw_request(b"/alice/demo?cmd=frobnicate"),
+    "unknown-cmd-alice": raw_request(b"/alice/demo?cmd=frobnicate", ALICE_AUTH),
+    "json-pushes-bad-id": raw_request(b"/alice/demo/json-pushes?startID=abc"),
+    "unknown-hosting-page": raw_request(b"/-/../etc"),
+}
+
+
+def test_bad_requests_answered_4xx(shared):
+    """Each of 31 malformed requests (path traversal raw and encoded, NUL, malformed Basic headers, huge headers, non-UTF-8 path and query, a 10 KB URI, a bad Content-Length, a login without CSRF, GET unbundle, unknown commands) is answered 4xx — the 100 KB header line by Twisted closing the connection — with no traceback nor site path in the body; then the daemon still serves a clone and its log has no traceback."""
+    leaks = (str(shared.site.root), str(shared.root), "/work/", "site-packages")
+    problems = []
+    for name, data in BAD_REQUESTS.items():
+        response = raw_exchange(shared.daemon.port, data)
+        status_line, _, _ = response.partition(b"\r\n")
+        print(f"{name}: {status_line.decode('latin-1') or '(closed without a response)'}")
+        if name == "header-100k" and response == b"":
+            continue  # Twisted: a header line over 16 KiB closes the connection unanswered
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            problems.append(f"{name}: no HTTP response: {response[:100]!r}")
+            continue
+        status = int(parts[1])
+        if not 400 <= status < 500:
+            problems.append(f"{name}: answered {status_line.decode('latin-1')}")
+        for needle in ("Traceback", *leaks):
+            if needle.encode() in response:
+                problems.append(f"{name}: the response contains {needle!r}")
+    assert not problems, "\n".join(problems)
+
+    dest = shared.path("after-bad")
+    clone(shared.site, shared.url("alice/demo"), dest)
+    assert revcount(shared.site, dest) >= 1
+    assert_no_traceback(shared.daemon)
+
+
+def test_batch_cannot_smuggle_a_write(shared):
+    """A ``pushkey`` nested in a POSTed ``batch`` (a read command) is refused 403 for anonymous and for bob (read only), and the bookmark is not created."""
+    node = shared.site.hg("log", "-R", str(shared.site.repo_path("alice/demo")), "-r", "tip",
+                          "-T", "{node}").stdout
+    args = urllib.parse.urlencode({"cmds": f"pushkey namespace=bookmarks,key=evil,old=,new={node}"})
+    for auth in (b"", auth_header(basic("bob", PASSWORDS["bob"]).encode())):
+        response = raw_exchange(shared.daemon.port, raw_request(
+            b"/alice/demo?cmd=batch", auth + b"X-HgArg-1: " + args.encode() + b"\r\nContent-Length: 0\r\n",
+            b"POST"))
+        assert response.startswith(b"HTTP/1.1 403 "), response[:200]
+    marks = shared.site.hg("bookmarks", "-R", str(shared.site.repo_path("alice/demo")), "-T", "{bookmark}\n")
+    assert "evil" not in marks.stdout.split()
+
+
+def test_malformed_wire_arguments_answered_4xx(shared):
+    """Malformed arguments of read-only wire commands (non-hex nodes, undecodable bytes, a garbage batch) are answered 4xx without a traceback in the daemon's log (a daemon of its own on the shared site)."""
+    daemon = Daemon(shared.site)
+    try:
+        requests = [
+            raw_request(b"/alice/demo?cmd=known&nodes=zz"),
+            raw_request(b"/alice/demo?cmd=known", b"X-HgArg-1: nodes=%ff\r\n"),
+            raw_request(b"/alice/demo?cmd=between&pairs=xx"),
+            raw_request(b"/alice/demo?cmd=batch", b"X-HgArg-1: cmds=garbage\r\n"),
+            raw_request(b"/alice/demo?cmd=getbundle", b"X-HgArg-1: heads=zz&common=qq\r\n"),
+        ]
+        statuses = [raw_exchange(daemon.port, r).split(b" ", 2)[1] for r in requests]
+        log = daemon.log()
+    finally:
+        daemon.stop()
+    assert all(s.startswith(b"4") for s in statuses), statuses
+    assert "Traceback" not in log
+
+
+# -- credentials: revocation, cache, throttling -----------------------------------------------
+
+
+def test_revocation_effective_on_next_request(site, tmp_path):
+    """Right after a successful (cached) request, revoking the token, changing the password, revoking the grant and removing the user each take effect on the very next request: 401 for bad credentials, 404 once the grant on the private repository is gone."""
+    add_users(site, {"alice": "alice-pw", "bob": "bob-pw"})
+    cli_all(site, ["repo", "create", "alice/secret", "--private"])
+    site.cli("grant", "alice/secret", "bob", "read")
+    token = site.cli("token", "create", "bob", "--label", "ci").stdout.strip()
+    daemon = Daemon(site)
+    try:
+        caps = "/alice/secret?cmd=capabilities"
+
+        # token revoked
+        assert status_of(daemon, caps, basic("bob", token)) == 200
+        site.cli("token", "revoke", "bob", "ci")
+        assert status_of(daemon, caps, basic("bob", token)) == 401
+        proc = clone(site, repo_url(daemon, "alice/secret", "bob", token), tmp_path / "c2", check=False)
+        assert proc.returncode != 0 and "authorization failed" in proc.stderr, proc.stderr
+
+        # password changed
+        assert status_of(daemon, caps, basic("bob", "bob-pw")) == 200
+        site.cli("user", "passwd", "bob", "--password-stdin", input="bob-new\n")
+        assert status_of(daemon, caps, basic("bob", "bob-pw")) == 401
+        assert status_of(daemon, caps, basic("bob", "bob-new")) == 200
+
+        # grant revoked
+        clone(site, repo_url(daemon, "alice/secret", "bob", "bob-new"), tmp_path / "c3")  # works before
+        site.cli("revoke", "alice/secret", "bob")
+        proc = clone(site, repo_url(daemon, "alice/secret", "bob", "bob-new"), tmp_path / "c4", check=False)
+        assert proc.returncode != 0 and "HTTP Error 404" in proc.stderr, proc.stderr
+        assert status_of(daemon, caps, basic("bob", "bob-new")) == 404
+
+        # user removed
+        assert status_of(daemon, "/", basic("bob", "bob-new")) == 200
+        site.cli("user", "remove", "bob")
+        assert status_of(daemon, caps, basic("bob", "bob-new")) == 401
+        assert status_of(daemon, "/", basic("bob", "bob-new")) == 401
+    finally:
+        daemon.stop()
+    assert_no_traceback(daemon)
+
+
+def test_removed_user_cached_password_does_not_become_someone_else(shared):
+    """Erin's cached password stops working once erin is removed, even after another user (who gets erin's old row id) is created and owns a private repository."""
+    site, daemon = shared.site, shared.daemon
+    add_users(site, {"erin": "erin-pw"})
+    assert status_of(daemon, "/", basic("erin", "erin-pw")) == 200  # cached now
+    site.cli("user", "remove", "erin")
+    add_users(site, {"mallory": "mallory-pw"})
+    site.cli("repo", "create", "mallory/diary", "--private")
+    assert status_of(daemon, "/mallory/diary?cmd=capabilities", basic("erin", "erin-pw")) == 401
+
+
+def test_failed_logins_throttled(site, daemon):
+    """After 10 wrong passwords for alice from 127.0.0.1, alice's password logins get 429 (even the right one, from any address); her API token still works, carol's correct password gets 429 from the throttled address (SPEC: per user name and per address) and is accepted from another address (127.0.0.2)."""
+    add_users(site, {"alice": "alice-pw", "carol": "carol-pw"})
+    site.cli("repo", "create", "alice/demo")
+    token = site.cli("token", "create", "alice").stdout.strip()
+    caps = "/alice/demo?cmd=capabilities"
+    wrong = [status_of(daemon, caps, basic("alice", f"wrong-{i}")) for i in range(10)]
+    assert wrong == [401] * 10
+    assert status_of(daemon, caps, basic("alice", "wrong-again")) == 429
+    assert status_of(daemon, caps, basic("alice", "alice-pw")) == 429
+    assert status_of(daemon, caps, basic("alice", "alice-pw"), source="127.0.0.2") == 429
+    assert status_of(daemon, caps, basic("alice", token)) == 200
+    assert status_of(daemon, caps, basic("carol", "carol-pw")) == 429  # the address is throttled
+    start = time.monotonic()
+    assert status_of(daemon, caps, basic("carol", "carol-pw"), source="127.0.0.2") == 200
+    assert time.monotonic() - start < 10
+    assert status_of(daemon, caps) == 200  # anonymous reads of a public repository are unaffected
+    # and the hg client with the token clones meanwhile
+    dest = site.root.parent / "token-clone"
+    clone(site, repo_url(daemon, "alice/demo", "alice", token), dest)
+
+
+# -- workers, shutdown, startup recovery ----------------------------------------------------------
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_workers_concurrent_clones_and_sigterm(shared):
+    """``serve --workers 2`` runs two worker processes; 6 concurrent ``hg clone`` all succeed; SIGTERM stops master and workers within a few seconds, exit status 0."""
+    daemon = Daemon(shared.site, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 20
+        while len(children_of(daemon.proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = children_of(daemon.proc.pid)
+        assert len(workers) == 2, workers
+        results: dict[int, subprocess.CompletedProcess] = {}
+
+        def run(i: int) -> None:
+            results[i] = subprocess.run([HG, "clone", "-q", repo_url(daemon, "alice/demo"),
+                                         str(shared.root / f"workers-{i}")],
+                                        env=shared.site.env, capture_output=True, text=True, timeout=120)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i in range(6):
+            assert results[i].returncode == 0, results[i].stderr
+            assert (shared.root / f"workers-{i}" / "a.txt").exists()
+        start = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        code = daemon.proc.wait(15)
+        assert code == 0, daemon.log()[-3000:]
+        assert time.monotonic() - start < 10
+        deadline = time.monotonic() + 5
+        while any(alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(w) for w in workers), "a worker outlived its master"
+    finally:
+        daemon.stop()
+    assert_no_traceback(daemon)
+
+
+@pytest.fixture
+def big_site(site) -> SiteHandle:
+    """The site with alice/big holding the Flask corpus."""
+    if not CORPUS.exists():
+        pytest.skip("corpus not available")
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/big")
+    site.hg("-R", str(site.repo_path("alice/big")), "unbundle", "-q", str(CORPUS), user="alice")
+    return site
+
+
+def test_sigterm_lets_a_large_clone_finish(big_site, tmp_path):
+    """SIGTERM during a clone of the corpus (client paused mid-bundle): the daemon stops accepting connections, waits for the clone in flight and exits 0, and the clone completes intact."""
+    site = big_site
+    daemon = Daemon(site)
+    dest = tmp_path / "big-clone"
+    client = subprocess.Popen([HG, "clone", "-q", "-U", repo_url(daemon, "alice/big"), str(dest)],
+                              env=site.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The client opens its transaction once the bundle starts arriving: stop it there.
+        deadline = time.monotonic() + 60
+        while not (dest / ".hg" / "store" / "journal").exists():
+            assert client.poll() is None, client.communicate()
+            assert time.monotonic() < deadline, "the clone never started receiving"
+            time.sleep(0.01)
+        client.send_signal(signal.SIGSTOP)
+        daemon.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while "waiting for 1 request(s) in flight" not in daemon.log():
+            assert daemon.proc.poll() is None, f"the daemon exited during a clone:\n{daemon.log()}"
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.05)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", daemon.port), timeout=5).close()
+        time.sleep(0.5)
+        assert daemon.proc.poll() is None, "the daemon did not wait for the clone"
+        client.send_signal(signal.SIGCONT)
+        _, err = client.communicate(timeout=120)
+        assert daemon.proc.wait(30) == 0, daemon.log()[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            client.send_signal(signal.SIGCONT)
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        daemon.stop()
+    assert_no_traceback(daemon)
+    assert client.returncode == 0, err
+    assert revcount(site, dest) == revcount(site, site.repo_path("alice/big"))
+    site.hg("-R", str(dest), "verify", "-q")
+
+
+def test_startup_settles_an_abandoned_push(site, tmp_path):
+    """A push SIGKILLed after the database commit leaves a journal and a pending record; the daemon settles it before it serves (no journal, no pending record, ``check`` clean) and the next HTTP push gets the next id."""
+    add_users(site, {"alice": "alice-pw"})
+    site.cli("repo", "create", "alice/demo")
+    wc = tmp_path / "wc"
+    first = wc_with_commit(site, wc)
+    repo = str(site.repo_path("alice/demo"))
+    site.hg("push", "-q", repo, cwd=wc, user="alice")
+    second = commit(site.hg, wc, "b.txt", "b\n")
+    killed = site.hg("--config", "devel.debug.abort-transaction=kill-9-post-finalize", "push", "-q", repo,
+                     cwd=wc, user="alice", check=False)
+    assert killed.returncode == -signal.SIGKILL, killed
+    journal = site.repo_path("alice/demo") / ".hg" / "store" / "journal"
+    db = site.root / "hosting.db"
+
+    def states() -> list[tuple[int, str]]:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            return conn.execute("SELECT push_id, state FROM push ORDER BY push_id").fetchall()
+
+    assert journal.exists()
+    assert states() == [(1, "done"), (2, "pending")]
+    assert site.cli("check", check=False).returncode == 1
+
+    daemon = Daemon(site)
+    try:
+        # Daemon() returned: the daemon says it is serving, so it settled first.
+        assert not journal.exists()
+        assert all(state == "done" for _, state in states()), states()
+        checked = site.cli("check", check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        log = daemon.log()
+        assert 0 <= log.find("recovering an interrupted transaction") < log.index("serving HTTP on"), log
+        # whatever the verdict, repository and record agree, and the next push continues the ids
+        landed = [p["changesets"] for p in reversed(pushes(site, "alice/demo"))]
+        nodes = set(site.hg("log", "-R", repo, "-T", "{node}\n").stdout.split())
+        assert [first] in landed and {n for cs in landed for n in cs} == nodes
+        third = commit(site.hg, wc, "c.txt", "c\n")
+        site.hg("push", "-q", repo_url(daemon, "alice/demo", "alice", "alice-pw"), cwd=wc)
+        last = pushes(site, "alice/demo")[0]
+        assert last["id"] == len(landed) + 1 and last["user"] == "alice"
+        assert third in last["changesets"] and (second in nodes or second in last["changesets"])
+    finally:
+        daemon.stop()
+    assert_no_traceback(daemon)
