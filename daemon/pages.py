@@ -33,6 +33,7 @@ from .web import HTTPError, Request, redirect, respond
 
 LOGIN_CSRF_COOKIE = "hgh_login_csrf"
 PUSHES_PER_PAGE = 20
+REPOS_PER_PAGE = 100
 README_NAMES = (b"README.md", b"README.markdown", b"README.rst", b"README.txt", b"README")
 
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
@@ -119,7 +120,8 @@ class Pages:
 
     # -- index and owners --------------------------------------------------------------
 
-    def _listing(self, req: Request, query) -> list[dict]:
+    def _listing(self, req: Request, query) -> dict:
+        """One page of a repository listing (search ``q``, page ``page``) for a template."""
         search = (req.arg("q") or "").strip()[:100]
         if search:
             like = f"%{search.lower()}%"
@@ -128,20 +130,30 @@ class Pages:
                 | (fn.LOWER(Owner.name).contains(search.lower()))
                 | (fn.LOWER(Repository.description) ** like)
             )
-        rows = list(query.order_by(Owner.name_key, Repository.name_key).limit(500))
+        try:
+            page = max(1, int(req.arg("page", "1")))
+        except ValueError:
+            raise HTTPError(400, "page must be a number") from None
+        total = query.count()
+        pages = max(1, math.ceil(total / REPOS_PER_PAGE))
+        rows = list(query.order_by(Owner.name_key, Repository.name_key)
+                    .offset((page - 1) * REPOS_PER_PAGE).limit(REPOS_PER_PAGE))
         last = dict(
             Push.select(Push.repository, fn.MAX(Push.date))
             .where((Push.repository.in_([r.id for r in rows])) & (Push.state == "done"))
             .group_by(Push.repository)
             .tuples()
         ) if rows else {}
-        return [{"row": r, "last_push": last.get(r.id)} for r in rows]
+        return {
+            "repos": [{"row": r, "last_push": last.get(r.id)} for r in rows],
+            "page": page, "pages": pages, "total": total, "q": search,
+            "query_prefix": "?" + (urllib.parse.urlencode({"q": search}) + "&" if search else ""),
+        }
 
     def index(self, req: Request, start_response):
         subject = self.app.subject(req)
-        repos = self._listing(req, policy.readable_repositories(subject))
-        return self.render(req, start_response, "index.html", repos=repos, q=req.arg("q") or "",
-                           title="Repositories")
+        listing = self._listing(req, policy.readable_repositories(subject))
+        return self.render(req, start_response, "index.html", title="Repositories", **listing)
 
     def owner(self, req: Request, start_response, owner_name: str):
         try:
@@ -152,13 +164,13 @@ class Pages:
         if owner is None:
             raise HTTPError(404, "not found")
         subject = self.app.subject(req)
-        repos = self._listing(req, policy.readable_repositories(subject).where(Repository.owner == owner.id))
+        listing = self._listing(req, policy.readable_repositories(subject).where(Repository.owner == owner.id))
         members = []
         if owner.is_team:
             members = [m.user.name for m in Membership.select(Membership, Owner)
                        .join(Owner, on=(Membership.user == Owner.id)).where(Membership.team == owner.id)]
-        return self.render(req, start_response, "owner.html", owner=owner, repos=repos, members=members,
-                           q=req.arg("q") or "", title=owner.name)
+        return self.render(req, start_response, "owner.html", owner=owner, members=members,
+                           title=owner.name, **listing)
 
     # -- a repository ------------------------------------------------------------------
 
