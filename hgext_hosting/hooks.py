@@ -65,6 +65,30 @@ class PushContext:
     row: Repository
     full_name: str
     subject: policy.Subject
+    _refs: dict[str, frozenset[str]] | None = None
+
+    @property
+    def refs(self) -> dict[str, frozenset[str]]:
+        """The repository's protected refs, read once per transaction."""
+        if self._refs is None:
+            self._refs = policy.load_protected_refs(self.row)
+        return self._refs
+
+
+def transaction_context(ui, repo, txnid) -> PushContext:
+    """:func:`require_write` once per transaction: its hooks share the answer.
+
+    pretxnopen decides (schema, identity, permission); pretxnchangegroup and
+    pretxnclose of the same transaction (same ``txnid``) reuse that decision
+    instead of asking the database again.
+    """
+    holder = repo.unfiltered()
+    cached = getattr(holder, "_hosting_context", None)
+    if cached is not None and txnid and cached[0] == txnid:
+        return cached[1]
+    ctx = require_write(ui, repo)
+    holder._hosting_context = (txnid, ctx)
+    return ctx
 
 
 def locate(repo) -> tuple[Site, str, str] | None:
@@ -145,16 +169,15 @@ def check_bookmarks(tr, ctx: PushContext, refs: dict[str, frozenset[str]]) -> No
 # -- the hook entry points ---------------------------------------------------
 
 
-def pretxnopen(ui, repo, hooktype, **kwargs) -> bool:
-    require_write(ui, repo)
+def pretxnopen(ui, repo, hooktype, txnid=b"", **kwargs) -> bool:
+    transaction_context(ui, repo, txnid)
     return False
 
 
-def pretxnchangegroup(ui, repo, hooktype, node=None, **kwargs) -> bool:
-    ctx = require_write(ui, repo)
-    if node:
-        refs = policy.load_protected_refs(ctx.row)
-        check_branches(repo, ctx, repo.unfiltered()[node].rev(), refs)
+def pretxnchangegroup(ui, repo, hooktype, node=None, txnid=b"", **kwargs) -> bool:
+    ctx = transaction_context(ui, repo, txnid)
+    if node and ctx.refs:
+        check_branches(repo, ctx, repo.unfiltered()[node].rev(), ctx.refs)
     return False
 
 
@@ -162,8 +185,8 @@ def pretxnclose(ui, repo, hooktype, txnid=b"", **kwargs) -> bool:
     tr = repo.currenttransaction()
     if tr is None:
         raise abort(f"{hooktype} hook called without a transaction")
-    ctx = require_write(ui, repo)
-    refs = policy.load_protected_refs(ctx.row)
+    ctx = transaction_context(ui, repo, txnid)
+    refs = ctx.refs
     check_branches(repo, ctx, tr.changes[b"origrepolen"], refs)
     check_bookmarks(tr, ctx, refs)
     txn = txnid.decode("ascii", "replace") if isinstance(txnid, bytes) else str(txnid)
