@@ -18,7 +18,7 @@ serve: $(BIN)/hg-hosting
 
 test: $(BIN)/hg-hosting
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 check: $(BIN)/hg-hosting
 	$(BIN)/ruff check .
