@@ -262,6 +262,14 @@ class Pages:
         raise UserError("unknown action")
 
     def fork(self, req: Request, start_response, row, facts, level):
+        def make(target: str) -> Repository:
+            return repositories.fork_repo(self.site, full_name(row), target, user=req.user.name)
+
+        return self._new_repository_form(req, start_response, "fork.html", make, repo=row,
+                                         title=f"Fork {row.full_name}")
+
+    def _new_repository_form(self, req: Request, start_response, template: str, make, **context):
+        """GET: the form; POST: ``make("OWNER/NAME")`` for an owner the user may create for."""
         self.require_login(req)
         owners = self._owner_choices(req)
         error = None
@@ -271,12 +279,12 @@ class Pages:
             try:
                 if names.key(owner) not in {names.key(o) for o in owners}:
                     raise UserError(f"you may not create repositories for {owner!r}")
-                fork = repositories.fork_repo(self.site, full_name(row), f"{owner}/{name}", user=req.user.name)
-                return redirect(start_response, f"/{fork.owner.name}/{fork.name}")
+                repo = make(f"{owner}/{name}")
+                return redirect(start_response, f"/{repo.owner.name}/{repo.name}")
             except UserError as e:
                 error = str(e)
-        return self.render(req, start_response, "fork.html", status=400 if error else 200, repo=row,
-                           owners=owners, error=error, title=f"Fork {row.full_name}")
+        return self.render(req, start_response, template, status=400 if error else 200, owners=owners,
+                           error=error, **context)
 
     def _owner_choices(self, req: Request) -> list[str]:
         teams = (Owner.select(Owner.name).join(Membership, on=(Membership.team == Owner.id))
@@ -284,22 +292,11 @@ class Pages:
         return [req.user.name] + [t.name for t in teams]
 
     def new_repo(self, req: Request, start_response):
-        self.require_login(req)
-        owners = self._owner_choices(req)
-        error = None
-        if req.method == "POST":
-            self.check_csrf(req)
-            owner, name = req.field("owner"), req.field("name").strip()
-            try:
-                if names.key(owner) not in {names.key(o) for o in owners}:
-                    raise UserError(f"you may not create repositories for {owner!r}")
-                repo = repositories.create_repo(self.site, f"{owner}/{name}", private=req.field("private") == "on",
-                                                description=req.field("description"))
-                return redirect(start_response, f"/{repo.owner.name}/{repo.name}")
-            except UserError as e:
-                error = str(e)
-        return self.render(req, start_response, "new.html", status=400 if error else 200, owners=owners,
-                           error=error, title="New repository")
+        def make(target: str) -> Repository:
+            return repositories.create_repo(self.site, target, private=req.field("private") == "on",
+                                            description=req.field("description"))
+
+        return self._new_repository_form(req, start_response, "new.html", make, title="New repository")
 
     # -- logging in and out ----------------------------------------------------------------
 
