@@ -53,6 +53,13 @@ processes) and client side (the ``hg`` processes, ``RUSAGE_CHILDREN``):
                traffic), VmRSS and VmHWM of each worker process of the
                ``--workers 2`` daemon (children of its master), < 150 MB.
 
+Caveat when reading the ratios: the ``hg`` client reuses its connection, and
+``hg serve`` (Mercurial 7.2) then answers every request after the first about
+40 ms late (Nagle's algorithm against the client's delayed ACK; the
+``log_keepalive`` line shows it on a page).  A clone makes 3 requests, a no-op
+pull 3, a push 8, so ``hg serve``'s pull and push times carry ~0.1 s of that
+stall; the daemon (Twisted) does not have it.
+
 Every clone is checked to hold all the changesets the server has, every push
 to have added one changeset, and the daemon's push log to hold every push.
 
