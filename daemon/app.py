@@ -29,7 +29,7 @@ from mercurial.hgweb import webcommands
 from twisted.logger import Logger
 
 from hgext_hosting import names, policy
-from hgext_hosting.models import Owner, Repository
+from hgext_hosting.models import Repository
 
 from . import jsonpushes
 from .auth import SESSION_COOKIE, Authenticator, Malformed, Refusal
@@ -162,12 +162,7 @@ class HostingApp:
             names.check_name(name)
         except names.InvalidName:
             raise self.hidden(req) from None
-        row = (
-            Repository.select(Repository, Owner)
-            .join(Owner)
-            .where((Owner.name_key == names.key(owner)) & (Repository.name_key == names.key(name)))
-            .first()
-        )
+        row = Repository.find(owner, name)
         if row is None:
             raise self.hidden(req)
         facts = policy.load_repo_facts(row)

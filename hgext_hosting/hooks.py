@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from mercurial import encoding, error
 from mercurial.node import short
 
-from . import names, policy, pushlog
-from .models import Owner, Repository, SchemaError, require_current_schema
+from . import policy, pushlog
+from .models import Repository, SchemaError, require_current_schema
 from .site import Site
 
 #: Hooks run in this order before any administrator's hook of the same type.
@@ -96,12 +96,7 @@ def locate(repo) -> tuple[Site, str, str] | None:
 
 
 def repository_row(owner: str, name: str) -> Repository | None:
-    return (
-        Repository.select(Repository, Owner)
-        .join(Owner)
-        .where((Owner.name_key == names.key(owner)) & (Repository.name_key == names.key(name)))
-        .first()
-    )
+    return Repository.find(owner, name)
 
 
 def require_write(ui, repo) -> PushContext:

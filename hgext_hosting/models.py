@@ -22,6 +22,8 @@ from collections.abc import Callable
 
 import peewee as pw
 
+from . import names
+
 #: Bumped with every change of the tables below; :data:`MIGRATIONS` gets a step.
 SCHEMA_VERSION = 1
 
@@ -96,6 +98,16 @@ class Repository(BaseModel):
     @property
     def full_name(self) -> str:
         return f"{self.owner.name}/{self.name}"
+
+    @classmethod
+    def find(cls, owner: str, name: str) -> Repository | None:
+        """The repository ``owner/name`` (any case), its owner loaded, or None."""
+        return (
+            cls.select(cls, Owner)
+            .join(Owner)
+            .where((Owner.name_key == names.key(owner)) & (cls.name_key == names.key(name)))
+            .first()
+        )
 
 
 class Grant(BaseModel):

@@ -55,13 +55,7 @@ T = TypeVar("T")
 
 def get_repo(full_name: str) -> Repository:
     """The repository ``OWNER/NAME`` (any case), or UserError."""
-    owner_name, name = names.split_repo_name(full_name)
-    repo = (
-        Repository.select(Repository, Owner)
-        .join(Owner)
-        .where((Owner.name_key == names.key(owner_name)) & (Repository.name_key == names.key(name)))
-        .first()
-    )
+    repo = Repository.find(*names.split_repo_name(full_name))
     if repo is None:
         raise UserError(f"no repository {full_name!r}")
     return repo
