@@ -111,6 +111,17 @@ def site(tmp_path: Path, env: dict[str, str]) -> SiteHandle:
     return handle
 
 
+@pytest.fixture
+def big_site(site: SiteHandle) -> SiteHandle:
+    """The site with the public alice/big holding the Flask corpus."""
+    if not CORPUS.exists():
+        pytest.skip("corpus not available")
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/big")
+    site.hg("-R", str(site.repo_path("alice/big")), "unbundle", "-q", str(CORPUS), user="alice")
+    return site
+
+
 def commit(hg_run, wc: Path, filename: str, content: str, message: str | None = None,
            branch: str | None = None) -> str:
     """Write a file in a working copy and commit it with a fixed date; return the node."""

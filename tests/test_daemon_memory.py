@@ -20,22 +20,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import pytest
-from conftest import CORPUS, HG, Daemon, SiteHandle
+from conftest import HG, Daemon
 
 RSS_LIMIT_KB = 150 * 1024
 STALLED = 4
 
-
-@pytest.fixture
-def big_site(site) -> SiteHandle:
-    """The site with the public alice/big holding the Flask corpus."""
-    if not CORPUS.exists():
-        pytest.skip("corpus not available")
-    site.add_user("alice")
-    site.cli("repo", "create", "alice/big")
-    site.hg("-R", str(site.repo_path("alice/big")), "unbundle", "-q", str(CORPUS), user="alice")
-    return site
 
 
 def rss_kb(pid: int) -> int:

@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS, HG, HG_HOSTING, Daemon, SiteHandle, base_env, commit
+from conftest import HG, HG_HOSTING, Daemon, SiteHandle, base_env, commit
 from pushhelpers import cli_all, repo_state, run_all
 
 PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3", "dave": "dave-pw-4"}
@@ -631,16 +631,6 @@ def test_workers_concurrent_clones_and_sigterm(shared):
         daemon.stop()
     assert_no_traceback(daemon)
 
-
-@pytest.fixture
-def big_site(site) -> SiteHandle:
-    """The site with alice/big holding the Flask corpus."""
-    if not CORPUS.exists():
-        pytest.skip("corpus not available")
-    site.add_user("alice")
-    site.cli("repo", "create", "alice/big")
-    site.hg("-R", str(site.repo_path("alice/big")), "unbundle", "-q", str(CORPUS), user="alice")
-    return site
 
 
 def test_sigterm_lets_a_large_clone_finish(big_site, tmp_path):
