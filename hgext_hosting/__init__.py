@@ -86,27 +86,29 @@ def reposetup(ui, repo) -> None:
     if located is None:
         return
     site, owner, name = located
-    site.bind_database()
     hooks.install(ui)
 
     class hostingrepo(repo.__class__):
         def transaction(self, desc, report=None):
             if self.currenttransaction() is None:
-                _settle_before_transaction(self, owner, name)
+                _settle_before_transaction(self, site, owner, name)
             return super().transaction(desc, report)
 
     repo.__class__ = hostingrepo
     if ui.configbool(b"hosting", b"auto-recover") and repo.svfs.exists(b"journal"):
-        _recover_if_abandoned(repo, owner, name)
+        _recover_if_abandoned(repo, site, owner, name)
 
 
-def _settle_before_transaction(repo, owner: str, name: str) -> None:
+def _settle_before_transaction(repo, site, owner: str, name: str) -> None:
     """Under the lock the caller holds: recover a dead transaction, settle its record."""
-    from . import hooks, pushlog
+    from . import hooks, pushdb
 
     try:
-        row = hooks.repository_row(owner, name)
-        if row is not None and (repo.svfs.exists(b"journal") or pushlog.has_pending(row.id)):
+        row = pushdb.find_repository(hooks.connection(repo.ui, site), owner, name)
+        if row is not None and (row.has_pending or repo.svfs.exists(b"journal")):
+            from . import pushlog  # the rare path: peewee is fine here
+
+            site.bind_database()
             pushlog.settle(repo, row.id)
     except error.Abort:
         raise
@@ -114,14 +116,14 @@ def _settle_before_transaction(repo, owner: str, name: str) -> None:
         raise hooks.abort(f"cannot settle an earlier interrupted push: {e}") from None
 
 
-def _recover_if_abandoned(repo, owner: str, name: str) -> None:
+def _recover_if_abandoned(repo, site, owner: str, name: str) -> None:
     """When a reader opens a repository left with a journal and no live writer, recover it."""
     try:
         lock = repo.lock(wait=False)
     except (error.LockError, OSError):
         return  # a push is in flight (or we may not write): nothing to do
     try:
-        _settle_before_transaction(repo, owner, name)
+        _settle_before_transaction(repo, site, owner, name)
     except error.Abort as e:
         repo.ui.warn(b"%s\n" % e.message)
     finally:
@@ -176,8 +178,11 @@ def pushlog_command(ui, repo, limit=10, json=False):
     located = hooks.locate(repo)
     if located is None:
         raise error.Abort(b"hosting: this repository is not inside an hg-hosting site")
-    _site, owner, name = located
-    row = hooks.repository_row(owner, name)
+    site, owner, name = located
+    site.bind_database()
+    from .models import Repository
+
+    row = Repository.find(owner, name)
     if row is None:
         raise error.Abort(b"hosting: %s/%s has no row in the site database"
                           % (owner.encode(), name.encode()))

@@ -31,7 +31,7 @@ from pathlib import Path
 from mercurial import error as hgerror
 from mercurial import hg
 
-from . import names, pushlog
+from . import names, pushdb, pushlog
 from .errors import UserError
 from .models import Owner, Push, PushBookmark, PushChangeset, Repository, write_transaction
 from .site import Site
@@ -155,13 +155,10 @@ def _compare_changesets(unfi, row: Repository, full: str, report: Report, repair
                 + (f" and {emptied} empty push record(s)" if emptied else "")
             )
         if unrecorded:
-            last = Push.select(Push.push_id).where(Push.repository == row.id).order_by(
-                Push.push_id.desc()).scalar() or 0
-            push = Push.create(repository=row.id, push_id=last + 1, user=pushlog.REPAIR_USER,
-                               state="done", txnid="repair")
-            pushlog.insert_changesets(push.id, unrecorded)
+            _, push_id = pushdb.insert_push(pushdb.models_connection(), row.id, pushlog.REPAIR_USER,
+                                            "repair", "{}", unrecorded, [], state="done")
             report.repairs.append(
-                f"{full}: recorded {len(unrecorded)} changeset(s) as push {last + 1} by {pushlog.REPAIR_USER}"
+                f"{full}: recorded {len(unrecorded)} changeset(s) as push {push_id} by {pushlog.REPAIR_USER}"
             )
 
 

@@ -23,6 +23,9 @@ its ``HG_HOSTING_USER``, set by the daemon's SSH server or by the person
 pushing locally, names the user.  Which case applies is decided by that
 identity of objects, never by a variable: a process could set
 ``REQUEST_METHOD`` and ``REMOTE_USER`` in its own environment.
+
+The database is asked through :mod:`hgext_hosting.pushdb` on the thread's own
+connection, so that a push process never imports peewee.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from dataclasses import dataclass
 from mercurial import encoding, error
 from mercurial.node import short
 
-from . import policy, pushlog
-from .models import Repository, SchemaError, require_current_schema
+from . import policy, pushdb, recorder
+from .pushdb import SchemaError
 from .site import Site
 
 #: Hooks run in this order before any administrator's hook of the same type.
@@ -62,7 +65,8 @@ def abort(message: str, hint: str | None = None) -> error.Abort:
 class PushContext:
     """Who is pushing to which repository, as the database says now."""
 
-    row: Repository
+    conn: pushdb.Connection
+    row: pushdb.RepoRow
     full_name: str
     subject: policy.Subject
     _refs: dict[str, frozenset[str]] | None = None
@@ -71,7 +75,7 @@ class PushContext:
     def refs(self) -> dict[str, frozenset[str]]:
         """The repository's protected refs, read once per transaction."""
         if self._refs is None:
-            self._refs = policy.load_protected_refs(self.row)
+            self._refs = pushdb.load_protected_refs(self.conn, self.row.id)
         return self._refs
 
 
@@ -95,8 +99,9 @@ def locate(repo) -> tuple[Site, str, str] | None:
     return Site.for_repository(repo.root)
 
 
-def repository_row(owner: str, name: str) -> Repository | None:
-    return Repository.find(owner, name)
+def connection(ui, site: Site) -> pushdb.Connection:
+    """This thread's connection to the site database, configured by the repository's ui."""
+    return site.push_connection(ui)
 
 
 def require_write(ui, repo) -> PushContext:
@@ -104,11 +109,12 @@ def require_write(ui, repo) -> PushContext:
     located = locate(repo)
     if located is None:
         raise abort("this repository is not inside an hg-hosting site")
-    _site, owner, name = located
+    site, owner, name = located
     display = f"{owner}/{name}"
     try:
-        require_current_schema()
-        row = repository_row(owner, name)
+        conn = connection(ui, site)
+        pushdb.require_current_schema(conn)
+        row = pushdb.find_repository(conn, owner, name)
         user = pusher_name(ui)
         if user is None:
             raise abort(f"push to {display} refused: no authenticated user",
@@ -116,8 +122,8 @@ def require_write(ui, repo) -> PushContext:
         if row is None:
             raise abort(f"{display} is not a repository of this site",
                         hint="ask an administrator to run 'hg-hosting check'")
-        subject = policy.load_subject(user)
-        facts = policy.load_repo_facts(row)
+        subject = pushdb.load_subject(conn, user)
+        facts = pushdb.load_repo_facts(conn, row)
     except SchemaError as e:
         raise abort(f"push to {display} refused: {e}") from None
     except error.Abort:
@@ -129,7 +135,7 @@ def require_write(ui, repo) -> PushContext:
     decision = policy.may(subject, "write", facts)
     if not decision:
         raise abort(decision.reason)
-    return PushContext(row, facts.full_name, subject)
+    return PushContext(conn, row, facts.full_name, subject)
 
 
 def check_branches(repo, ctx: PushContext, first_rev: int, refs: dict[str, frozenset[str]]) -> None:
@@ -185,7 +191,7 @@ def pretxnclose(ui, repo, hooktype, txnid=b"", **kwargs) -> bool:
     check_branches(repo, ctx, tr.changes[b"origrepolen"], refs)
     check_bookmarks(tr, ctx, refs)
     txn = txnid.decode("ascii", "replace") if isinstance(txnid, bytes) else str(txnid)
-    pending = pushlog.collect(repo, tr, ctx.row.id, ctx.subject.name, txn)
+    pending = recorder.collect(repo, tr, ctx.conn, ctx.row.id, ctx.subject.name, txn)
     if not pending.is_empty():
         pending.attach(tr)
     return False

@@ -15,26 +15,21 @@ what hooks call, so that a push never writes into a schema it does not know.
 
 from __future__ import annotations
 
-import datetime
 import json
 import uuid
 from collections.abc import Callable
 
 import peewee as pw
 
-from . import names
+from . import names, pushdb
 
-#: Bumped with every change of the tables below; :data:`MIGRATIONS` gets a step.
-SCHEMA_VERSION = 1
+# Defined in pushdb, which the push path imports without peewee; re-exported here.
+SCHEMA_VERSION = pushdb.SCHEMA_VERSION
+SchemaError = pushdb.SchemaError
+sqlite_pragmas = pushdb.sqlite_pragmas
+utcnow = pushdb.utcnow
 
 db = pw.DatabaseProxy()
-
-LEVELS = ("read", "write", "admin")
-
-
-def utcnow() -> datetime.datetime:
-    """The current UTC time as a naive datetime (how every date is stored)."""
-    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 
 
 class BaseModel(pw.Model):
@@ -238,21 +233,6 @@ ALL_MODELS = [
 ]
 
 
-class SchemaError(RuntimeError):
-    """The database is missing, or its schema is not the one this code knows."""
-
-
-def sqlite_pragmas(busy_timeout_ms: int) -> dict[str, object]:
-    """The pragmas run on every new SQLite connection."""
-    return {
-        "journal_mode": "wal",
-        "busy_timeout": busy_timeout_ms,
-        "foreign_keys": 1,
-        # FULL: a push record must survive power loss once hg's commit follows it.
-        "synchronous": "full",
-    }
-
-
 def make_database(url: str, busy_timeout_ms: int = 5000) -> pw.Database:
     """A peewee Database for ``url`` (``sqlite:///path`` or ``postgresql://...``).
 
@@ -284,22 +264,12 @@ def write_transaction():
 
 def schema_version() -> int:
     """The version recorded in the database, 0 for an empty database."""
-    if not db.table_exists("meta"):
-        return 0
-    row = Meta.select(Meta.value).where(Meta.key == "schema_version").tuples().first()
-    return int(row[0]) if row else 0
+    return pushdb.schema_version(pushdb.models_connection())
 
 
 def require_current_schema() -> None:
     """Raise SchemaError unless the database has exactly :data:`SCHEMA_VERSION`."""
-    found = schema_version()
-    if found != SCHEMA_VERSION:
-        if found == 0:
-            raise SchemaError("the site database has no schema (run 'hg-hosting init')")
-        raise SchemaError(
-            f"the site database has schema version {found}, this code needs"
-            f" {SCHEMA_VERSION} (run 'hg-hosting init' to migrate)"
-        )
+    pushdb.require_current_schema(pushdb.models_connection())
 
 
 def _create_v1() -> None:

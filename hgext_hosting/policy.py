@@ -13,16 +13,23 @@ The rules (SPEC.md, *Accounts and permissions*), as :func:`level_of` applies the
 The decision functions are pure: they take :class:`Subject` and :class:`RepoFacts`
 snapshots, so that every caller (CLI, hooks, daemon, SSH) shares them and the
 table-driven tests need no database.  :func:`load_subject` and
-:func:`load_repo_facts` build the snapshots from the models.
+:func:`load_repo_facts` build the snapshots from the database the models are
+bound to, with the SQL of :mod:`hgext_hosting.pushdb` (which the hooks run on
+their own connection).  This module imports neither peewee nor the models at
+load time, so that a push process does not pay for them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import names
-from .models import LEVELS, Grant, Membership, Owner, ProtectedRef, ProtectedRefAllow, Repository
 
+if TYPE_CHECKING:
+    from .models import Repository
+
+LEVELS = ("read", "write", "admin")
 _RANK = {level: rank for rank, level in enumerate(LEVELS, start=1)}
 
 
@@ -115,58 +122,23 @@ def may_push_ref(subject: Subject, allow: frozenset[str]) -> bool:
 
 def load_subject(user_name: str | None) -> Subject | None:
     """The Subject for an existing user name (any case), or None."""
-    if not user_name:
-        return None
-    user = Owner.get_or_none((Owner.name_key == names.key(user_name)) & (Owner.kind == "user"))
-    if user is None:
-        return None
-    teams = (
-        Owner.select(Owner.name_key)
-        .join(Membership, on=(Membership.team == Owner.id))
-        .where(Membership.user == user.id)
-    )
-    return Subject(user.name, user.is_admin, frozenset(t.name_key for t in teams))
+    from . import pushdb
+
+    return pushdb.load_subject(pushdb.models_connection(), user_name)
 
 
 def load_repo_facts(repo: Repository) -> RepoFacts:
-    """The RepoFacts of a repository row."""
-    owner = repo.owner
-    user_grants: dict[str, str] = {}
-    team_grants: dict[str, str] = {}
-    grants = (
-        Grant.select(Grant.level, Owner.name_key, Owner.kind)
-        .join(Owner)
-        .where(Grant.repository == repo.id)
-        .tuples()
-    )
-    for level, key, kind in grants:
-        (team_grants if kind == "team" else user_grants)[key] = level
-    return RepoFacts(
-        full_name=f"{owner.name}/{repo.name}",
-        owner=owner.name_key,
-        owner_is_team=owner.is_team,
-        private=repo.private,
-        user_grants=user_grants,
-        team_grants=team_grants,
-    )
+    """The RepoFacts of a repository row (its owner loaded)."""
+    from . import pushdb
+
+    return pushdb.load_repo_facts(pushdb.models_connection(), pushdb.RepoRow.of(repo))
 
 
 def load_protected_refs(repo: Repository) -> dict[str, frozenset[str]]:
     """``{ref name: allow-list}`` for a repository (allow-list as :func:`may_push_ref` wants)."""
-    refs: dict[str, set[str]] = {}
-    for ref in ProtectedRef.select().where(ProtectedRef.repository == repo.id):
-        refs[ref.name] = set()
-    rows = (
-        ProtectedRefAllow.select(ProtectedRef.name, Owner.name_key, Owner.kind)
-        .join(ProtectedRef)
-        .switch(ProtectedRefAllow)
-        .join(Owner)
-        .where(ProtectedRef.repository == repo.id)
-        .tuples()
-    )
-    for ref_name, key, kind in rows:
-        refs[ref_name].add("@" + key if kind == "team" else key)
-    return {name: frozenset(allow) for name, allow in refs.items()}
+    from . import pushdb
+
+    return pushdb.load_protected_refs(pushdb.models_connection(), repo.id)
 
 
 def readable_repositories(subject: Subject | None):
@@ -174,6 +146,7 @@ def readable_repositories(subject: Subject | None):
 
     One query, whatever the number of repositories: the index and owner pages use it.
     """
+    from .models import Grant, Owner, Repository
     query = Repository.select(Repository, Owner).join(Owner)
     if subject is not None and subject.is_admin:
         return query

@@ -34,7 +34,7 @@ from typing import TypeVar
 from mercurial import error as hgerror
 from mercurial import hg
 
-from . import faults, names, policy
+from . import faults, names, policy, pushdb
 from .accounts import get_owner, get_subject, get_user, subject_label
 from .errors import UserError
 from .models import (
@@ -42,9 +42,6 @@ from .models import (
     Owner,
     ProtectedRef,
     ProtectedRefAllow,
-    Push,
-    PushBookmark,
-    PushChangeset,
     Repository,
     write_transaction,
 )
@@ -318,22 +315,14 @@ def fork_repo(
                 private=private, description=src_repo.description, uuid=new_uuid,
             )
             if nodes or bookmarks:
-                push = Push.create(repository=fork, push_id=1, user=forker.name, state="done",
-                                   txnid="fork")
-                _insert_changesets(push, nodes)
-                for bm, node in sorted(bookmarks.items()):
-                    PushBookmark.create(push=push, name=bm, old=None, new=node)
+                pushdb.insert_push(pushdb.models_connection(), fork.id, forker.name, "fork", "{}",
+                                   nodes, [(bm, None, node) for bm, node in sorted(bookmarks.items())],
+                                   state="done")
             faults.point("repo-fork-before-move")
             return fork
 
         return _move_in_transaction(site, new_uuid, stage, site.repo_path(dst_owner.name, name), insert,
                                     "repo-fork-after-move")
-
-
-def _insert_changesets(push: Push, nodes: list[str]) -> None:
-    rows = [{"push": push.id, "position": i, "node": n} for i, n in enumerate(nodes)]
-    for start in range(0, len(rows), 500):
-        PushChangeset.insert_many(rows[start : start + 500]).execute()
 
 
 def _check_description(description: str) -> None:

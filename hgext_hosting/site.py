@@ -22,7 +22,7 @@ import os
 import secrets
 from pathlib import Path
 
-from . import config, models
+from . import config
 from .errors import UserError
 
 ENV_SITE = "HG_HOSTING_SITE"
@@ -143,12 +143,13 @@ class Site:
             self._ui = config.read_site_ui(str(self.hgrc))
         return self._ui
 
-    def database_url(self) -> str:
-        url = self.ui.config(b"hosting", b"database").decode("utf-8").strip()
+    def database_url(self, ui=None) -> str:
+        """The database URL, from ``ui`` (a repository's, which includes the site hgrc) or the site's."""
+        url = (ui or self.ui).config(b"hosting", b"database").decode("utf-8").strip()
         return url or f"sqlite:///{self.db_path}"
 
-    def busy_timeout_ms(self) -> int:
-        return self.ui.configint(b"hosting", b"busy-timeout")
+    def busy_timeout_ms(self, ui=None) -> int:
+        return (ui or self.ui).configint(b"hosting", b"busy-timeout")
 
     def secret(self) -> bytes:
         return self.secret_path.read_bytes()
@@ -157,13 +158,29 @@ class Site:
 
     def bind_database(self) -> None:
         """Bind the models to this site's database (once per process)."""
+        from . import models
+
         if models.db.obj is None:
             models.db.initialize(
                 models.make_database(self.database_url(), self.busy_timeout_ms())
             )
 
+    def push_connection(self, ui):
+        """This thread's plain connection for the push path (:mod:`hgext_hosting.pushdb`).
+
+        On a non-SQLite site the models are bound first: that connection is theirs.
+        """
+        from . import pushdb
+
+        url = self.database_url(ui)
+        if not url.startswith("sqlite:///"):
+            self.bind_database()
+        return pushdb.connect(url, self.busy_timeout_ms(ui))
+
     def open(self) -> Site:
         """Check the site exists, bind the database and require the current schema."""
+        from . import models
+
         if not self.exists():
             raise SiteError(f"no site at {self.root} (run 'hg-hosting --site DIR init')")
         self.bind_database()
@@ -177,6 +194,8 @@ class Site:
 
     def init(self) -> list[str]:
         """Create whatever part of the site is missing; return what was created."""
+        from . import models
+
         created: list[str] = []
         for directory in (self.root, self.repos, self.tmp):
             if not directory.is_dir():

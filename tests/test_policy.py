@@ -16,8 +16,7 @@ import sys
 import pytest
 
 from hgext_hosting import policy
-from hgext_hosting.models import LEVELS
-from hgext_hosting.policy import RepoFacts, Subject
+from hgext_hosting.policy import LEVELS, RepoFacts, Subject
 
 RANK = {"read": 1, "write": 2, "admin": 3}
 
@@ -187,14 +186,19 @@ def test_may_push_ref(subject, allow, expected):
 
 _LOAD_SCRIPT = r"""
 import json, sys
-from hgext_hosting import policy, repositories
+from hgext_hosting import policy, pushdb, repositories
 from hgext_hosting.site import Site
 
-Site(sys.argv[1]).open()
+site = Site(sys.argv[1]).open()
+hook_conn = site.push_connection(site.ui)  # the hooks' own sqlite3 connection
 out = []
 for user_name, repo_name in json.loads(sys.argv[2]):
     subject = policy.load_subject(user_name)
     facts = policy.load_repo_facts(repositories.get_repo(repo_name))
+    row = pushdb.find_repository(hook_conn, *repo_name.split("/"))
+    assert isinstance(hook_conn, pushdb.SqliteConnection)
+    assert pushdb.load_subject(hook_conn, user_name) == subject, (user_name, repo_name)
+    assert pushdb.load_repo_facts(hook_conn, row) == facts, (user_name, repo_name)
     out.append({
         "subject": None if subject is None else
             [subject.name, subject.is_admin, sorted(subject.teams)],
@@ -207,7 +211,11 @@ print(json.dumps(out))
 
 
 def test_database_snapshots_agree_with_the_table(site):
-    """Subjects and repository facts loaded from a site built by the CLI give the table's answers."""
+    """Subjects and repository facts loaded from a site built by the CLI give the table's answers.
+
+    Loaded twice: through the models' connection (CLI, daemon) and through the
+    hooks' own sqlite3 connection, which must agree.
+    """
     site.add_user("alice")
     site.add_user("Bob")
     site.add_user("root", admin=True)

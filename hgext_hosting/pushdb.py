@@ -1,0 +1,325 @@
+"""The push path's questions to the site database, in plain SQL over DB-API.
+
+Every push runs this: in a short-lived process (a local ``hg push``, an SSH
+session's ``hg serve --stdio``) or in a daemon thread.  It asks the same few
+questions each time: which repository is this, who is pushing, which grants
+and protected refs apply, and then it writes one push record.  Importing
+peewee and the models and building their queries cost a one-changeset push
+about 40 ms, a quarter of the whole push (``bench/hook_cost.py``), so these
+questions are asked here in SQL over a DB-API connection:
+
+* on SQLite (the default), Python's own ``sqlite3``, opened with the pragmas
+  of :func:`sqlite_pragmas` (which peewee's connections get too), one
+  connection per thread;
+* on any other database, the connection of the bound peewee database (its
+  import does not matter on such a site), through :class:`PeeweeConnection`.
+
+The same functions answer the daemon and the CLI (:mod:`hgext_hosting.policy`
+calls them with :func:`models_connection`), so every question has one SQL
+text.  Table and column names are those the models create (peewee's
+``legacy_table_names = False``); the tests run every statement here against a
+database that :func:`hgext_hosting.models.migrate` created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from . import names
+from .policy import RepoFacts, Subject
+
+#: Bumped with every change of the tables in models.py; models.MIGRATIONS gets a step.
+SCHEMA_VERSION = 1
+
+
+class SchemaError(RuntimeError):
+    """The database is missing, or its schema is not the one this code knows."""
+
+
+def utcnow() -> datetime.datetime:
+    """The current UTC time as a naive datetime (how every date is stored)."""
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+
+# -- connections -----------------------------------------------------------------
+
+
+class SqliteConnection:
+    """A ``sqlite3`` connection in autocommit mode; :meth:`write` is BEGIN IMMEDIATE."""
+
+    def __init__(self, path: str, busy_timeout_ms: int):
+        self.conn = sqlite3.connect(path, timeout=busy_timeout_ms / 1000.0, isolation_level=None)
+        for key, value in sqlite_pragmas(busy_timeout_ms).items():
+            self.conn.execute(f"PRAGMA {key} = {value}")
+
+    def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, params: Sequence = ()) -> None:
+        self.conn.execute(sql, params)
+
+    def execute_many(self, sql: str, rows: list[Sequence]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        """A transaction holding the write lock from its first statement."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+
+def sqlite_pragmas(busy_timeout_ms: int) -> dict[str, object]:
+    """The pragmas run on every new SQLite connection (peewee's too)."""
+    return {
+        "journal_mode": "wal",
+        "busy_timeout": busy_timeout_ms,
+        "foreign_keys": 1,
+        # FULL: a push record must survive power loss once hg's commit follows it.
+        "synchronous": "full",
+    }
+
+
+class PeeweeConnection:
+    """The bound peewee database, seen through the same three methods."""
+
+    def __init__(self):
+        from . import models
+
+        self.models = models
+        self.db = models.db
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", self.db.param)
+
+    def query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        return list(self.db.execute_sql(self._sql(sql), tuple(params)).fetchall())
+
+    def execute(self, sql: str, params: Sequence = ()) -> None:
+        self.db.execute_sql(self._sql(sql), tuple(params))
+
+    def execute_many(self, sql: str, rows: list[Sequence]) -> None:
+        cursor = self.db.cursor()
+        cursor.executemany(self._sql(sql), [tuple(r) for r in rows])
+
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self.models.write_transaction():
+            yield
+
+
+Connection = SqliteConnection | PeeweeConnection
+
+_local = threading.local()
+
+
+def connect(url: str, busy_timeout_ms: int) -> Connection:
+    """This thread's connection to the database at ``url`` (a site's ``database_url``)."""
+    if not url.startswith("sqlite:///"):
+        return PeeweeConnection()
+    cache = getattr(_local, "connections", None)
+    if cache is None:
+        cache = _local.connections = {}
+    conn = cache.get((url, busy_timeout_ms))
+    if conn is None:
+        conn = cache[(url, busy_timeout_ms)] = SqliteConnection(url[len("sqlite:///"):],
+                                                               busy_timeout_ms)
+    return conn
+
+
+def models_connection() -> PeeweeConnection:
+    """The database the models are bound to (CLI, daemon)."""
+    return PeeweeConnection()
+
+
+# -- the schema ---------------------------------------------------------------------
+
+
+def schema_version(conn: Connection) -> int:
+    """The version recorded in the database, 0 for an empty database."""
+    try:
+        rows = conn.query("SELECT value FROM meta WHERE key = ?", ("schema_version",))
+    except Exception:
+        if _has_meta_table(conn):
+            raise
+        return 0
+    return int(rows[0][0]) if rows else 0
+
+
+def _has_meta_table(conn: Connection) -> bool:
+    if isinstance(conn, SqliteConnection):
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    else:
+        sql = "SELECT 1 FROM information_schema.tables WHERE table_name = 'meta'"
+    with contextlib.suppress(Exception):
+        return bool(conn.query(sql))
+    return False
+
+
+def require_current_schema(conn: Connection) -> None:
+    """Raise SchemaError unless the database has exactly :data:`SCHEMA_VERSION`."""
+    found = schema_version(conn)
+    if found != SCHEMA_VERSION:
+        if found == 0:
+            raise SchemaError("the site database has no schema (run 'hg-hosting init')")
+        raise SchemaError(
+            f"the site database has schema version {found}, this code needs"
+            f" {SCHEMA_VERSION} (run 'hg-hosting init' to migrate)"
+        )
+
+
+# -- who and what ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RepoRow:
+    """A repository as the push path needs it."""
+
+    id: int
+    owner: str  # display name
+    owner_key: str
+    owner_is_team: bool
+    name: str
+    private: bool
+    has_pending: bool  # some push record is not settled (False when not asked: RepoRow.of)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    @classmethod
+    def of(cls, repo) -> RepoRow:
+        """The RepoRow of a peewee Repository row (its owner loaded)."""
+        owner = repo.owner
+        return cls(repo.id, owner.name, owner.name_key, owner.is_team, repo.name,
+                   bool(repo.private), False)
+
+
+def find_repository(conn: Connection, owner: str, name: str) -> RepoRow | None:
+    """The repository ``owner/name`` (any case), or None."""
+    rows = conn.query(
+        "SELECT r.id, o.name, o.name_key, o.kind, r.name, r.private,"
+        " EXISTS (SELECT 1 FROM push p WHERE p.repository_id = r.id AND p.state = 'pending')"
+        " FROM repository r JOIN owner o ON o.id = r.owner_id"
+        " WHERE o.name_key = ? AND r.name_key = ?",
+        (names.key(owner), names.key(name)),
+    )
+    if not rows:
+        return None
+    rid, oname, okey, kind, rname, private, pending = rows[0]
+    return RepoRow(rid, oname, okey, kind == "team", rname, bool(private), bool(pending))
+
+
+def load_subject(conn: Connection, user_name: str | None) -> Subject | None:
+    """The Subject for an existing user name (any case), or None."""
+    if not user_name:
+        return None
+    rows = conn.query(
+        "SELECT id, name, is_admin FROM owner WHERE name_key = ? AND kind = 'user'",
+        (names.key(user_name),),
+    )
+    if not rows:
+        return None
+    uid, name, is_admin = rows[0]
+    teams = conn.query(
+        "SELECT t.name_key FROM membership m JOIN owner t ON t.id = m.team_id WHERE m.user_id = ?",
+        (uid,),
+    )
+    return Subject(name, bool(is_admin), frozenset(t for (t,) in teams))
+
+
+def load_repo_facts(conn: Connection, repo: RepoRow) -> RepoFacts:
+    """The RepoFacts of a repository: what it is, plus its grants."""
+    user_grants: dict[str, str] = {}
+    team_grants: dict[str, str] = {}
+    for level, key, kind in conn.query(
+        'SELECT g.level, o.name_key, o.kind FROM "grant" g JOIN owner o ON o.id = g.subject_id'
+        " WHERE g.repository_id = ?",
+        (repo.id,),
+    ):
+        (team_grants if kind == "team" else user_grants)[key] = level
+    return RepoFacts(
+        full_name=repo.full_name,
+        owner=repo.owner_key,
+        owner_is_team=repo.owner_is_team,
+        private=repo.private,
+        user_grants=user_grants,
+        team_grants=team_grants,
+    )
+
+
+def load_protected_refs(conn: Connection, repo_id: int) -> dict[str, frozenset[str]]:
+    """``{ref name: allow-list}`` of a repository, as ``policy.may_push_ref`` wants it."""
+    refs: dict[str, set[str]] = {
+        name: set()
+        for (name,) in conn.query("SELECT name FROM protected_ref WHERE repository_id = ?", (repo_id,))
+    }
+    for ref_name, key, kind in conn.query(
+        "SELECT r.name, o.name_key, o.kind FROM protected_ref_allow a"
+        " JOIN protected_ref r ON r.id = a.ref_id JOIN owner o ON o.id = a.subject_id"
+        " WHERE r.repository_id = ?",
+        (repo_id,),
+    ):
+        refs[ref_name].add("@" + key if kind == "team" else key)
+    return {name: frozenset(allow) for name, allow in refs.items()}
+
+
+# -- the push record ------------------------------------------------------------------
+
+
+def insert_push(conn: Connection, repository_id: int, user: str, txnid: str, details: str,
+                nodes: list[str], bookmarks: list[tuple[str, str | None, str | None]],
+                state: str = "pending") -> tuple[int, int]:
+    """Insert a push with the repository's next id; return ``(row id, push id)``.
+
+    The caller holds the write transaction (:meth:`write`).
+    """
+    (last,) = conn.query(
+        "SELECT COALESCE(MAX(push_id), 0) FROM push WHERE repository_id = ?", (repository_id,)
+    )[0]
+    push_id = last + 1
+    ((row_id,),) = conn.query(
+        'INSERT INTO push (repository_id, push_id, "user", date, state, txnid, details)'
+        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (repository_id, push_id, user, str(utcnow()), state, txnid, details),
+    )
+    insert_changesets(conn, row_id, nodes)
+    if bookmarks:
+        conn.execute_many(
+            "INSERT INTO push_bookmark (push_id, name, old, new) VALUES (?, ?, ?, ?)",
+            [(row_id, name, old, new) for name, old, new in bookmarks],
+        )
+    return row_id, push_id
+
+
+def insert_changesets(conn: Connection, push_row_id: int, nodes: list[str], start: int = 0) -> None:
+    """Append changesets to a push, in order, from position ``start``."""
+    if nodes:
+        conn.execute_many(
+            "INSERT INTO push_changeset (push_id, position, node) VALUES (?, ?, ?)",
+            [(push_row_id, start + i, node) for i, node in enumerate(nodes)],
+        )
+
+
+def delete_push(conn: Connection, row_id: int) -> None:
+    conn.execute("DELETE FROM push WHERE id = ?", (row_id,))
+
+
+def mark_done(conn: Connection, row_id: int) -> None:
+    conn.execute("UPDATE push SET state = 'done' WHERE id = ?", (row_id,))
