@@ -66,6 +66,10 @@ to have added one changeset, and the daemon's push log to hold every push.
 Usage (from the repository root)::
 
     /work/venv/bin/python bench/http_vs_hgserve.py [--quick] [--json FILE] [-v] [--keep]
+        [--only clone,pull,clone8,log,push,index,rss]
+
+``--only`` runs some measurements (for working on one target); the verdict
+then covers only those.
 
 Exit status: 0 when every target is met, 1 when one is missed, 2 when the
 benchmark itself failed.
@@ -110,6 +114,8 @@ TARGETS = {
     "log": ("/log page", "ms", 5.8, 1.2),
     "index": ("index, 1,000 repositories", "ms", 444.0, 0.05),
 }
+#: What --only can choose.
+MEASURES = ("clone", "pull", "clone8", "log", "push", "index", "rss")
 
 
 class BenchError(RuntimeError):
@@ -220,7 +226,9 @@ REPO_LINK = re.compile(rb'href="/(u\d+/r\d+)/?"')
 
 
 class Bench:
-    def __init__(self, work: Path, corpus: Path, hg: str, hg_hosting: str, quick: bool, many: int, verbose: bool):
+    def __init__(self, work: Path, corpus: Path, hg: str, hg_hosting: str, quick: bool, many: int, verbose: bool,
+                 only: frozenset[str] = frozenset(MEASURES)):
+        self.only = only
         self.work, self.corpus, self.hg, self.hg_hosting = work, corpus, hg, hg_hosting
         self.quick, self.many, self.verbose = quick, many, verbose
         self.site, self.plain = work / "S", work / "plain"
@@ -624,37 +632,45 @@ class Bench:
     # -- everything ---------------------------------------------------------------------
 
     def main(self) -> None:
-        q = self.quick
+        q, want = self.quick, self.only.__contains__
         self.setup()
-        self.log("full clone")
-        self.rounds("clone", 3 if q else 7, self.clone)
-        self.log("no-op pull")
-        self.prepare_pull()
-        self.rounds("pull", 5 if q else 15, self.pull)
-        self.log("8 concurrent clones")
-        self.rounds("clone8", 2 if q else 4, self.concurrent, kinds=("daemon-w2", HGSERVE, "daemon-w1"))
-        self.log("/log page")
-        self.pages("log", {DAEMON: ("daemon", "/alice/flask/log"), HGSERVE: ("hgserve", "/log")},
-                   per_round=20, count=6 if q else 15)
-        self.pages("log_keepalive", {DAEMON: ("daemon", "/alice/flask/log"), HGSERVE: ("hgserve", "/log")},
-                   per_round=10, count=2 if q else 4, keepalive=True)
-        self.log("1-changeset push")
-        self.prepare_push()
-        self.rounds("push", 5 if q else 11, self.push)
-        self.check_pushlog()
+        if want("clone"):
+            self.log("full clone")
+            self.rounds("clone", 3 if q else 7, self.clone)
+        if want("pull"):
+            self.log("no-op pull")
+            self.prepare_pull()
+            self.rounds("pull", 5 if q else 15, self.pull)
+        if want("clone8"):
+            self.log("8 concurrent clones")
+            self.rounds("clone8", 2 if q else 4, self.concurrent, kinds=("daemon-w2", HGSERVE, "daemon-w1"))
+        if want("log"):
+            self.log("/log page")
+            self.pages("log", {DAEMON: ("daemon", "/alice/flask/log"), HGSERVE: ("hgserve", "/log")},
+                       per_round=20, count=6 if q else 15)
+            self.pages("log_keepalive", {DAEMON: ("daemon", "/alice/flask/log"), HGSERVE: ("hgserve", "/log")},
+                       per_round=10, count=2 if q else 4, keepalive=True)
+        if want("push"):
+            self.log("1-changeset push")
+            self.prepare_push()
+            self.rounds("push", 5 if q else 11, self.push)
+            self.check_pushlog()
         self.info["daemon_rss_after_corpus_mb"] = {
             "daemon": rss_mb(self.servers["daemon"].proc.pid),
             "daemon-w2 workers": [rss_mb(w) for w in children(self.servers["daemon-w2"].proc.pid)],
             "hgserve": rss_mb(self.servers["hgserve"].proc.pid),
         }
-        self.log(f"setting up {self.many} repositories")
-        self.setup_many()
-        self.log(f"index of {self.many} repositories")
-        self.pages("index", {DAEMON: ("daemon-many", "/"), HGSERVE: ("hgserve-many", "/")},
-                   per_round=3 if q else 5, count=4 if q else 8, check=self.check_index)
-        self.info["index_all_pages"] = self.index_all_pages("daemon-many", 3 if q else 7)
-        self.log("serving every repository, then worker RSS")
-        self.info["memory"] = self.memory()
+        if want("index") or want("rss"):
+            self.log(f"setting up {self.many} repositories")
+            self.setup_many()
+        if want("index"):
+            self.log(f"index of {self.many} repositories")
+            self.pages("index", {DAEMON: ("daemon-many", "/"), HGSERVE: ("hgserve-many", "/")},
+                       per_round=3 if q else 5, count=4 if q else 8, check=self.check_index)
+            self.info["index_all_pages"] = self.index_all_pages("daemon-many", 3 if q else 7)
+        if want("rss"):
+            self.log("serving every repository, then worker RSS")
+            self.info["memory"] = self.memory()
         for name, server in self.servers.items():
             if "Traceback" in server.log.read_text():
                 raise BenchError(f"{name} logged a traceback: see {server.log}")
@@ -698,6 +714,8 @@ def populate(site_dir: str, bundle: str, count: int) -> int:
 def report(bench: Bench) -> tuple[list[dict], bool]:
     rows = []
     for key, (title, unit, ref, target) in TARGETS.items():
+        if key not in bench.results:
+            continue
         res = bench.results[key]
         ours = res.median("daemon-w2" if key == "clone8" else DAEMON)
         theirs = res.median(HGSERVE)
@@ -705,11 +723,13 @@ def report(bench: Bench) -> tuple[list[dict], bool]:
         rows.append({"key": key, "title": title, "unit": unit, "daemon": ours, "hgserve": theirs,
                      "ratio": ratio, "target": target, "reference_hgserve": ref, "pass": ratio <= target,
                      "n": len(res.samples[HGSERVE])})
-    workers = bench.info["memory"]["daemon-many-w2"]["workers"]
-    worst = max(w["rss_mb"] for w in workers)
-    rows.append({"key": "rss", "title": "RSS per worker after 1,000 repos", "unit": "MB", "daemon": worst,
-                 "hgserve": bench.info["memory"]["hgserve-many"]["rss_mb"], "ratio": None,
-                 "target": RSS_LIMIT_MB, "reference_hgserve": None, "pass": worst < RSS_LIMIT_MB, "n": len(workers)})
+    if "memory" in bench.info:
+        workers = bench.info["memory"]["daemon-many-w2"]["workers"]
+        worst = max(w["rss_mb"] for w in workers)
+        rows.append({"key": "rss", "title": "RSS per worker after 1,000 repos", "unit": "MB", "daemon": worst,
+                     "hgserve": bench.info["memory"]["hgserve-many"]["rss_mb"], "ratio": None,
+                     "target": RSS_LIMIT_MB, "reference_hgserve": None, "pass": worst < RSS_LIMIT_MB,
+                     "n": len(workers)})
     print()
     print(f"{'measure':<36} {'n':>3} {'daemon':>10} {'hg serve':>10} {'ratio':>7} {'target':>8} "
           f"{'ref hg serve':>13}  result")
@@ -722,28 +742,46 @@ def report(bench: Bench) -> tuple[list[dict], bool]:
         ref = fmt(r["reference_hgserve"]) if r["reference_hgserve"] is not None else ""
         print(f"{r['title']:<36} {r['n']:>3} {fmt(r['daemon']):>10} {fmt(r['hgserve']):>10} {ratio} {target:>8} "
               f"{ref:>13}  {'PASS' if r['pass'] else 'FAIL'}")
-    c8 = bench.results["clone8"]
-    print(f"\n8 concurrent clones, one-process daemon (information): {c8.median('daemon-w1'):.2f} s "
-          f"({c8.median('daemon-w1') / c8.median(HGSERVE):.3f}x hg serve)")
-    ka = bench.results["log_keepalive"]
-    print(f"/log over one keep-alive connection (information): daemon {ka.median(DAEMON):.2f} ms, "
-          f"hg serve {ka.median(HGSERVE):.2f} ms")
+    print()
+    if "clone8" in bench.results:
+        c8 = bench.results["clone8"]
+        print(f"8 concurrent clones, one-process daemon (information): {c8.median('daemon-w1'):.2f} s "
+              f"({c8.median('daemon-w1') / c8.median(HGSERVE):.3f}x hg serve)")
+    if "log_keepalive" in bench.results:
+        ka = bench.results["log_keepalive"]
+        print(f"/log over one keep-alive connection (information): daemon {ka.median(DAEMON):.2f} ms, "
+              f"hg serve {ka.median(HGSERVE):.2f} ms")
     for key in ("clone", "pull", "push", "clone8"):
+        if f"{key}_server_cpu" not in bench.results:
+            continue
         cpu, client = bench.results[f"{key}_server_cpu"], bench.results[f"{key}_client_cpu"]
         print(f"CPU per {key} (median; server + hg client): "
               + ", ".join(f"{k} {cpu.median(k):.2f} + {client.median(k):.2f} s" for k in cpu.samples))
+    if "index_all_pages" in bench.info:
+        _print_index_and_memory(bench)
+    return rows, all(r["pass"] for r in rows)
+
+
+def _print_index_and_memory(bench: Bench) -> None:
     walk = bench.info["index_all_pages"]
     print(f"index: every page of the daemon's ({walk['pages']} pages, all {bench.many} repositories): "
           f"{walk['median_ms']:.1f} ms in all ({walk['median_ms'] / bench.results['index'].median(HGSERVE):.3f}x"
           f" hg serve's one page)")
     print(f"index rows listed: {bench.info.get('index_rows')}; body bytes: {bench.info.get('index_body_bytes')}; "
           f"/log body bytes: {bench.info.get('log_body_bytes')}")
-    for server in ("daemon-many-w2", "daemon-many"):
+    for server in ("daemon-many-w2", "daemon-many") if "memory" in bench.info else ():
         m = bench.info["memory"][server]
         print(f"{server}: {m['requests']} requests over {bench.many} repositories in {m['seconds']:.1f} s; "
               + "; ".join(f"pid {w['pid']} RSS {w['rss_before_mb']:.0f} -> {w['rss_mb']:.0f} MB "
                           f"(peak {w['hwm_mb']:.0f} MB, cpu {w['cpu_s']:.1f} s)" for w in m["workers"]))
-    return rows, all(r["pass"] for r in rows)
+
+
+def _measures(text: str) -> frozenset[str]:
+    chosen = frozenset(filter(None, text.split(",")))
+    unknown = chosen - set(MEASURES)
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"choose among {','.join(MEASURES)}")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -757,6 +795,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="parent of the temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (and print it)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every round on stderr")
+    parser.add_argument("--only", type=_measures, default=frozenset(MEASURES),
+                        help="comma-separated: " + ",".join(MEASURES))
     parser.add_argument("--populate", help=argparse.SUPPRESS)
     parser.add_argument("--bundle", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -768,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     work = Path(tempfile.mkdtemp(prefix="http-bench-", dir=args.workdir))
-    bench = Bench(work, args.corpus, args.hg, args.hg_hosting, args.quick, args.repos, args.verbose)
+    bench = Bench(work, args.corpus, args.hg, args.hg_hosting, args.quick, args.repos, args.verbose, args.only)
     hg_version = subprocess.run([args.hg, "version", "-q"], capture_output=True, text=True,
                                 env=bench.env).stdout.strip()
     print(f"nproc {os.cpu_count()}  |  Python {platform.python_version()}  |  {hg_version}  |  "

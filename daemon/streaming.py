@@ -8,6 +8,11 @@ pauses it when its buffer is full, and the WSGI thread then waits before
 handing over the next chunk.  The app iterator is wrapped so that the producer
 is unregistered before Twisted finishes the request.
 
+Each hand-over to the reactor costs a round trip between threads, and hgweb's
+templates yield hundreds of small strings per page, so the chunks are
+coalesced up to :data:`COALESCE_BYTES` first: a page is one hand-over, a
+bundle one per 64 KB.
+
 This subclasses Twisted's private ``_WSGIResponse``; Twisted is pinned to 26.x
 and ``tests/test_daemon_memory.py`` checks the behaviour.
 """
@@ -21,6 +26,25 @@ from twisted.internet.threads import blockingCallFromThread
 from twisted.web import wsgi
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
+
+#: Chunks the application yields are joined up to this size before each write.
+COALESCE_BYTES = 64 * 1024
+
+
+def coalesced(chunks, limit: int = COALESCE_BYTES):
+    """The same bytes as ``chunks``, in pieces of at least ``limit`` bytes but the last."""
+    pending: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 @implementer(IPushProducer)
@@ -81,12 +105,13 @@ class _StreamingResponse(wsgi._WSGIResponse):
         def app(environ, start_response):
             result = application(environ, start_response)
             try:
-                yield from result
+                yield from coalesced(result)
             finally:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
-                blockingCallFromThread(self.reactor, self._unregister)
+                # Queued before Twisted's own wsgiFinish, so it runs first; no need to wait.
+                self.reactor.callFromThread(self._unregister)
 
         return app
 

@@ -189,7 +189,7 @@ def require_current_schema(conn: Connection) -> None:
 
 @dataclass(frozen=True)
 class RepoRow:
-    """A repository as the push path needs it."""
+    """A repository as the push path and the daemon's request routing need it."""
 
     id: int
     owner: str  # display name
@@ -197,6 +197,8 @@ class RepoRow:
     owner_is_team: bool
     name: str
     private: bool
+    description: str
+    settings_epoch: int
     has_pending: bool  # some push record is not settled (False when not asked: RepoRow.of)
 
     @property
@@ -208,13 +210,13 @@ class RepoRow:
         """The RepoRow of a peewee Repository row (its owner loaded)."""
         owner = repo.owner
         return cls(repo.id, owner.name, owner.name_key, owner.is_team, repo.name,
-                   bool(repo.private), False)
+                   bool(repo.private), repo.description, repo.settings_epoch, False)
 
 
 def find_repository(conn: Connection, owner: str, name: str) -> RepoRow | None:
     """The repository ``owner/name`` (any case), or None."""
     rows = conn.query(
-        "SELECT r.id, o.name, o.name_key, o.kind, r.name, r.private,"
+        "SELECT r.id, o.name, o.name_key, o.kind, r.name, r.private, r.description, r.settings_epoch,"
         " EXISTS (SELECT 1 FROM push p WHERE p.repository_id = r.id AND p.state = 'pending')"
         " FROM repository r JOIN owner o ON o.id = r.owner_id"
         " WHERE o.name_key = ? AND r.name_key = ?",
@@ -222,8 +224,9 @@ def find_repository(conn: Connection, owner: str, name: str) -> RepoRow | None:
     )
     if not rows:
         return None
-    rid, oname, okey, kind, rname, private, pending = rows[0]
-    return RepoRow(rid, oname, okey, kind == "team", rname, bool(private), bool(pending))
+    rid, oname, okey, kind, rname, private, description, epoch, pending = rows[0]
+    return RepoRow(rid, oname, okey, kind == "team", rname, bool(private), description, epoch,
+                   bool(pending))
 
 
 def load_subject(conn: Connection, user_name: str | None) -> Subject | None:
