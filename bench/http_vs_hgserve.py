@@ -69,7 +69,10 @@ Usage (from the repository root)::
         [--only clone,pull,clone8,log,push,index,rss]
 
 ``--only`` runs some measurements (for working on one target); the verdict
-then covers only those.
+then covers only those.  ``--no-stream`` turns off the site's default
+``server.preferuncompressed = True``, so that the daemon's clones are bundle
+clones like ``hg serve``'s (for information: the targets apply to the
+product's defaults).
 
 Exit status: 0 when every target is met, 1 when one is missed, 2 when the
 benchmark itself failed.
@@ -227,8 +230,8 @@ REPO_LINK = re.compile(rb'href="/(u\d+/r\d+)/?"')
 
 class Bench:
     def __init__(self, work: Path, corpus: Path, hg: str, hg_hosting: str, quick: bool, many: int, verbose: bool,
-                 only: frozenset[str] = frozenset(MEASURES)):
-        self.only = only
+                 only: frozenset[str] = frozenset(MEASURES), stream: bool = True):
+        self.only, self.stream = only, stream
         self.work, self.corpus, self.hg, self.hg_hosting = work, corpus, hg, hg_hosting
         self.quick, self.many, self.verbose = quick, many, verbose
         self.site, self.plain = work / "S", work / "plain"
@@ -276,6 +279,9 @@ class Bench:
         t0 = time.perf_counter()
         cli = [self.hg_hosting, "--site", str(self.site)]
         self.run([*cli, "init"])
+        if not self.stream:
+            with open(self.site / "hgrc", "a") as f:
+                f.write("\n[server]\npreferuncompressed = False\n")
         self.run([*cli, "user", "add", "alice", "--email", "alice@example.org", "--password-stdin"],
                  input=PASSWORD + "\n")
         self.run([*cli, "repo", "create", "alice/flask"])
@@ -797,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="print every round on stderr")
     parser.add_argument("--only", type=_measures, default=frozenset(MEASURES),
                         help="comma-separated: " + ",".join(MEASURES))
+    parser.add_argument("--no-stream", action="store_true",
+                        help="the daemon's site without server.preferuncompressed (bundle clones)")
     parser.add_argument("--populate", help=argparse.SUPPRESS)
     parser.add_argument("--bundle", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -808,11 +816,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     work = Path(tempfile.mkdtemp(prefix="http-bench-", dir=args.workdir))
-    bench = Bench(work, args.corpus, args.hg, args.hg_hosting, args.quick, args.repos, args.verbose, args.only)
+    bench = Bench(work, args.corpus, args.hg, args.hg_hosting, args.quick, args.repos, args.verbose, args.only,
+                  not args.no_stream)
     hg_version = subprocess.run([args.hg, "version", "-q"], capture_output=True, text=True,
                                 env=bench.env).stdout.strip()
     print(f"nproc {os.cpu_count()}  |  Python {platform.python_version()}  |  {hg_version}  |  "
-          f"{platform.platform()}  |  {'quick' if args.quick else 'full'} run", flush=True)
+          f"{platform.platform()}  |  {'quick' if args.quick else 'full'} run"
+          f"{'  |  daemon without stream clones' if args.no_stream else ''}", flush=True)
     load_start = os.getloadavg()
     started = time.perf_counter()
     try:

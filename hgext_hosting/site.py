@@ -55,6 +55,11 @@ publish = True
 # Legacy bundle1 pushes apply changesets and bookmarks in separate transactions;
 # every client since Mercurial 3.x speaks bundle2, which makes a push atomic.
 bundle1.push = False
+# Full clones copy the store files as they are (a "stream clone") instead of
+# building a compressed bundle: several times cheaper for the server and the
+# client on a LAN, more bytes on the wire.  Set to False for sites reached over
+# slow links.  Mercurial never streams a repository that has secret changesets.
+preferuncompressed = True
 
 [web]
 encoding = UTF-8

@@ -218,6 +218,24 @@ def test_clone_with_read_grant(shared):
     assert revcount(shared.site, dest) == 1
 
 
+def test_full_clone_is_a_stream_clone(shared):
+    """A full clone copies the store as it is (``server.preferuncompressed`` in the site hgrc).
+
+    hg says "streaming all changes", and the copy verifies with the server's
+    changesets and phases; a partial clone (``-r``) still gets a bundle.
+    """
+    url = shared.url("alice/demo")
+    dest = shared.path("stream")
+    proc = shared.site.hg("clone", "-U", url, str(dest))
+    assert "streaming all changes" in proc.stdout, proc.stdout
+    shared.site.hg("verify", "-q", "-R", str(dest))
+    server = shared.site.repo_path("alice/demo")
+    log = ("log", "-T", "{node} {phase}\n")
+    assert shared.site.hg(*log, "-R", str(dest)).stdout == shared.site.hg(*log, "-R", str(server)).stdout
+    partial = shared.site.hg("clone", "-U", "-r", "0", url, str(shared.path("bundle")))
+    assert "streaming" not in partial.stdout and "adding changesets" in partial.stdout, partial.stdout
+
+
 # -- pushing -------------------------------------------------------------------------------
 
 
