@@ -14,9 +14,12 @@ markdown-it with raw HTML disabled.
 
 from __future__ import annotations
 
+import collections
 import hmac
 import math
+import os
 import secrets
+import threading
 import urllib.parse
 from importlib import resources
 
@@ -34,6 +37,8 @@ from .web import HTTPError, Request, redirect, respond
 LOGIN_CSRF_COOKIE = "hgh_login_csrf"
 PUSHES_PER_PAGE = 20
 REPOS_PER_PAGE = 100
+#: Rendered READMEs kept in memory (one per repository and tip).
+README_CACHE_SIZE = 256
 README_NAMES = (b"README.md", b"README.markdown", b"README.rst", b"README.txt", b"README")
 
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
@@ -80,6 +85,8 @@ class Pages:
         self.ssh_address = ssh_address
         self.env = make_environment()
         self.app = None
+        self._readmes: collections.OrderedDict[tuple, tuple[str, str] | None] = collections.OrderedDict()
+        self._readmes_lock = threading.Lock()
         self.repo_pages = {
             "overview": self.overview,
             "pushlog": self.pushlog,
@@ -184,6 +191,29 @@ class Pages:
         return urls
 
     def _readme(self, row: Repository) -> tuple[str, str] | None:
+        """The tip's README as ``(file name, HTML)``, rendered once per tip.
+
+        Cached by the changelog's size and mtime (every new changeset appends to
+        it), so an overview neither opens the repository nor renders Markdown
+        again until something is pushed.
+        """
+        try:
+            st = os.stat(self.app.repo_path(row) / ".hg" / "store" / "00changelog.i")
+        except OSError:
+            return None
+        key = (row.id, st.st_size, st.st_mtime_ns)
+        with self._readmes_lock:
+            if key in self._readmes:
+                self._readmes.move_to_end(key)
+                return self._readmes[key]
+        readme = self._render_readme(row)
+        with self._readmes_lock:
+            self._readmes[key] = readme
+            while len(self._readmes) > README_CACHE_SIZE:
+                self._readmes.popitem(last=False)
+        return readme
+
+    def _render_readme(self, row: Repository) -> tuple[str, str] | None:
         repo = self.app._open(row)
         try:
             ctx = repo[b"tip"]

@@ -736,3 +736,24 @@ def test_startup_settles_an_abandoned_push(site, tmp_path):
     finally:
         daemon.stop()
     assert_no_traceback(daemon)
+
+
+def test_overview_readme_follows_the_tip(site, daemon, tmp_path):
+    """The overview's README (cached per tip) shows the pushed version after every push."""
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/docs")
+    wc = tmp_path / "wc"
+    site.hg("init", str(wc))
+    repo = str(site.repo_path("alice/docs"))
+    for version in ("first version", "second version"):
+        commit(site.hg, wc, "README.md", f"# Docs\n\n{version} of the manual\n")
+        for _ in range(2):  # the second request is served from the cache
+            status, _, body = fetch(f"{daemon.url}/alice/docs")
+            assert status == 200
+            if version == "first version":
+                assert b"of the manual" not in body
+        site.hg("push", "-q", repo, cwd=wc, user="alice")
+        for _ in range(2):
+            status, _, body = fetch(f"{daemon.url}/alice/docs")
+            assert status == 200 and f"{version} of the manual".encode() in body
+            assert body.count(b"of the manual") == 1
