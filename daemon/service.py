@@ -40,6 +40,7 @@ from hgext_hosting.models import Owner, Repository
 
 from .app import HostingApp
 from .auth import Authenticator
+from .bodylimit import BoundedRequest
 from .hgwebs import HgwebCache
 from .pages import Pages, templates_dir
 from .streaming import StreamingWSGIResource
@@ -218,8 +219,9 @@ class HTTPService(service.Service):
         self.app = HostingApp(site, auth, HgwebCache(baseui), pages, baseui)
         pages.app = self.app
         wsgi = StreamingWSGIResource(self.reactor, self.pool, self.app)
-        self.site_factory = TrackingSite(Root(wsgi, self.tracker))
+        self.site_factory = TrackingSite(Root(wsgi, self.tracker), requestFactory=BoundedRequest)
         self.site_factory.displayTracebacks = False
+        self.site_factory.max_request_bytes = site.ui.configint(b"hosting", b"max-request-mb") * 1024 * 1024
         self.listening = None
 
     def startService(self) -> None:

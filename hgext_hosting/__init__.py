@@ -53,10 +53,13 @@ In the site ``hgrc``::
   lock-timeout = 60
   # recover an interrupted transaction when a repository is opened
   auto-recover = True
+  # the largest HTTP request body (a pushed bundle) the daemon accepts, in MB
+  max-request-mb = 2048
 
-Administrators' own hooks go in the site ``hgrc`` too; they run after these
-checks, and when one of them refuses a push, neither the changesets nor the
-record remain.
+Administrators' own hooks go in the site ``hgrc`` too.  The permission check
+runs when the transaction opens, before any of them; this extension's
+``pretxnclose`` hook (protected refs, recording) runs before theirs.  When one
+of them refuses a push, neither the changesets nor the record remain.
 """
 
 from __future__ import annotations
@@ -90,9 +93,14 @@ def reposetup(ui, repo) -> None:
 
     class hostingrepo(repo.__class__):
         def transaction(self, desc, report=None):
-            if self.currenttransaction() is None:
-                _settle_before_transaction(self, site, owner, name)
-            return super().transaction(desc, report)
+            if self.currenttransaction() is not None:
+                return super().transaction(desc, report)
+            _settle_before_transaction(self, site, owner, name)
+            # Before the journal exists, like a pretxnopen hook (see hooks.py).
+            ctx = hooks.require_write(self.ui, self)
+            tr = super().transaction(desc, report)
+            hooks.remember(self, tr, ctx)
+            return tr
 
     repo.__class__ = hostingrepo
     if ui.configbool(b"hosting", b"auto-recover") and repo.svfs.exists(b"journal"):

@@ -1,19 +1,24 @@
-"""The hooks that decide every push and hand it to the push log.
+"""The checks that decide every push and hand it to the push log.
 
-Wired by :func:`hgext_hosting.reposetup` for repositories inside a site, before
-any administrator's hook of the same type (``priority.*``):
+Wired by :func:`hgext_hosting.reposetup` for repositories inside a site:
 
-``pretxnopen``
+opening a transaction (the repository's ``transaction()``, before its journal exists)
     Refuses before anything is applied when nobody is authenticated, the user
-    is unknown, lacks ``write``, or the database is unusable.
-``pretxnchangegroup``
-    Refuses a changeset on a protected named branch, per changeset, for users
-    not on its allow-list (before any later hook runs).
-``pretxnclose``
+    is unknown, lacks ``write``, or the database is unusable
+    (:func:`require_write`), and remembers the answer for the transaction.
+``pretxnclose`` (the one hook in ``[hooks]``, before any administrator's)
     Runs for every kind of push (changesets, bookmark-only, phase-only,
-    markers): checks write, protected branches of all new changesets (a local
-    commit has no changegroup) and protected bookmarks, then collects the push
-    and attaches the recorder of :mod:`hgext_hosting.pushlog` to the transaction.
+    markers) before it commits: refuses, per changeset, one on a protected
+    named branch, and a move of a protected bookmark, by a user not on the
+    allow-list; then collects the push and attaches the recorder of
+    :mod:`hgext_hosting.recorder` to the transaction.
+
+Why one hook and not also ``pretxnopen`` and ``pretxnchangegroup``: Mercurial
+looks up every configured hook's priority on every hook call, and a push of
+N changesets calls the ``incoming`` hook N times; three entries cost a
+1,000-changeset push about 40 ms (``bench/hook_cost.py``), one costs a third
+of that.  The open-time check runs in the same place pretxnopen would, and
+pretxnclose sees every new changeset (a local commit has no changegroup).
 
 Identity never comes from the hook's ``url``.  Over HTTP, hgweb replaces the
 repository ui's environment with the WSGI environ, in which only the daemon
@@ -79,20 +84,18 @@ class PushContext:
         return self._refs
 
 
-def transaction_context(ui, repo, txnid) -> PushContext:
-    """:func:`require_write` once per transaction: its hooks share the answer.
+def remember(repo, tr, ctx: PushContext) -> None:
+    """Keep the decision taken when ``tr`` opened, for its ``pretxnclose``."""
+    repo.unfiltered()._hosting_context = (tr, ctx)
 
-    pretxnopen decides (schema, identity, permission); pretxnchangegroup and
-    pretxnclose of the same transaction (same ``txnid``) reuse that decision
-    instead of asking the database again.
-    """
-    holder = repo.unfiltered()
-    cached = getattr(holder, "_hosting_context", None)
-    if cached is not None and txnid and cached[0] == txnid:
+
+def transaction_context(ui, repo) -> PushContext:
+    """The decision taken when the current transaction opened (asked again if none was)."""
+    cached = getattr(repo.unfiltered(), "_hosting_context", None)
+    tr = repo.currenttransaction()
+    if cached is not None and tr is not None and cached[0] is tr:
         return cached[1]
-    ctx = require_write(ui, repo)
-    holder._hosting_context = (txnid, ctx)
-    return ctx
+    return require_write(ui, repo)
 
 
 def locate(repo) -> tuple[Site, str, str] | None:
@@ -170,23 +173,11 @@ def check_bookmarks(tr, ctx: PushContext, refs: dict[str, frozenset[str]]) -> No
 # -- the hook entry points ---------------------------------------------------
 
 
-def pretxnopen(ui, repo, hooktype, txnid=b"", **kwargs) -> bool:
-    transaction_context(ui, repo, txnid)
-    return False
-
-
-def pretxnchangegroup(ui, repo, hooktype, node=None, txnid=b"", **kwargs) -> bool:
-    ctx = transaction_context(ui, repo, txnid)
-    if node and ctx.refs:
-        check_branches(repo, ctx, repo.unfiltered()[node].rev(), ctx.refs)
-    return False
-
-
 def pretxnclose(ui, repo, hooktype, txnid=b"", **kwargs) -> bool:
     tr = repo.currenttransaction()
     if tr is None:
         raise abort(f"{hooktype} hook called without a transaction")
-    ctx = transaction_context(ui, repo, txnid)
+    ctx = transaction_context(ui, repo)
     refs = ctx.refs
     check_branches(repo, ctx, tr.changes[b"origrepolen"], refs)
     check_bookmarks(tr, ctx, refs)
@@ -198,8 +189,6 @@ def pretxnclose(ui, repo, hooktype, txnid=b"", **kwargs) -> bool:
 
 
 HOOKS = {
-    b"pretxnopen": pretxnopen,
-    b"pretxnchangegroup": pretxnchangegroup,
     b"pretxnclose": pretxnclose,
 }
 

@@ -757,3 +757,38 @@ def test_overview_readme_follows_the_tip(site, daemon, tmp_path):
             status, _, body = fetch(f"{daemon.url}/alice/docs")
             assert status == 200 and f"{version} of the manual".encode() in body
             assert body.count(b"of the manual") == 1
+
+
+def test_request_body_over_the_limit_refused_with_413(site, tmp_path):
+    """A body longer than ``[hosting] max-request-mb`` is refused with 413 and never stored.
+
+    By its Content-Length at once, or while a chunked body passes the limit; the
+    daemon keeps serving, and a push under the limit still lands.
+    """
+    with open(site.root / "hgrc", "a") as f:
+        f.write("\n[hosting]\nmax-request-mb = 1\n")
+    site.add_user("alice", "alice-pw")
+    site.cli("repo", "create", "alice/demo")
+    daemon = Daemon(site)
+    try:
+        declared = raw_exchange(daemon.port, raw_request(
+            b"/alice/demo?cmd=unbundle", b"Content-Length: 2000000\r\n"
+            b"Content-Type: application/mercurial-0.1\r\n", b"POST", b"x" * 1000))
+        assert declared.startswith(b"HTTP/1.1 413 "), declared[:200]
+        assert declared.endswith(b"request body too large: the limit is 1 MB\n"), declared[-200:]
+
+        chunk = b"x" * 65536
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(20)) + b"0\r\n\r\n"
+        streamed = raw_exchange(daemon.port, raw_request(
+            b"/alice/demo?cmd=unbundle", b"Transfer-Encoding: chunked\r\n", b"POST", chunked))
+        assert streamed.startswith(b"HTTP/1.1 413 "), streamed[:200]
+
+        assert status_of(daemon, "/healthz") == 200
+        wc = tmp_path / "wc"
+        node = wc_with_commit(site, wc)
+        site.hg("push", "-q", repo_url(daemon, "alice/demo", "alice", "alice-pw"), cwd=wc)
+        assert pushes(site, "alice/demo")[0]["changesets"] == [node]
+        assert "refused a request body of 2000000 bytes" in daemon.log()
+    finally:
+        daemon.stop()
+    assert_no_traceback(daemon)
