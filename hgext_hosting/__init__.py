@@ -57,8 +57,8 @@ In the site ``hgrc``::
   max-request-mb = 2048
 
 Administrators' own hooks go in the site ``hgrc`` too.  The permission check
-runs when the transaction opens, before any of them; this extension's
-``pretxnclose`` hook (protected refs, recording) runs before theirs.  When one
+runs when the transaction opens, before any of them; this extension's checks
+of protected refs run when it closes, before their ``pretxnclose`` hooks.  When one
 of them refuses a push, neither the changesets nor the record remain.
 """
 
@@ -80,7 +80,7 @@ command = registrar.command(cmdtable)
 
 
 def reposetup(ui, repo) -> None:
-    """Wire the hooks and crash recovery into every local repository of a site."""
+    """Wire the checks, the recorder and crash recovery into every local repository of a site."""
     if not repo.local():
         return
     from . import hooks
@@ -89,18 +89,13 @@ def reposetup(ui, repo) -> None:
     if located is None:
         return
     site, owner, name = located
-    hooks.install(ui)
 
     class hostingrepo(repo.__class__):
         def transaction(self, desc, report=None):
             if self.currenttransaction() is not None:
                 return super().transaction(desc, report)
             _settle_before_transaction(self, site, owner, name)
-            # Before the journal exists, like a pretxnopen hook (see hooks.py).
-            ctx = hooks.require_write(self.ui, self)
-            tr = super().transaction(desc, report)
-            hooks.remember(self, tr, ctx)
-            return tr
+            return hooks.open_transaction(self, lambda: super(hostingrepo, self).transaction(desc, report))
 
     repo.__class__ = hostingrepo
     if ui.configbool(b"hosting", b"auto-recover") and repo.svfs.exists(b"journal"):

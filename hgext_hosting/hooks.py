@@ -1,24 +1,28 @@
 """The checks that decide every push and hand it to the push log.
 
-Wired by :func:`hgext_hosting.reposetup` for repositories inside a site:
+Wired by :func:`hgext_hosting.reposetup` into every transaction of a
+repository inside a site, with Mercurial's own transaction API
+(``mercurial/transaction.py``) rather than ``[hooks]`` entries:
 
-opening a transaction (the repository's ``transaction()``, before its journal exists)
-    Refuses before anything is applied when nobody is authenticated, the user
-    is unknown, lacks ``write``, or the database is unusable
-    (:func:`require_write`), and remembers the answer for the transaction.
-``pretxnclose`` (the one hook in ``[hooks]``, before any administrator's)
-    Runs for every kind of push (changesets, bookmark-only, phase-only,
-    markers) before it commits: refuses, per changeset, one on a protected
-    named branch, and a move of a protected bookmark, by a user not on the
-    allow-list; then collects the push and attaches the recorder of
-    :mod:`hgext_hosting.recorder` to the transaction.
+when the transaction opens (the repository's ``transaction()``, before its journal exists)
+    :func:`require_write` refuses before anything is applied when nobody is
+    authenticated, the user is unknown, lacks ``write``, or the database is
+    unusable: what a ``pretxnopen`` hook would do.
+validator ``000-hosting`` (:func:`validate`)
+    Runs when the transaction closes, for every kind of push (changesets,
+    bookmark-only, phase-only, markers), before the ``001-userhooks``
+    validator that runs the administrators' ``pretxnclose`` hooks: refuses,
+    per changeset, one on a protected named branch, and a move of a protected
+    bookmark, by a user not on the allow-list; then collects the push and
+    attaches the recorder of :mod:`hgext_hosting.recorder`.
 
-Why one hook and not also ``pretxnopen`` and ``pretxnchangegroup``: Mercurial
-looks up every configured hook's priority on every hook call, and a push of
-N changesets calls the ``incoming`` hook N times; three entries cost a
-1,000-changeset push about 40 ms (``bench/hook_cost.py``), one costs a third
-of that.  The open-time check runs in the same place pretxnopen would, and
-pretxnclose sees every new changeset (a local commit has no changegroup).
+Why not ``[hooks]`` entries (pretxnopen, pretxnchangegroup, pretxnclose):
+Mercurial reads every configured hook's priority on every hook call, and a
+push of N changesets calls the ``incoming`` hook N times.  Three in-process
+hooks cost a 1,000-changeset push about 40 ms, one about 17 ms
+(``bench/hook_cost.py``); a validator costs nothing per changeset.  The
+validator sees every new changeset, so a local commit (no changegroup) is
+checked like a push.
 
 Identity never comes from the hook's ``url``.  Over HTTP, hgweb replaces the
 repository ui's environment with the WSGI environ, in which only the daemon
@@ -44,8 +48,8 @@ from . import policy, pushdb, recorder
 from .pushdb import SchemaError
 from .site import Site
 
-#: Hooks run in this order before any administrator's hook of the same type.
-PRIORITY = b"1000000"
+#: Sorted before ``001-userhooks``, the validator that runs the ``pretxnclose`` hooks.
+VALIDATOR = b"000-hosting"
 
 
 def pusher_name(ui) -> str | None:
@@ -82,20 +86,6 @@ class PushContext:
         if self._refs is None:
             self._refs = pushdb.load_protected_refs(self.conn, self.row.id)
         return self._refs
-
-
-def remember(repo, tr, ctx: PushContext) -> None:
-    """Keep the decision taken when ``tr`` opened, for its ``pretxnclose``."""
-    repo.unfiltered()._hosting_context = (tr, ctx)
-
-
-def transaction_context(ui, repo) -> PushContext:
-    """The decision taken when the current transaction opened (asked again if none was)."""
-    cached = getattr(repo.unfiltered(), "_hosting_context", None)
-    tr = repo.currenttransaction()
-    if cached is not None and tr is not None and cached[0] is tr:
-        return cached[1]
-    return require_write(ui, repo)
 
 
 def locate(repo) -> tuple[Site, str, str] | None:
@@ -170,31 +160,27 @@ def check_bookmarks(tr, ctx: PushContext, refs: dict[str, frozenset[str]]) -> No
         )
 
 
-# -- the hook entry points ---------------------------------------------------
+# -- wiring ------------------------------------------------------------------------
 
 
-def pretxnclose(ui, repo, hooktype, txnid=b"", **kwargs) -> bool:
-    tr = repo.currenttransaction()
-    if tr is None:
-        raise abort(f"{hooktype} hook called without a transaction")
-    ctx = transaction_context(ui, repo)
+def open_transaction(repo, tr_factory):
+    """Check the pusher, open the transaction, and add the validator to it.
+
+    ``tr_factory`` opens the transaction (the repository's own ``transaction``).
+    """
+    ctx = require_write(repo.ui, repo)
+    tr = tr_factory()
+    tr.addvalidator(VALIDATOR, lambda tr: validate(repo, tr, ctx))
+    return tr
+
+
+def validate(repo, tr, ctx: PushContext) -> None:
+    """The transaction is about to commit: check protected refs, attach the recorder."""
     refs = ctx.refs
     check_branches(repo, ctx, tr.changes[b"origrepolen"], refs)
     check_bookmarks(tr, ctx, refs)
+    txnid = tr.hookargs.get(b"txnid", b"")
     txn = txnid.decode("ascii", "replace") if isinstance(txnid, bytes) else str(txnid)
     pending = recorder.collect(repo, tr, ctx.conn, ctx.row.id, ctx.subject.name, txn)
     if not pending.is_empty():
         pending.attach(tr)
-    return False
-
-
-HOOKS = {
-    b"pretxnclose": pretxnclose,
-}
-
-
-def install(ui) -> None:
-    """Set our hooks (and their priority) on a repository's ui."""
-    for hooktype, func in HOOKS.items():
-        ui.setconfig(b"hooks", hooktype + b".hosting", func, b"hosting")
-        ui.setconfig(b"hooks", b"priority." + hooktype + b".hosting", PRIORITY, b"hosting")
