@@ -3,11 +3,12 @@
 A push is in the repository if and only if its record is in the database.  The
 record is tied to the hg transaction (``mercurial/transaction.py``) like this:
 
-1. ``pretxnclose`` (a validator; :mod:`hgext_hosting.hooks`) has already refused
-   anything not allowed.  It collects the push in memory: the new changesets
-   ``range(tr.changes['origrepolen'], len(repo))``, ``tr.changes['bookmarks']``,
-   phase moves of existing changesets and new obsolescence markers.  Nothing is
-   written yet, so a later hook that refuses the push leaves nothing behind.
+1. The validator ``000-hosting`` (:mod:`hgext_hosting.hooks`) has already
+   refused anything not allowed.  It collects the push in memory: the new
+   changesets ``range(tr.changes['origrepolen'], len(repo))``,
+   ``tr.changes['bookmarks']``, phase moves of existing changesets and new
+   obsolescence markers.  Nothing is written yet, so a ``pretxnclose`` hook
+   (validator ``001-userhooks``) that refuses the push leaves nothing behind.
 2. Finalizer ``txn-hosting`` (sorted after ``000-cl-*`` and the revlog
    finalizers, before ``txnclose-hook``): one short ``BEGIN IMMEDIATE``
    transaction inserts the row with ``state='pending'`` and commits.  Any
@@ -52,7 +53,7 @@ push_listeners: list[Callable[[int, int], None]] = []
 
 @dataclass
 class PendingPush:
-    """A push collected in ``pretxnclose``, written by the transaction's callbacks."""
+    """A push collected by the validator, written by the transaction's callbacks."""
 
     conn: pushdb.Connection
     repository_id: int
