@@ -152,24 +152,19 @@ def models_connection() -> PeeweeConnection:
 
 
 def schema_version(conn: Connection) -> int:
-    """The version recorded in the database, 0 for an empty database."""
-    try:
-        rows = conn.query("SELECT value FROM meta WHERE key = ?", ("schema_version",))
-    except Exception:
-        if _has_meta_table(conn):
-            raise
-        return 0
-    return int(rows[0][0]) if rows else 0
+    """The version recorded in the database, 0 for an empty database.
 
-
-def _has_meta_table(conn: Connection) -> bool:
+    The table is looked up first rather than the failing query caught: on
+    PostgreSQL a failed statement aborts the whole transaction around it.
+    """
     if isinstance(conn, SqliteConnection):
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
     else:
         sql = "SELECT 1 FROM information_schema.tables WHERE table_name = 'meta'"
-    with contextlib.suppress(Exception):
-        return bool(conn.query(sql))
-    return False
+    if not conn.query(sql):
+        return 0
+    rows = conn.query("SELECT value FROM meta WHERE key = ?", ("schema_version",))
+    return int(rows[0][0]) if rows else 0
 
 
 def require_current_schema(conn: Connection) -> None:
