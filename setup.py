@@ -26,7 +26,8 @@ setup(
         "markdown-it-py>=4,<5",
     ],
     extras_require={
-        "test": ["pytest>=9,<10", "pytest-xdist>=3.6,<4", "ruff>=0.15", "playwright>=1.65,<2"],
+        "test": ["pytest>=9,<10", "pytest-xdist>=3.6,<4", "ruff>=0.15", "playwright>=1.65,<2",
+                 "psycopg2-binary>=2.9,<3"],
         "postgresql": ["psycopg2-binary>=2.9,<3"],
     },
     entry_points={"console_scripts": ["hg-hosting = hgext_hosting.admin:main"]},

@@ -1,0 +1,121 @@
+"""The same site on PostgreSQL: the models, the CLI, the push path and the daemon.
+
+A throwaway PostgreSQL cluster (Debian's server binaries, which ``.ci/run``
+installs) is started for this module on a free loopback port, run as
+``nobody`` when the tests run as root (``initdb`` refuses root).  The site's
+hgrc names it in ``[hosting] database``; everything else is the real CLI, the
+real ``hg`` client and the real daemon, as on SQLite.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import Daemon, SiteHandle, base_env, commit
+
+from hgext_hosting.site import SITE_HGRC_TEMPLATE
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not binaries:
+        pytest.skip("PostgreSQL server binaries are not installed (.ci/run installs them)")
+    pytest.importorskip("psycopg2")
+    bindir = Path(binaries[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="hg-hosting-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "nobody")
+        as_user = ["runuser", "-u", "nobody", "--"]
+    port = _free_port()
+    data = root / "data"
+
+    def pg(*argv: str) -> None:
+        subprocess.run([*as_user, *argv], check=True, capture_output=True, timeout=120)
+
+    pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "hg", "--no-sync")
+    pg(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+       f"-F -k {root} -p {port} -c listen_addresses=127.0.0.1", "start")
+    try:
+        pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "hg", "hosting")
+        yield f"postgresql://hg@127.0.0.1:{port}/hosting"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_site(tmp_path: Path, postgres_url: str) -> SiteHandle:
+    home = tmp_path / "home"
+    home.mkdir()
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "hgrc").write_text(SITE_HGRC_TEMPLATE.replace("\ndatabase =\n", f"\ndatabase = {postgres_url}\n"))
+    site = SiteHandle(root, base_env(home))
+    site.cli("init")
+    assert not (root / "hosting.db").exists()
+    return site
+
+
+def test_a_site_on_postgresql_checks_and_records_pushes(pg_site: SiteHandle, tmp_path: Path):
+    """Pushes are decided and recorded through the push path's SQL on PostgreSQL; check, fork and HTTP work."""
+    site = pg_site
+    site.add_user("alice", "alice-pw")
+    site.add_user("bob")
+    site.cli("repo", "create", "alice/demo")
+    site.cli("team", "add", "devs")
+    site.cli("team", "member-add", "devs", "alice")
+    site.cli("grant", "alice/demo", "bob", "write")
+    site.cli("protect", "alice/demo", "stable", "--allow", "@devs")
+    repo = str(site.repo_path("alice/demo"))
+
+    wc = tmp_path / "wc"
+    site.hg("init", str(wc))
+    first = commit(site.hg, wc, "a", "a\n")
+    refused = site.hg("push", repo, cwd=wc, user="nobody", check=False)
+    assert refused.returncode != 0 and "unknown user 'nobody'" in refused.stderr
+    site.hg("push", "-q", repo, cwd=wc, user="bob")
+
+    stable = commit(site.hg, wc, "b", "b\n", branch="stable")
+    refused = site.hg("push", "--new-branch", repo, cwd=wc, user="bob", check=False)
+    assert f"bob may not push to protected branch 'stable' of alice/demo (changeset {stable[:12]})" in refused.stderr
+    site.hg("push", "-q", "--new-branch", repo, cwd=wc, user="alice")
+    site.hg("bookmark", "-q", "mark", cwd=wc)
+    # exit 1: no changesets to push; the bookmark is exported all the same
+    site.hg("push", "-q", "-B", "mark", repo, cwd=wc, user="bob", check=False)
+
+    log = site.cli_json("pushlog", "alice/demo")
+    assert [(p["id"], p["user"]) for p in log] == [(3, "bob"), (2, "alice"), (1, "bob")]
+    assert log[2]["changesets"] == [first] and log[1]["changesets"] == [stable]
+    assert log[0]["bookmarks"] == [{"name": "mark", "old": None, "new": stable}]
+    assert site.cli("check").returncode == 0
+
+    site.cli("repo", "fork", "alice/demo", "bob/demo")
+    assert site.cli_json("pushlog", "bob/demo")[0]["changesets"] == [first, stable]
+
+    daemon = Daemon(site)
+    try:
+        clone = tmp_path / "clone"
+        site.hg("clone", "-q", f"{daemon.url}/alice/demo", str(clone))
+        third = commit(site.hg, clone, "c", "c\n")
+        site.hg("push", "-q", f"http://alice:alice-pw@127.0.0.1:{daemon.port}/alice/demo", cwd=clone)
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log()
+    newest = site.cli_json("pushlog", "alice/demo")[0]
+    assert newest["id"] == 4 and newest["user"] == "alice" and newest["changesets"] == [third]
