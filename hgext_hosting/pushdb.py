@@ -69,6 +69,9 @@ class SqliteConnection:
     def in_transaction(self) -> bool:
         return self.conn.in_transaction
 
+    def is_sqlite(self) -> bool:
+        return True
+
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
         """A transaction holding the write lock from its first statement."""
@@ -118,6 +121,9 @@ class PeeweeConnection:
     def in_transaction(self) -> bool:
         return self.db.in_transaction()
 
+    def is_sqlite(self) -> bool:
+        return self.models.is_sqlite()
+
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
         with self.models.write_transaction():
@@ -157,7 +163,7 @@ def schema_version(conn: Connection) -> int:
     The table is looked up first rather than the failing query caught: on
     PostgreSQL a failed statement aborts the whole transaction around it.
     """
-    if isinstance(conn, SqliteConnection):
+    if conn.is_sqlite():
         sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
     else:
         sql = "SELECT 1 FROM information_schema.tables WHERE table_name = 'meta'"
