@@ -59,8 +59,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchenv import BIN, isolated_env
+
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "flask.hg"
 
 USER = "alice"
@@ -132,20 +133,7 @@ class Bench:
         self.plain_root = work / "plain"
         self.counter = 0
         self.warmup: Sample | None = None
-        home = work / "home"
-        home.mkdir()
-        empty = work / "empty-hgrc"
-        empty.touch()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HG", "REMOTE_"))}
-        env.update(
-            HOME=str(home),
-            HGRCPATH=str(empty),
-            HGPLAIN="1",
-            HGENCODING="utf-8",
-            HGUSER="bench <bench@example.org>",
-            LC_ALL="C.UTF-8",
-        )
-        self.env = env
+        self.env = env = isolated_env(work)
         self.push_env = dict(env, HG_HOSTING_USER=USER)
 
     # -- running commands ---------------------------------------------------

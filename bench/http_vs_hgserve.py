@@ -98,8 +98,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchenv import BIN, isolated_env
+
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "flask.hg"
 
 PASSWORD = "bench-password-42"
@@ -243,15 +244,7 @@ class Bench:
         self.info: dict[str, object] = {}
         self.counter = 0
         self.client_cpu = 0.0
-        home = work / "home"
-        home.mkdir()
-        empty = work / "empty-hgrc"
-        empty.touch()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HG", "REMOTE_"))}
-        env.update(HOME=str(home), HGRCPATH=str(empty), HGPLAIN="1", HGENCODING="utf-8",
-                   HGUSER="bench <bench@example.org>", LC_ALL="C.UTF-8",
-                   PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-        self.env = env
+        self.env = isolated_env(work)
 
     def log(self, msg: str) -> None:
         if self.verbose:

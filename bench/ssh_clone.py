@@ -63,8 +63,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchenv import BIN, isolated_env
+
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "flask.hg"
 RUNNER = ROOT / "tests" / "ssh_server_runner.py"
 SSH = shutil.which("ssh") or "/usr/bin/ssh"
@@ -158,14 +159,7 @@ class Bench:
         self.counter = 0
         self.daemon: subprocess.Popen | None = None
         self.port = 0
-        home = work / "home"
-        home.mkdir()
-        empty = work / "empty-hgrc"
-        empty.touch()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HG", "REMOTE_", "SSH_"))}
-        env.update(HOME=str(home), HGRCPATH=str(empty), HGPLAIN="1", HGENCODING="utf-8",
-                   LC_ALL="C.UTF-8", PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
-        self.env = env
+        self.env = isolated_env(work)
 
     def run(self, argv: list[str], env: dict[str, str] | None = None) -> str:
         proc = subprocess.run(argv, env=env or self.env, capture_output=True, text=True)
