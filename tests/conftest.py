@@ -97,6 +97,13 @@ class SiteHandle:
         self.cli(*args, input=None if password is None else password + "\n")
 
 
+def site_handle(tmp: Path) -> SiteHandle:
+    """A handle on ``tmp/site`` with its own empty ``tmp/home`` (the site is not created yet)."""
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    return SiteHandle(tmp / "site", base_env(home))
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "home"

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, DATE, Daemon, SiteHandle, base_env
+from conftest import ARTIFACTS, DATE, Daemon, SiteHandle, site_handle
 
 from daemon.auth import SESSION_COOKIE
 
@@ -159,9 +159,7 @@ def push_steps(site: SiteHandle, tmp: Path, busy: int = 22) -> list[dict]:
 def web(tmp_path_factory):
     """A site with users, a team and repositories, served by one daemon for the module."""
     tmp = tmp_path_factory.mktemp("browser")
-    home = tmp / "home"
-    home.mkdir()
-    site = SiteHandle(tmp / "site", base_env(home))
+    site = site_handle(tmp)
     # One process for the whole setup: each hg-hosting or hg process pays a second of imports.
     cli_batch(site, [
         (["init"], None),

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 from argon2.exceptions import VerificationError
-from conftest import HG_HOSTING, SiteHandle, base_env, commit, run
+from conftest import HG_HOSTING, SiteHandle, commit, run, site_handle
 
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
 
@@ -564,9 +564,7 @@ def test_protect_and_unprotect(site):
 def world(tmp_path_factory) -> SiteHandle:
     """A site with users alice and bob, team devs (alice), repos alice/demo and alice/other."""
     tmp = tmp_path_factory.mktemp("world")
-    home = tmp / "home"
-    home.mkdir()
-    handle = SiteHandle(tmp / "site", base_env(home))
+    handle = site_handle(tmp)
     handle.cli("init")
     handle.add_user("alice")
     handle.add_user("bob")
@@ -671,9 +669,7 @@ def test_refusals_change_nothing(world, args, stdin):
 def fault_site(tmp_path_factory) -> tuple[SiteHandle, list[str], list[dict]]:
     """A site with alice/demo holding two pushed changesets, alice/other empty, users bob and carol."""
     tmp = tmp_path_factory.mktemp("faults")
-    home = tmp / "home"
-    home.mkdir()
-    handle = SiteHandle(tmp / "site", base_env(home))
+    handle = site_handle(tmp)
     handle.cli("init")
     handle.add_user("alice")
     handle.add_user("bob")

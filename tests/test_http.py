@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import HG, HG_HOSTING, Daemon, SiteHandle, base_env, commit
+from conftest import HG, HG_HOSTING, Daemon, SiteHandle, commit, site_handle
 from pushhelpers import cli_all, repo_state, run_all
 
 PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3", "dave": "dave-pw-4"}
@@ -138,9 +138,7 @@ class Shared:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory) -> Shared:
     root = tmp_path_factory.mktemp("http")
-    home = root / "home"
-    home.mkdir()
-    site = SiteHandle(root / "site", base_env(home))
+    site = site_handle(root)
     site.cli("init")
     add_users(site, PASSWORDS)
     cli_all(site, ["repo", "create", "alice/demo"], ["repo", "create", "alice/secret", "--private"],

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, SiteHandle, base_env, commit
+from conftest import Daemon, SiteHandle, commit, site_handle
 
 from hgext_hosting.site import SITE_HGRC_TEMPLATE
 
@@ -61,14 +61,12 @@ def postgres_url():
 
 @pytest.fixture
 def pg_site(tmp_path: Path, postgres_url: str) -> SiteHandle:
-    home = tmp_path / "home"
-    home.mkdir()
-    root = tmp_path / "site"
-    root.mkdir()
-    (root / "hgrc").write_text(SITE_HGRC_TEMPLATE.replace("\ndatabase =\n", f"\ndatabase = {postgres_url}\n"))
-    site = SiteHandle(root, base_env(home))
+    site = site_handle(tmp_path)
+    site.root.mkdir()
+    (site.root / "hgrc").write_text(
+        SITE_HGRC_TEMPLATE.replace("\ndatabase =\n", f"\ndatabase = {postgres_url}\n"))
     site.cli("init")
-    assert not (root / "hosting.db").exists()
+    assert not (site.root / "hosting.db").exists()
     return site
 
 

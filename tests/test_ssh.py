@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import DATE, HG, HG_HOSTING, SiteHandle, base_env, run
+from conftest import DATE, HG, HG_HOSTING, SiteHandle, run, site_handle
 
 from hgext_hosting import sshcommand
 from hgext_hosting.errors import UserError
@@ -308,9 +308,7 @@ def world(tmp_path_factory) -> Iterator[World]:
     if SSH is None or SSH_KEYGEN is None:
         pytest.skip("the OpenSSH client (ssh, ssh-keygen) is not installed")
     tmp = tmp_path_factory.mktemp("ssh")
-    home = tmp / "home"
-    home.mkdir()
-    site = SiteHandle(tmp / "site", base_env(home))
+    site = site_handle(tmp)
     key_dir = tmp / "keys"
     key_dir.mkdir()
     keys = {name: make_key(key_dir, name) for name in (*USERS, "alice2", "stranger")}
