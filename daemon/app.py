@@ -199,8 +199,7 @@ class HostingApp:
         return self._hgweb(req, start_response, row, level, rest)
 
     def repo_path(self, row: pushdb.RepoRow | Repository) -> Path:
-        owner = row.owner if isinstance(row, pushdb.RepoRow) else row.owner.name
-        return self.site.repo_path(owner, row.name)
+        return self.site.repo_path(row.owner_name, row.name)
 
     def _open(self, row: pushdb.RepoRow | Repository):
         return hg.repository(self.baseui.copy(), os.fsencode(self.repo_path(row)))
@@ -216,7 +215,7 @@ class HostingApp:
             environ["REMOTE_USER"] = req.user.name
         environ["REMOTE_HOST"] = req.address
         environ[LEVEL_KEY] = level
-        environ["SCRIPT_NAME"] = f"/{row.owner}/{row.name}"
+        environ["SCRIPT_NAME"] = f"/{row.owner_name}/{row.name}"
         environ["PATH_INFO"] = ("/" + "/".join(rest)).encode("utf-8").decode("latin-1") if rest else ""
         return self._guarded(req, app(environ, start_response), start_response)
 

@@ -94,25 +94,30 @@ def reposetup(ui, repo) -> None:
         def transaction(self, desc, report=None):
             if self.currenttransaction() is not None:
                 return super().transaction(desc, report)
-            _settle_before_transaction(self, site, owner, name)
-            return hooks.open_transaction(self, lambda: super(hostingrepo, self).transaction(desc, report))
+            row = _settle_before_transaction(self, site, owner, name)
+            return hooks.open_transaction(self, row, lambda: super(hostingrepo, self).transaction(desc, report))
 
     repo.__class__ = hostingrepo
     if ui.configbool(b"hosting", b"auto-recover") and repo.svfs.exists(b"journal"):
         _recover_if_abandoned(repo, site, owner, name)
 
 
-def _settle_before_transaction(repo, site, owner: str, name: str) -> None:
-    """Under the lock the caller holds: recover a dead transaction, settle its record."""
+def _settle_before_transaction(repo, site, owner: str, name: str):
+    """Under the lock the caller holds: recover a dead transaction, settle its record.
+
+    Returns the repository's row (None when the database has none), which the
+    permission check then reuses instead of asking again.
+    """
     from . import hooks, pushdb
 
     try:
-        row = pushdb.find_repository(hooks.connection(repo.ui, site), owner, name)
+        row = pushdb.find_repository(site.push_connection(repo.ui), owner, name)
         if row is not None and (row.has_pending or repo.svfs.exists(b"journal")):
             from . import pushlog  # the rare path: peewee is fine here
 
             site.bind_database()
             pushlog.settle(repo, row.id)
+        return row
     except error.Abort:
         raise
     except Exception as e:  # noqa: BLE001 - refuse the push rather than guess

@@ -92,22 +92,21 @@ def locate(repo) -> tuple[Site, str, str] | None:
     return Site.for_repository(repo.root)
 
 
-def connection(ui, site: Site) -> pushdb.Connection:
-    """This thread's connection to the site database, configured by the repository's ui."""
-    return site.push_connection(ui)
+def require_write(ui, repo, row: pushdb.RepoRow | None = None) -> PushContext:
+    """The push's context if the pusher may write, else raise Abort.
 
-
-def require_write(ui, repo) -> PushContext:
-    """The push's context if the pusher may write, else raise Abort."""
+    ``row``: the repository's row when the caller has just read it.
+    """
     located = locate(repo)
     if located is None:
         raise abort("this repository is not inside an hg-hosting site")
     site, owner, name = located
     display = f"{owner}/{name}"
     try:
-        conn = connection(ui, site)
+        conn = site.push_connection(ui)
         pushdb.require_current_schema(conn)
-        row = pushdb.find_repository(conn, owner, name)
+        if row is None:
+            row = pushdb.find_repository(conn, owner, name)
         user = pusher_name(ui)
         if user is None:
             raise abort(f"push to {display} refused: no authenticated user",
@@ -163,12 +162,13 @@ def check_bookmarks(tr, ctx: PushContext, refs: dict[str, frozenset[str]]) -> No
 # -- wiring ------------------------------------------------------------------------
 
 
-def open_transaction(repo, tr_factory):
+def open_transaction(repo, row: pushdb.RepoRow | None, tr_factory):
     """Check the pusher, open the transaction, and add the validator to it.
 
-    ``tr_factory`` opens the transaction (the repository's own ``transaction``).
+    ``row`` is the repository's row if the caller has it; ``tr_factory`` opens
+    the transaction (the repository's own ``transaction``).
     """
-    ctx = require_write(repo.ui, repo)
+    ctx = require_write(repo.ui, repo, row)
     tr = tr_factory()
     tr.addvalidator(VALIDATOR, lambda tr: validate(repo, tr, ctx))
     return tr

@@ -91,6 +91,10 @@ class Repository(BaseModel):
         indexes = ((("owner", "name_key"), True),)
 
     @property
+    def owner_name(self) -> str:
+        return self.owner.name
+
+    @property
     def full_name(self) -> str:
         return f"{self.owner.name}/{self.name}"
 

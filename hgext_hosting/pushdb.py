@@ -149,9 +149,18 @@ def connect(url: str, busy_timeout_ms: int) -> Connection:
     return conn
 
 
+_models_connection: PeeweeConnection | None = None
+
+
 def models_connection() -> PeeweeConnection:
-    """The database the models are bound to (CLI, daemon)."""
-    return PeeweeConnection()
+    """The database the models are bound to (CLI, daemon); one per process.
+
+    Safe to share between threads: peewee keeps a connection per thread behind it.
+    """
+    global _models_connection
+    if _models_connection is None:
+        _models_connection = PeeweeConnection()
+    return _models_connection
 
 
 # -- the schema ---------------------------------------------------------------------
@@ -193,7 +202,7 @@ class RepoRow:
     """A repository as the push path and the daemon's request routing need it."""
 
     id: int
-    owner: str  # display name
+    owner_name: str
     owner_key: str
     owner_is_team: bool
     name: str
@@ -204,7 +213,7 @@ class RepoRow:
 
     @property
     def full_name(self) -> str:
-        return f"{self.owner}/{self.name}"
+        return f"{self.owner_name}/{self.name}"
 
     @classmethod
     def of(cls, repo) -> RepoRow:
