@@ -100,7 +100,6 @@ def test_stalled_clones_keep_memory_bounded(big_site, tmp_path):
         sampling.set()
         sampler.join()
         log = daemon.log()
-        print(f"daemon VmRSS: {baseline} kB at start, peak {peak['kb']} kB")
 
         assert peak["kb"] < RSS_LIMIT_KB, f"daemon RSS peaked at {peak['kb']} kB (started at {baseline} kB)"
         clone_count = site.hg("log", "-R", str(dest), "-T", "x").stdout
@@ -108,6 +107,7 @@ def test_stalled_clones_keep_memory_bounded(big_site, tmp_path):
         finished = finished_getbundles(log)
         normal = [size for agent, size in finished if agent.startswith("mercurial/")]
         assert len(normal) == 1, finished
+        print(f"daemon VmRSS: {baseline} kB at start, peak {peak['kb']} kB; the clone sent {normal[0]} bytes")
         wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
         # otherwise the kernel alone could hold a whole response and prove nothing
         assert normal[0] > wmem_max, f"a clone of {normal[0]} bytes fits in a {wmem_max}-byte send buffer"
