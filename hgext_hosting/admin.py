@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import getpass
 import json
 import os
 import secrets
@@ -35,15 +36,56 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
-def _read_password(args) -> str | None:
-    if not getattr(args, "password_stdin", False):
-        return None
+def _password_from_stdin() -> str:
+    """All of stdin, one trailing newline (``\\n`` or ``\\r\\n``) stripped (SPEC: ``--password-stdin``)."""
     data = sys.stdin.read()
     if data.endswith("\n"):
         data = data[:-1]
         if data.endswith("\r"):
             data = data[:-1]
     return data
+
+
+def _password_from_terminal(name: str) -> str:
+    """Ask twice on the terminal without echo (``getpass``); refuse an empty or a mismatched entry."""
+    try:
+        first = getpass.getpass(f"Password for {name}: ")
+        if not first:
+            raise UserError("the password is empty; nothing changed")
+        second = getpass.getpass(f"Repeat the password for {name}: ")
+    except EOFError:
+        raise UserError("no password given; nothing changed") from None
+    if first != second:
+        raise UserError("the passwords do not match; nothing changed")
+    return first
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # closed
+        return False
+
+
+def _new_password(args, prompt_by_default: bool) -> str | None:
+    """The password a ``user add``/``user passwd`` command was given, or None for none.
+
+    ``--password-stdin`` reads stdin (even a terminal, as SPEC says);
+    otherwise a terminal is prompted when ``--password-prompt`` asked or
+    ``prompt_by_default`` (``passwd``), and ``passwd`` without a terminal reads
+    stdin.  ``user add`` without either flag sets no password: it never
+    prompts by itself, so a script run from a terminal does not stop to ask.
+    """
+    if args.password_stdin:
+        return _password_from_stdin()
+    asked = getattr(args, "password_prompt", False)
+    if not (asked or prompt_by_default):
+        return None
+    if _stdin_is_terminal():
+        return _password_from_terminal(args.name)
+    if asked:
+        raise UserError("--password-prompt needs a terminal; use --password-stdin to read stdin")
+    return _password_from_stdin()
 
 
 def _iso(dt: datetime.datetime | None) -> str | None:
@@ -84,13 +126,17 @@ def cmd_serve(args, site: Site) -> int:
 
 def cmd_user(args, site: Site) -> int:
     if args.action == "add":
-        accounts.add_user(args.name, email=args.email or "", admin=args.admin, password=_read_password(args))
+        if args.password_prompt:  # refuse a taken or bad name before asking for a password
+            accounts.check_new_user_name(args.name)
+        password = _new_password(args, prompt_by_default=False)
+        accounts.add_user(args.name, email=args.email or "", admin=args.admin, password=password)
         print(f"added user {args.name}")
-    elif args.action == "passwd":
-        password = _read_password(args)
         if password is None:
-            raise UserError("user passwd needs --password-stdin")
-        accounts.set_password(args.name, password)
+            print(f"{args.name} has no password and can only use API tokens until one is set"
+                  f" (hg-hosting user passwd {args.name})")
+    elif args.action == "passwd":
+        accounts.get_user(args.name)  # refuse an unknown user before asking for a password
+        accounts.set_password(args.name, _new_password(args, prompt_by_default=True))
         print(f"changed the password of {args.name}")
     elif args.action == "remove":
         accounts.remove_user(args.name)
@@ -313,10 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--email", default="")
     p.add_argument("--admin", action="store_true", help="make the user a site admin")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    p = users.add_parser("passwd", help="set a user's password (from stdin)")
+    password = p.add_mutually_exclusive_group()
+    password.add_argument("--password-stdin", action="store_true",
+                          help="read the password from stdin (one trailing newline stripped)")
+    password.add_argument("--password-prompt", action="store_true",
+                          help="ask for the password twice on the terminal (not echoed)")
+    p = users.add_parser("passwd", help="set a user's password: asked twice on a terminal, else read from stdin",
+                         description="Set a user's password.  On a terminal it is asked twice (not echoed);"
+                                     " otherwise, or with --password-stdin, it is read from stdin"
+                                     " (one trailing newline stripped).")
     p.add_argument("name")
-    p.add_argument("--password-stdin", action="store_true", required=True)
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from stdin even on a terminal")
     users.add_parser("remove", help="remove a user").add_argument("name")
     listing(users.add_parser("list", help="list users"))
 

@@ -14,13 +14,17 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import os
+import select
 import shutil
 import sqlite3
 import stat
 import subprocess
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -286,6 +290,117 @@ def test_passwords_come_from_stdin_and_are_hashed(site):
 
     refused(site, "user", "add", "erin", "--password-stdin", input="\n")  # empty password
     refused(site, "user", "passwd", "nobody", "--password-stdin", input="secret\n")
+
+
+# -- passwords typed on a terminal ---------------------------------------------------
+
+
+def _controlling_terminal() -> None:
+    """In the child, after setsid: make its stdin (the pty) the controlling terminal, as a login shell has."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def on_terminal(site: SiteHandle, *args: str, answers: list[str], timeout: float = 60) -> tuple[int, str]:
+    """Run ``hg-hosting`` on a real pseudo-terminal, typing each answer after the next password prompt.
+
+    The pty is the process's stdin, stdout, stderr and controlling terminal.
+    Returns the exit status and everything the terminal showed (prompts,
+    output and any echo of what was typed).
+    """
+    master, slave = os.openpty()
+    proc = subprocess.Popen([HG_HOSTING, "--site", str(site.root), *args], env=site.env,
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=_controlling_terminal)
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + timeout
+
+    def read_some() -> bool:
+        nonlocal shown
+        ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"{args}: nothing more on the terminal; it showed {shown!r}")
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: every process holding the pty has exited
+            chunk = b""
+        shown += chunk
+        return bool(chunk)
+
+    try:
+        for typed, answer in enumerate(answers, 1):
+            while shown.lower().count(b"password") < typed or not shown.endswith(b": "):
+                if not read_some():
+                    raise AssertionError(f"{args}: exited before prompt {typed}; it showed {shown!r}")
+            os.write(master, answer.encode() + b"\n")
+        while read_some():
+            pass
+        return proc.wait(timeout=max(1.0, deadline - time.monotonic())), shown.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def stored_hash(site: SiteHandle, name: str) -> str | None:
+    (row,) = query(site, "SELECT password_hash FROM owner WHERE name = ?", name)
+    return row[0]
+
+
+def test_passwd_prompts_twice_on_a_terminal(site):
+    """On a terminal, user passwd asks twice without echo and stores the new password."""
+    site.add_user("carol", password="old one")
+    status, shown = on_terminal(site, "user", "passwd", "carol", answers=["new secret", "new secret"])
+    assert status == 0, shown
+    assert shown.lower().count("password") >= 2 and "changed the password of carol" in shown
+    assert "new secret" not in shown  # not echoed
+    assert verifies(stored_hash(site, "carol"), "new secret")
+
+
+def test_passwd_on_a_terminal_refuses_mismatch_and_empty(site):
+    """Two different entries, or an empty one, are refused with one error line and change nothing."""
+    site.add_user("carol", password="old one")
+    before = snapshot(site)
+    status, shown = on_terminal(site, "user", "passwd", "carol", answers=["one thing", "another"])
+    assert status == 1 and shown.count("error: ") == 1 and "match" in shown, shown
+    status, shown = on_terminal(site, "user", "passwd", "carol", answers=[""])  # asked once only
+    assert status == 1 and shown.count("error: ") == 1 and "empty" in shown, shown
+    assert snapshot(site) == before
+    assert verifies(stored_hash(site, "carol"), "old one")
+
+
+def test_passwd_reads_stdin_when_it_is_not_a_terminal(site):
+    """Without a terminal, user passwd reads the password from stdin (one newline stripped) without the flag."""
+    site.add_user("carol", password="old one")
+    site.cli("user", "passwd", "carol", input="piped secret\n")
+    assert verifies(stored_hash(site, "carol"), "piped secret")
+    refused(site, "user", "passwd", "carol", input="")
+
+
+def test_user_add_on_a_terminal_prompts_only_when_asked(site):
+    """user add never prompts by itself (scripts run on terminals too); --password-prompt asks twice."""
+    status, shown = on_terminal(site, "user", "add", "dave", answers=[])
+    assert status == 0, shown
+    assert stored_hash(site, "dave") is None
+    assert "Password for" not in shown and "token" in shown
+
+    status, shown = on_terminal(site, "user", "add", "erin", "--password-prompt", answers=["pw erin", "pw erin"])
+    assert status == 0 and "pw erin" not in shown, shown
+    assert verifies(stored_hash(site, "erin"), "pw erin")
+
+    status, shown = on_terminal(site, "user", "add", "frank", "--password-prompt", answers=["a", "b"])
+    assert status == 1 and shown.count("error: ") == 1, shown
+    assert [u["name"] for u in site.cli_json("user", "list")] == ["dave", "erin"]
+
+
+def test_user_added_without_password_is_told_about_tokens(site):
+    """A user added without a password gets one line saying they can use only tokens until one is set."""
+    out = site.cli("user", "add", "dave").stdout.splitlines()
+    assert out[0] == "added user dave"
+    assert len(out) == 2 and "token" in out[1] and "user passwd dave" in out[1]
+    out = site.cli("user", "add", "erin", "--password-stdin", input="pw\n").stdout.splitlines()
+    assert out == ["added user erin"]
 
 
 def test_password_on_argv_is_refused(site):
@@ -602,7 +717,10 @@ REFUSALS = [
     # users
     pytest.param(("user", "add", "ALICE"), None, id="user-duplicate-any-case"),
     pytest.param(("user", "add", "Devs"), None, id="user-named-like-a-team"),
-    pytest.param(("user", "passwd", "alice"), "pw\n", id="passwd-without-password-stdin"),
+    pytest.param(("user", "passwd", "alice"), "\n", id="passwd-empty-from-stdin"),
+    pytest.param(("user", "add", "carol", "--password-prompt"), "pw\n", id="password-prompt-without-terminal"),
+    pytest.param(("user", "add", "carol", "--password-prompt", "--password-stdin"), "pw\n",
+                 id="password-prompt-and-stdin"),
     pytest.param(("user", "remove", "nobody"), None, id="user-remove-unknown"),
     # tokens
     pytest.param(("token", "create", "nobody"), None, id="token-unknown-user"),
