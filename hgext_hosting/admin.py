@@ -17,7 +17,9 @@ import os
 import secrets
 import sys
 import traceback
+import unicodedata
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 
 from . import accounts, repositories
@@ -92,13 +94,45 @@ def _iso(dt: datetime.datetime | None) -> str | None:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ") if dt else None
 
 
-def _emit(args, rows: list[dict], text: Callable[[dict], str]) -> None:
+#: One text column of a listing: its header and how to show a row's cell.
+Column = tuple[str, Callable[[dict], object]]
+
+
+def _emit(args, rows: list[dict], columns: list[Column]) -> None:
+    """Print ``rows`` as a JSON array (``--json``) or as aligned columns under a header line."""
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
-    else:
-        for row in rows:
-            print(text(row))
+        return
+    for line in _table([name for name, _ in columns],
+                       [[_cell(show(row)) for _, show in columns] for row in rows]):
+        print(line)
+
+
+def _cell(value: object) -> str:
+    """A value as one table cell: ``-`` for nothing, control characters (tabs, newlines, escapes) blanked."""
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+
+
+def _width(text: str) -> int:
+    """Terminal columns taken by ``text`` (wide East Asian characters count two, combining marks none)."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
+
+
+def _table(header: list[str], rows: list[list[str]], gap: int = 2) -> list[str]:
+    """Lines of a table whose columns start at the same terminal column, as ``docker ps`` prints them."""
+    widths = [max(_width(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    return [
+        "".join(cell + " " * (widths[i] - _width(cell) + gap) for i, cell in enumerate(line[:-1]))
+        + line[-1]
+        for line in (header, *rows)
+    ]
 
 
 # -- commands -----------------------------------------------------------------
@@ -143,7 +177,8 @@ def cmd_user(args, site: Site) -> int:
         print(f"removed user {args.name}")
     else:
         rows = [{"name": u.name, "email": u.email, "admin": u.is_admin} for u in accounts.list_users()]
-        _emit(args, rows, lambda r: f"{r['name']}\t{r['email']}" + ("\tadmin" if r["admin"] else ""))
+        _emit(args, rows, [("NAME", itemgetter("name")), ("EMAIL", itemgetter("email")),
+                           ("ADMIN", itemgetter("admin"))])
     return 0
 
 
@@ -155,10 +190,15 @@ def cmd_token(args, site: Site) -> int:
         print(f"revoked token {args.label} of {args.user}")
     else:
         rows = [
-            {"label": t.label, "created": _iso(t.created), "last_used": _iso(t.last_used)}
+            {"label": t.label, "created": _iso(t.created), "last_used": _iso(t.last_used),
+             **({"expires": _iso(t.expires)} if getattr(t, "expires", None) else {})}
             for t in accounts.list_tokens(args.user)
         ]
-        _emit(args, rows, lambda r: f"{r['label']}\t{r['created']}")
+        columns: list[Column] = [("LABEL", itemgetter("label")), ("CREATED", itemgetter("created")),
+                                 ("LAST USED", lambda r: r["last_used"] or "never")]
+        if any("expires" in r for r in rows):
+            columns.append(("EXPIRES", lambda r: r.get("expires") or "never"))
+        _emit(args, rows, columns)
     return 0
 
 
@@ -182,7 +222,8 @@ def cmd_ssh_key(args, site: Site) -> int:
             {"fingerprint": k.fingerprint, "type": k.key_type, "comment": k.comment}
             for k in accounts.list_ssh_keys(args.user)
         ]
-        _emit(args, rows, lambda r: f"{r['fingerprint']}\t{r['type']}\t{r['comment']}")
+        _emit(args, rows, [("FINGERPRINT", itemgetter("fingerprint")), ("TYPE", itemgetter("type")),
+                           ("COMMENT", itemgetter("comment"))])
     return 0
 
 
@@ -201,7 +242,7 @@ def cmd_team(args, site: Site) -> int:
         print(f"removed {args.user} from {args.team}")
     else:
         rows = [{"name": t.name, "members": members} for t, members in accounts.list_teams()]
-        _emit(args, rows, lambda r: f"{r['name']}\t{' '.join(r['members'])}")
+        _emit(args, rows, [("NAME", itemgetter("name")), ("MEMBERS", itemgetter("members"))])
     return 0
 
 
@@ -231,7 +272,9 @@ def cmd_repo(args, site: Site) -> int:
         print(f"forked {args.src} to {repo.full_name}")
     else:
         rows = [_repo_row(r) for r in repositories.list_repos()]
-        _emit(args, rows, lambda r: f"{r['name']}\t{'private' if r['private'] else 'public'}\t{r['description']}")
+        _emit(args, rows, [("NAME", itemgetter("name")),
+                           ("VISIBILITY", lambda r: "private" if r["private"] else "public"),
+                           ("CREATED", itemgetter("created")), ("DESCRIPTION", itemgetter("description"))])
     return 0
 
 
@@ -259,6 +302,29 @@ def cmd_unprotect(args, site: Site) -> int:
     return 0
 
 
+def _push_changesets(row: dict) -> str | None:
+    """``N: FIRST..LAST`` (short hashes) of a push's changesets, None for a bookmark-only push."""
+    nodes = row["changesets"]
+    if not nodes:
+        return None
+    return f"{len(nodes)}: {nodes[0][:12]}" + (f"..{nodes[-1][:12]}" if len(nodes) > 1 else "")
+
+
+def _push_bookmarks(row: dict) -> list[str]:
+    return [f"{b['name']} -> {b['new'][:12] if b['new'] else '(deleted)'}" for b in row["bookmarks"]]
+
+
+def _push_phases(row: dict) -> str | None:
+    count = len(row.get("phases", []))
+    return f"{count} change{'s' if count != 1 else ''}" if count else None
+
+
+_PUSH_COLUMNS: list[Column] = [
+    ("ID", itemgetter("id")), ("DATE", itemgetter("date")), ("USER", itemgetter("user")),
+    ("CHANGESETS", _push_changesets), ("BOOKMARKS", _push_bookmarks),
+]
+
+
 def cmd_pushlog(args, site: Site) -> int:
     from . import pushlog
 
@@ -266,7 +332,7 @@ def cmd_pushlog(args, site: Site) -> int:
         raise UserError("--limit must be at least 1")
     repo = repositories.get_repo(args.repo)
     rows = [p.as_json() for p in pushlog.recent_pushes(repo, args.limit)]
-    _emit(args, rows, pushlog.format_push_line)
+    _emit(args, rows, _PUSH_COLUMNS + ([("PHASES", _push_phases)] if any("phases" in r for r in rows) else []))
     return 0
 
 

@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import select
 import shutil
 import sqlite3
@@ -25,6 +26,7 @@ import stat
 import subprocess
 import termios
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -670,6 +672,109 @@ def test_protect_and_unprotect(site):
     refused(site, "unprotect", "alice/demo", "release-1.0")
     refused(site, "protect", "alice/demo", "default", "--allow", "alice", "--allow", "nobody")
     assert protections_in_db(site, "alice/demo") == {"default": ["bob"]}
+
+
+# -- listings as text: aligned columns under a header line ---------------------------------
+
+
+def display_width(text: str) -> int:
+    """Terminal columns of ``text``: wide East Asian characters take two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
+
+
+def columns(text: str) -> tuple[list[str], list[list[str]]]:
+    """Parse a text listing: the header's names and each row's cells, cut at the header's display columns.
+
+    Cells are read where their header starts, so a row that is not aligned
+    under the header comes out with wrong cells.
+    """
+    header, *lines = text.splitlines()
+    names = re.split(r"\s{2,}", header.strip())
+    starts = [header.index(n) for n in names]
+    assert starts[0] == 0 and header == header.rstrip(), header
+    rows = []
+    for line in lines:
+        assert line == line.rstrip(), f"trailing blanks: {line!r}"
+        cells = [""] * len(names)
+        at = 0
+        for c in line:
+            i = max(k for k, start in enumerate(starts) if start <= at)
+            if at == starts[i] and i > 0:
+                assert cells[i - 1].endswith("  "), f"{line!r}: column {names[i]} does not start at {at}"
+            cells[i] += c
+            at += display_width(c)
+        rows.append([cell.strip() for cell in cells])
+    return names, rows
+
+
+def test_listings_print_aligned_columns_under_a_header(site, keygen, tmp_path):
+    """user, team, repo, token, ssh-key list and pushlog print a header line and aligned columns."""
+    site.cli("user", "add", "alice", "--email", "alice@example.org", "--admin")
+    site.cli("user", "add", "bob", "--email", "böb@例え.jp")  # wide characters before another column
+    site.cli("user", "add", "carol")
+    site.cli("team", "add", "devs")
+    site.cli("team", "member-add", "devs", "alice")
+    site.cli("team", "member-add", "devs", "bob")
+    site.cli("team", "add", "qa")
+    site.cli("repo", "create", "alice/demo", "--description", "tab\there, new\nline, \x1b[31mred")
+    site.cli("repo", "create", "bob/secret-stuff", "--private")
+    site.cli("token", "create", "alice", "--label", "laptop")
+    site.cli("token", "create", "alice", "--label", "ci")
+    with contextlib.closing(sqlite3.connect(site.root / "hosting.db")) as conn, conn:
+        conn.execute("UPDATE api_token SET last_used = '2026-01-02 03:04:05' WHERE label = 'ci'")
+    ed = keygen("ed")
+    site.cli("ssh-key", "add", "alice", str(ed))
+    wc = tmp_path / "wc"
+    nodes = push_new_changesets(site, "alice/demo", wc, "alice", [("a", "1\n"), ("b", "2\n")])
+    site.hg("bookmark", "-r", nodes[0], "feature", cwd=wc)
+    site.hg("push", "-B", "feature", cwd=wc, user="bob", check=False)  # bob may not: refused
+    site.cli("grant", "alice/demo", "bob", "write")
+    assert site.hg("push", "-B", "feature", cwd=wc, user="bob", check=False).returncode in (0, 1)
+
+    def listing(*args: str) -> tuple[list[str], list[list[str]]]:
+        return columns(site.cli(*args).stdout)
+
+    assert listing("user", "list") == (["NAME", "EMAIL", "ADMIN"], [
+        ["alice", "alice@example.org", "yes"], ["bob", "böb@例え.jp", "no"], ["carol", "-", "no"]])
+    assert listing("team", "list") == (["NAME", "MEMBERS"], [["devs", "alice, bob"], ["qa", "-"]])
+    names, rows = listing("repo", "list")
+    assert names == ["NAME", "VISIBILITY", "CREATED", "DESCRIPTION"]
+    assert [(r[0], r[1], r[3]) for r in rows] == [
+        ("alice/demo", "public", "tab here, new line,  [31mred"),  # control characters blanked
+        ("bob/secret-stuff", "private", "-")]
+    json_created = {r["name"]: r["created"] for r in site.cli_json("repo", "list")}
+    assert {r[0]: r[2] for r in rows} == json_created
+    names, rows = listing("token", "list", "alice")
+    assert names == ["LABEL", "CREATED", "LAST USED"]
+    created = {t["label"]: t["created"] for t in site.cli_json("token", "list", "alice")}
+    assert rows == [["laptop", created["laptop"], "never"], ["ci", created["ci"], "2026-01-02T03:04:05Z"]]
+    assert listing("ssh-key", "list", "alice") == (["FINGERPRINT", "TYPE", "COMMENT"], [
+        [ssh_fingerprint(ed), "ssh-ed25519", "ed@example.org"]])
+    names, rows = listing("pushlog", "alice/demo")
+    pushes = site.cli_json("pushlog", "alice/demo")
+    assert names == ["ID", "DATE", "USER", "CHANGESETS", "BOOKMARKS"]
+    assert rows == [
+        ["2", pushes[0]["date"], "bob", "-", f"feature -> {nodes[0][:12]}"],
+        ["1", pushes[1]["date"], "alice", f"2: {nodes[0][:12]}..{nodes[1][:12]}", "-"],
+    ]
+
+
+def test_empty_listings_print_the_header_and_json_is_unchanged(site):
+    """An empty listing is its header line alone; --json keeps SPEC's objects."""
+    site.cli("user", "add", "alice")
+    site.cli("repo", "create", "alice/demo")
+    assert site.cli("team", "list").stdout == "NAME  MEMBERS\n"
+    assert site.cli("token", "list", "alice").stdout.split("  ")[0] == "LABEL"
+    assert len(site.cli("token", "list", "alice").stdout.splitlines()) == 1
+    assert site.cli("pushlog", "alice/demo").stdout.splitlines()[0].split() == [
+        "ID", "DATE", "USER", "CHANGESETS", "BOOKMARKS"]
+    site.cli("team", "add", "devs")
+    site.cli("token", "create", "alice", "--label", "ci")
+    assert site.cli_json("user", "list") == [{"name": "alice", "email": "", "admin": False}]
+    assert site.cli_json("team", "list") == [{"name": "devs", "members": []}]
+    assert set(site.cli_json("repo", "list")[0]) == {"name", "owner", "private", "description", "created"}
+    assert set(site.cli_json("token", "list", "alice")[0]) == {"label", "created", "last_used"}
 
 
 # -- refusals: one shared site, each case must change nothing --------------------------------
