@@ -1,7 +1,11 @@
 # hg-hosting: `make serve` runs a ready local site, `make test` the whole suite.
+#   make serve HTTP=127.0.0.1:8080        serve elsewhere (default 127.0.0.1:8000)
+#   make serve SITE=/srv/site ADMIN=root  another site directory or first admin's name
 PYTHON ?= python3
 VENV   ?= .venv
 SITE   ?= $(CURDIR)/site
+HTTP   ?= 127.0.0.1:8000
+ADMIN  ?= admin
 BIN     = $(VENV)/bin
 
 .PHONY: serve test check bench clean
@@ -13,8 +17,9 @@ $(BIN)/hg-hosting: setup.py
 	touch $@
 
 serve: $(BIN)/hg-hosting
-	$(BIN)/hg-hosting --site $(SITE) init --admin admin
-	$(BIN)/hg-hosting --site $(SITE) serve --http 127.0.0.1:8000
+	$(BIN)/hg-hosting --site '$(SITE)' init --admin '$(ADMIN)'
+	@echo "serving http://$(HTTP)/ (Ctrl-C stops it)"
+	$(BIN)/hg-hosting --site '$(SITE)' serve --http '$(HTTP)'
 
 test: $(BIN)/hg-hosting
 	$(BIN)/ruff check .

@@ -15,6 +15,8 @@ import getpass
 import json
 import os
 import secrets
+import shlex
+import shutil
 import sys
 import traceback
 import unicodedata
@@ -139,17 +141,41 @@ def _table(header: list[str], rows: list[list[str]], gap: int = 2) -> list[str]:
 
 
 def cmd_init(args, site: Site) -> int:
+    """Create the site; make a first site admin if asked; say who the site admins are and how to reset one."""
     created = site.init()
     for item in created:
         print(f"created {item}")
     print(f"site ready at {site.root}" if created else f"site at {site.root} is up to date")
-    if args.admin and not any(u.is_admin for u in accounts.list_users()):
+    admins = [u.name for u in accounts.list_users() if u.is_admin]
+    if args.admin and not admins:
         password = os.environ.get("HG_HOSTING_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
         accounts.add_user(args.admin, admin=True, password=password)
         print(f"created site admin {args.admin}")
         if "HG_HOSTING_ADMIN_PASSWORD" not in os.environ:
             print(f"password (shown once): {password}")
+    elif admins:
+        print(f"site admins: {', '.join(admins)}")
+        named = [a for a in admins if args.admin and a.lower() == args.admin.lower()]
+        print(f"reset a password with: {_command_line(site)} user passwd {shlex.quote((named or admins)[0])}")
+    else:
+        print(f"no site admin yet; make one with: {_command_line(site)} init --admin NAME")
     return 0
+
+
+def _command_line(site: Site) -> str:
+    """``hg-hosting --site DIR`` as a user can paste it: this very program, the site quoted.
+
+    ``hg-hosting`` when that name on ``$PATH`` is this program, else the path
+    it was run by (``.venv/bin/hg-hosting`` under ``make serve``).
+    """
+    exe = sys.argv[0] if sys.argv and os.path.isfile(sys.argv[0]) else "hg-hosting"
+    found = shutil.which("hg-hosting")
+    try:
+        if found and os.path.samefile(found, exe):
+            exe = "hg-hosting"
+    except OSError:
+        exe = "hg-hosting"
+    return f"{shlex.quote(exe)} --site {shlex.quote(str(site.root))}"
 
 
 def cmd_serve(args, site: Site) -> int:

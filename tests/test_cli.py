@@ -20,6 +20,7 @@ import json
 import os
 import re
 import select
+import shlex
 import shutil
 import sqlite3
 import stat
@@ -224,6 +225,33 @@ def test_init_again_changes_nothing(site):
     assert snapshot(site) == state
     assert [u["name"] for u in site.cli_json("user", "list")] == ["alice"]
     assert site_nodes(site, "alice/demo") == []
+
+
+def test_init_on_an_existing_site_names_the_admins_and_the_reset_command(tmp_path, env):
+    """init on a site with admins names them and prints the exact command that resets a password; it works."""
+    handle = SiteHandle(tmp_path / "my site", env)  # a blank in the path: the command must quote it
+    first = handle.cli("init", "--admin", "admin", env={"HG_HOSTING_ADMIN_PASSWORD": "first pw"}).stdout
+    assert "created site admin admin" in first
+    handle.cli("user", "add", "root", "--admin")
+    handle.cli("user", "add", "alice")
+
+    lines = handle.cli("init", "--admin", "admin").stdout.splitlines()
+    assert f"site at {handle.root} is up to date" in lines
+    assert "site admins: admin, root" in lines
+    (hint,) = [line for line in lines if "user passwd" in line]
+    command = hint.split(": ", 1)[1]
+    argv = shlex.split(command)
+    assert argv[0] == "hg-hosting" and argv[-3:] == ["user", "passwd", "admin"], command
+    run(argv, handle.env, input="reset pw\n")  # the printed command, as a user would paste it
+    (stored,) = query(handle, "SELECT password_hash FROM owner WHERE name = 'admin'")[0]
+    assert verifies(stored, "reset pw")
+
+
+def test_init_without_an_admin_says_how_to_make_one(site):
+    """init on a site without a site admin says so and prints the command that makes one."""
+    site.cli("user", "add", "alice")
+    out = site.cli("init").stdout
+    assert "no site admin" in out and f"hg-hosting --site {site.root} init --admin NAME" in out
 
 
 def test_site_from_environment(site):
