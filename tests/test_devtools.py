@@ -1,7 +1,10 @@
-"""The developer's commands from the README: ``make serve``.
+"""The developer's commands from the README: ``make serve`` and ``tools/install-test-deps``.
 
 ``make serve`` runs for real (the Makefile's own recipe, with this test run's
 virtualenv as ``VENV``) on a port the test chose, and is stopped with SIGTERM.
+``tools/install-test-deps`` runs for real too: once with everything installed,
+and once as a user without root rights (``nobody``) on a ``PATH`` that hides
+``chromium``, where it must print the command to run instead of installing.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -20,6 +25,7 @@ import pytest
 from conftest import BIN
 
 ROOT = Path(__file__).resolve().parent.parent
+INSTALL_TEST_DEPS = ROOT / "tools" / "install-test-deps"
 MAKE = shutil.which("make")
 
 
@@ -73,3 +79,56 @@ def test_make_serve_on_a_chosen_address_says_where_and_who(tmp_path, env):
     assert "site admins: admin" in again
     assert re.search(rf"reset a password with: \S*hg-hosting --site {re.escape(str(site))} user passwd admin",
                      again), again
+
+
+# -- tools/install-test-deps ------------------------------------------------------------
+
+
+def test_install_test_deps_with_everything_installed_only_looks(env):
+    """With every package installed the script says so, exits 0, installs nothing and is quick."""
+    started = time.monotonic()
+    proc = subprocess.run([str(INSTALL_TEST_DEPS)], env={**env, "VENV": str(BIN.parent)},
+                          capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == "install-test-deps: every test dependency is installed\n", proc.stdout
+    assert "installing" not in proc.stdout + proc.stderr
+    assert elapsed < 10, f"took {elapsed:.1f} s"  # a look, not an apt-get run (measured: ~10 ms)
+
+
+def _without_root_rights() -> dict:
+    """subprocess.run arguments that run a command as a user who cannot install packages."""
+    if os.geteuid() == 0:
+        return {"user": "nobody", "group": "nogroup", "extra_groups": []}
+    sudo = shutil.which("sudo")
+    if sudo and subprocess.run([sudo, "-n", "true"], capture_output=True).returncode == 0:
+        pytest.skip("this user may sudo without a password: the script would install")
+    return {}
+
+
+def test_install_test_deps_without_rights_prints_the_command(env):
+    """A user without root rights missing chromium gets the exact apt-get line to run, exit 1, nothing installed."""
+    rights = _without_root_rights()
+    with tempfile.TemporaryDirectory(prefix="no-chromium-") as tmp:
+        Path(tmp).chmod(0o755)
+        bindir = Path(tmp) / "bin"
+        bindir.mkdir()
+        # A virtualenv this user can run (the test run's may live under /root): the script checks
+        # python3-venv only when there is none yet.
+        base = "/usr/bin/python3" if rights else sys.executable
+        if not os.access(base, os.X_OK):
+            pytest.skip(f"no Python that {rights.get('user', 'this user')} can run")
+        venv = Path(tmp) / "venv"
+        subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+        for command in ("bash", "env", "id", "ssh", "ssh-keygen", "sshd", "haproxy", "make"):
+            found = shutil.which(command, path=f"{os.environ['PATH']}:/usr/sbin:/sbin")
+            assert found, f"{command} is not installed"
+            (bindir / command).symlink_to(found)
+        proc = subprocess.run([str(INSTALL_TEST_DEPS)], cwd="/", capture_output=True, text=True, timeout=120,
+                              env={"PATH": str(bindir), "VENV": str(venv), "LC_ALL": "C"}, **rights)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "install-test-deps: missing Debian packages: chromium", proc.stderr
+    assert lines[-1].strip() == ("sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium"
+                                 + ("" if Path("/run/sshd").is_dir() else " && sudo mkdir -p /run/sshd"))
