@@ -5,6 +5,11 @@ subcommand and turns every refusal into one ``error: ...`` line on stderr with
 a non-zero exit status.  Nothing here prints a traceback to a user: an
 unexpected exception is reported in one line too (``HG_HOSTING_DEBUG=1`` shows
 the traceback).
+
+Listings print aligned columns under a header line (``--json``: SPEC's
+arrays).  Passwords never come from argv: ``--password-stdin`` reads stdin,
+``user passwd`` asks twice on a terminal (else reads stdin), ``user add``
+asks only with ``--password-prompt``.
 """
 
 from __future__ import annotations
@@ -112,13 +117,14 @@ def _emit(args, rows: list[dict], columns: list[Column]) -> None:
 
 
 def _cell(value: object) -> str:
-    """A value as one table cell: ``-`` for nothing, control characters (tabs, newlines, escapes) blanked."""
+    """A value as one table cell: ``-`` for nothing; control and format characters (tabs, newlines,
+    terminal escapes, bidi overrides) blanked, so no value can break the table or mislead the eye."""
     if value is None or value == "" or value == []:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-    return "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
 
 
 def _width(text: str) -> int:

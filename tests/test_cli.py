@@ -745,7 +745,7 @@ def test_listings_print_aligned_columns_under_a_header(site, keygen, tmp_path):
     site.cli("team", "member-add", "devs", "alice")
     site.cli("team", "member-add", "devs", "bob")
     site.cli("team", "add", "qa")
-    site.cli("repo", "create", "alice/demo", "--description", "tab\there, new\nline, \x1b[31mred")
+    site.cli("repo", "create", "alice/demo", "--description", "tab\there, new\nline, \x1b[31mred\u202e!")
     site.cli("repo", "create", "bob/secret-stuff", "--private")
     site.cli("token", "create", "alice", "--label", "laptop")
     site.cli("token", "create", "alice", "--label", "ci")
@@ -769,7 +769,7 @@ def test_listings_print_aligned_columns_under_a_header(site, keygen, tmp_path):
     names, rows = listing("repo", "list")
     assert names == ["NAME", "VISIBILITY", "CREATED", "DESCRIPTION"]
     assert [(r[0], r[1], r[3]) for r in rows] == [
-        ("alice/demo", "public", "tab here, new line,  [31mred"),  # control characters blanked
+        ("alice/demo", "public", "tab here, new line,  [31mred !"),  # control characters blanked
         ("bob/secret-stuff", "private", "-")]
     json_created = {r["name"]: r["created"] for r in site.cli_json("repo", "list")}
     assert {r[0]: r[2] for r in rows} == json_created
