@@ -9,7 +9,8 @@ and ``/-/new`` (logged-in users), ``/-/login`` and ``/-/logout``.
 Every form that changes state carries the session's CSRF token (the login
 form a double-submit cookie) and is refused without it.  Session cookies are
 HttpOnly and SameSite=Lax.  Templates autoescape; the README is rendered by
-markdown-it with raw HTML disabled.
+:mod:`daemon.readme` (markdown-it with raw HTML disabled, under a size cap and
+a CPU budget; other README names as escaped text).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import urllib.parse
 from importlib import resources
 
 import jinja2
-from markdown_it import MarkdownIt
 from peewee import fn
 
 from hgext_hosting import names, policy, pushlog, repositories
 from hgext_hosting.errors import UserError
 from hgext_hosting.models import Membership, Owner, Push, Repository
 
+from . import readme as readmes
 from .auth import SESSION_COOKIE, Refusal
 from .web import HTTPError, Request, redirect, respond
 
@@ -39,9 +40,7 @@ PUSHES_PER_PAGE = 20
 REPOS_PER_PAGE = 100
 #: Rendered READMEs kept in memory (one per repository and tip).
 README_CACHE_SIZE = 256
-README_NAMES = (b"README.md", b"README.markdown", b"README.rst", b"README.txt", b"README")
-
-_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+README_NAMES = readmes.README_NAMES
 
 
 def templates_dir() -> str:
@@ -226,10 +225,7 @@ class Pages:
             actual = files.get(candidate.lower())
             if actual is None:
                 continue
-            data = ctx[actual].data()[:512 * 1024].decode("utf-8", "replace")
-            if actual.lower().endswith((b".md", b".markdown")):
-                return actual.decode("utf-8", "replace"), _markdown.render(data)
-            return actual.decode("utf-8", "replace"), "<pre>" + jinja2.escape(data) + "</pre>"
+            return actual.decode("utf-8", "replace"), readmes.render(actual, ctx[actual].data())
         return None
 
     def overview(self, req: Request, start_response, row, facts, level):

@@ -1,0 +1,157 @@
+"""The HTTP edges: READMEs, archives, security headers, number ranges, static files, hiding.
+
+One site and one daemon for the module (``pages``), set up once:
+
+- ``alice/readme-N``: public, one per name in ``README_NAMES`` (plain or Markdown);
+  ``alice/latin1`` a README that is not UTF-8, ``alice/huge`` a 4 MB README,
+  ``alice/slowmd`` a README.md that costs markdown-it seconds (``![`` repeated);
+- ``alice/files``: public, with ``evil.html``, ``evil.js`` and ``evil.svg``;
+- ``alice/secret``: private, read granted to bob.
+
+Tests that need their own site hgrc start their own daemon on the ``site`` fixture.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import HG, HG_HOSTING, Daemon, SiteHandle, site_handle
+from pushhelpers import cli_all, run_all
+
+from daemon.readme import MAX_BYTES, README_NAMES
+
+PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3"}
+SLOW_MARKDOWN = "![" * (2 * 1024 * 1024)  # about 70 s of markdown-it at 35 µs a byte
+SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY",
+                    "referrer-policy": "same-origin"}
+
+
+def basic(user: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{PASSWORDS[user]}".encode()).decode()
+
+
+def get(daemon: Daemon, path: str, user: str | None = None, method: str = "GET",
+        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """``GET path`` (raw, not normalised): status, headers (lower-case names), body."""
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
+    try:
+        extra = dict(headers or {})
+        if user is not None:
+            extra["Authorization"] = basic(user)
+        conn.request(method, path, headers=extra)
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def add_users(site: SiteHandle) -> None:
+    """Every user of PASSWORDS at once (hashing a password is slow)."""
+    procs = [subprocess.Popen([HG_HOSTING, "--site", str(site.root), "user", "add", name, "--email",
+                               f"{name}@example.org", "--password-stdin"], env=site.env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for name in PASSWORDS]
+    for proc, password in zip(procs, PASSWORDS.values(), strict=True):
+        out, err = proc.communicate(password + "\n", timeout=120)
+        assert proc.returncode == 0, out + err
+
+
+class Pages:
+    def __init__(self, site: SiteHandle, daemon: Daemon, root: Path):
+        self.site, self.daemon, self.root = site, daemon, root
+
+
+def push_files(site: SiteHandle, wc: Path, full: str, files: dict[str, bytes]) -> list[str]:
+    """argv that push a new changeset holding ``files`` to ``full`` (run them with run_all)."""
+    site.hg("init", str(wc))
+    for name, data in files.items():
+        (wc / name).write_bytes(data)
+    site.hg("commit", "-q", "-A", "-d", "2020-01-01 00:00:00 +0000", "-m", "files", cwd=wc)
+    return [HG, "-R", str(wc), "push", "-q", str(site.repo_path(full))]
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory) -> Pages:
+    root = tmp_path_factory.mktemp("pages")
+    site = site_handle(root)
+    site.cli("init")
+    add_users(site)
+    contents = {f"readme-{i}": {name.decode(): f"Hello from {name.decode()} <b>&amp;</b>\n".encode()}
+                for i, name in enumerate(README_NAMES)}
+    contents["latin1"] = {"README.txt": "caf\u00e9 cr\u00e8me\n".encode("latin-1")}
+    contents["huge"] = {"README": b"0123456789abcde\n" * (4 * 1024 * 1024 // 16)}
+    contents["slowmd"] = {"README.md": SLOW_MARKDOWN.encode()}
+    contents["files"] = {
+        "evil.html": b"<!doctype html><script>document.title='pwned'</script><h1>evil</h1>\n",
+        "evil.js": b"document.title = 'pwned';\n",
+        "evil.svg": b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>\n',
+        "README.md": b"# Files\n",
+    }
+    contents["secret"] = {"README.md": b"# Secret\n"}
+    cli_all(site, *[["repo", "create", f"alice/{name}", *(["--private"] if name == "secret" else [])]
+                    for name in contents])
+    site.cli("grant", "alice/secret", "bob", "read")
+    pushes = [push_files(site, root / f"wc-{name}", f"alice/{name}", files) for name, files in contents.items()]
+    run_all(pushes, {**site.env, "HG_HOSTING_USER": "alice"})
+    daemon = Daemon(site)
+    yield Pages(site, daemon, root)
+    daemon.stop()
+    log = daemon.log()
+    assert "Traceback" not in log, log[-4000:]
+
+
+# -- 1, 2: READMEs ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", range(len(README_NAMES)))
+def test_every_readme_name_renders(pages, index):
+    """Each name in README_NAMES renders on the overview: Markdown formatted, the others escaped in <pre>."""
+    name = README_NAMES[index].decode()
+    status, headers, body = get(pages.daemon, f"/alice/readme-{index}")
+    assert status == 200, body[:300]
+    text = body.decode()
+    assert f"<h2>{name}</h2>" in text
+    if name.endswith((".md", ".markdown")):
+        assert f"<p>Hello from {name} &lt;b&gt;&amp;&lt;/b&gt;</p>" in text
+    else:
+        assert f"<pre>Hello from {name} &lt;b&gt;&amp;amp;&lt;/b&gt;\n</pre>" in text
+    assert "<b>" not in text
+
+
+def test_readme_not_utf8_renders(pages):
+    """A README in Latin-1 renders, its invalid bytes replaced."""
+    status, _, body = get(pages.daemon, "/alice/latin1")
+    assert status == 200, body[:300]
+    assert "<pre>caf\ufffd cr\ufffdme\n</pre>" in body.decode()
+
+
+def test_huge_readme_is_cut(pages):
+    """A 4 MB README renders its first MAX_BYTES only, with a note, and quickly."""
+    start = time.monotonic()
+    status, _, body = get(pages.daemon, "/alice/huge")
+    elapsed = time.monotonic() - start
+    assert status == 200, body[:300]
+    assert b"Only the first 256 KB of this file (4096 KB) are shown." in body
+    assert body.count(b"0123456789abcde\n") == MAX_BYTES // 16
+    print(f"4 MB README page: {elapsed:.3f} s")
+    assert elapsed < 20  # generous: the old code answered 500; no timing claim beyond "it answers"
+
+
+def test_pathological_markdown_falls_back_to_text(pages):
+    """A README.md that costs markdown-it minutes is shown as escaped text after the CPU budget."""
+    start = time.monotonic()
+    status, _, body = get(pages.daemon, "/alice/slowmd")
+    elapsed = time.monotonic() - start
+    assert status == 200, body[:300]
+    assert b"it takes too long to format" in body
+    assert b"<pre>![![![" in body
+    print(f"pathological README.md page: {elapsed:.3f} s")
+    # the same page again comes from the cache (per tip), however slow the first was
+    status, _, again = get(pages.daemon, "/alice/slowmd")
+    assert status == 200 and again.count(b"<pre>") == body.count(b"<pre>")
