@@ -136,10 +136,7 @@ class Pages:
                 | (fn.LOWER(Owner.name).contains(search.lower()))
                 | (fn.LOWER(Repository.description) ** like)
             )
-        try:
-            page = max(1, int(req.arg("page", "1")))
-        except ValueError:
-            raise HTTPError(400, "page must be a number") from None
+        page = req.page_arg()
         total = query.count()
         pages = max(1, math.ceil(total / REPOS_PER_PAGE))
         rows = list(query.order_by(Owner.name_key, Repository.name_key)
@@ -235,10 +232,7 @@ class Pages:
                            clone_urls=self.clone_urls(req, row), readme=readme, title=row.full_name)
 
     def pushlog(self, req: Request, start_response, row, facts, level):
-        try:
-            page = max(1, int(req.arg("page", "1")))
-        except ValueError:
-            raise HTTPError(400, "page must be a number") from None
+        page = req.page_arg()
         total = Push.select().where((Push.repository == row.id) & (Push.state == "done")).count()
         pages = max(1, math.ceil(total / PUSHES_PER_PAGE))
         pushes = pushlog.recent_pushes(row, PUSHES_PER_PAGE, (page - 1) * PUSHES_PER_PAGE)

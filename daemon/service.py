@@ -44,6 +44,7 @@ from .bodylimit import BoundedRequest
 from .hgwebs import HgwebCache
 from .pages import Pages, templates_dir
 from .streaming import StreamingWSGIResource
+from .web import SECURITY_HEADERS, HTTPError, parse_path
 
 log = Logger()
 
@@ -54,6 +55,40 @@ def info_observer(stream):
                                 [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)])
 
 
+class StaticFiles(resource.Resource):
+    """``/-/static/NAME``: the files of ``templates/static``, nothing else.
+
+    The raw request path is validated exactly as the application's
+    (:func:`daemon.web.parse_path`: 400 for NUL, ``..``, encoded slashes, bad
+    UTF-8), then only a regular file directly in the directory is served (404
+    otherwise, no listings); every response carries :data:`daemon.web.SECURITY_HEADERS`.
+    """
+
+    isLeaf = True
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self._directory = directory
+
+    def render(self, request):
+        for name, value in SECURITY_HEADERS:
+            request.setHeader(name, value)
+        try:
+            segments = parse_path(request.uri.split(b"?", 1)[0].decode("latin-1"))
+        except HTTPError as e:
+            return self._error(request, e.status, e.reason)
+        path = os.path.join(self._directory, segments[2]) if len(segments) == 3 else None
+        if path is None or not os.path.isfile(path):
+            return self._error(request, 404, "not found")
+        return static.File(path).render(request)
+
+    @staticmethod
+    def _error(request, status: int, reason: str) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return reason.encode() + b"\n"
+
+
 class Root(resource.Resource):
     """``/-/static/`` from disk; every other path to the WSGI application."""
 
@@ -61,12 +96,10 @@ class Root(resource.Resource):
         super().__init__()
         self._wsgi = wsgi
         self._tracker = tracker
-        self._static = static.File(os.path.join(templates_dir(), "static"))
-        self._static.directoryListing = lambda: resource.NoResource()
+        self._static = StaticFiles(os.path.join(templates_dir(), "static"))
 
     def getChild(self, path: bytes, request):
         if path == b"-" and request.postpath[:1] == [b"static"]:
-            request.prepath.append(request.postpath.pop(0))
             return self._static
         request.postpath.insert(0, request.prepath.pop())
         return self._tracked()

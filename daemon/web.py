@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import urllib.parse
 from collections.abc import Iterable
 from http.cookies import CookieError, SimpleCookie
 
 MAX_URI = 8192
 MAX_FORM = 64 * 1024
+#: What a database integer column holds (SQLite and PostgreSQL ``bigint``).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: The highest page number any listing accepts (its offset stays far inside INT64).
+MAX_PAGE = 10**9
+_INTEGER = re.compile(r"-?[0-9]{1,30}\Z")
 
 
 class HTTPError(Exception):
@@ -81,6 +87,24 @@ class Request:
     def arg(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
         return values[-1] if values else default
+
+    def int_arg(self, name: str, default: int | None = None, low: int = INT64_MIN,
+                high: int = INT64_MAX) -> int | None:
+        """The integer query parameter ``name`` (``default`` when absent), or HTTPError 400.
+
+        Only plain decimal digits, and only values from ``low`` to ``high``: a
+        number the database cannot hold is refused here, not by the database.
+        """
+        text = self.arg(name)
+        if text is None:
+            return default
+        if not _INTEGER.match(text) or not low <= int(text) <= high:
+            raise HTTPError(400, f"{name} must be an integer from {low} to {high}")
+        return int(text)
+
+    def page_arg(self, name: str = "page") -> int:
+        """A page number of a listing (1 when absent), from 1 to :data:`MAX_PAGE`."""
+        return self.int_arg(name, 1, 1, MAX_PAGE)
 
     def args(self, name: str) -> list[str]:
         return self.query.get(name, [])

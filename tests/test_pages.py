@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -155,3 +156,52 @@ def test_pathological_markdown_falls_back_to_text(pages):
     # the same page again comes from the cache (per tip), however slow the first was
     status, _, again = get(pages.daemon, "/alice/slowmd")
     assert status == 200 and again.count(b"<pre>") == body.count(b"<pre>")
+
+
+# -- 4, 5: numbers out of range, the static route --------------------------------------------
+
+
+@pytest.mark.parametrize("path", [
+    "/alice/files/json-pushes?endID=" + "1" + "0" * 30,
+    "/alice/files/json-pushes?startID=-1" + "0" * 30,
+    "/alice/files/json-pushes?node=1" + "0" * 30,
+    "/alice/files/json-pushes?node=0",
+    "/alice/files/pushlog?page=1" + "0" * 30,
+    "/?page=1" + "0" * 18,
+    "/alice?page=1" + "0" * 18,
+])
+def test_huge_numbers_answered_400(pages, path):
+    """Numbers SQLite cannot hold (or pages before the first) are refused at the edge with 400."""
+    status, headers, body = get(pages.daemon, path)
+    assert status == 400, (status, body[:300])
+    assert body.count(b"\n") == 1 and b"integer" in body, body
+
+
+def test_numbers_in_range_still_answer(pages):
+    """Ordinary values of the same parameters keep working (an empty answer past the end)."""
+    status, _, body = get(pages.daemon, "/alice/files/json-pushes?startID=-1&endID=9223372036854775807")
+    assert status == 200 and list(json.loads(body)) == ["1"], body
+    for path in ("/alice/files/json-pushes?node=1000000", "/alice/files/pushlog?page=1000000",
+                 "/?page=1000000"):
+        assert get(pages.daemon, path)[0] == 200, path
+
+
+@pytest.mark.parametrize("path", ["/-/static/%00", "/-/static/a%00b", "/-/static/%2e%2e/%2e%2e/hgrc",
+                                  "/-/static/..%2fbase.html", "/-/static/%ff", "/-/static/a\\b"])
+def test_static_path_validated(pages, path):
+    """/-/static/ validates its path like every other route: 400, one line, no traceback."""
+    status, headers, body = get(pages.daemon, path)
+    assert status == 400, (status, body[:300])
+    assert body == b"malformed request path\n" or body == b"the request path is not UTF-8\n", body
+    assert "Traceback" not in pages.daemon.log()
+
+
+def test_static_files_served(pages):
+    """A real static file is served, with the security headers; a missing one is 404; no listing."""
+    status, headers, body = get(pages.daemon, "/-/static/style.css")
+    assert status == 200 and headers["content-type"].startswith("text/css"), headers
+    assert {k: headers.get(k) for k in SECURITY_HEADERS} == SECURITY_HEADERS
+    for path in ("/-/static/missing.css", "/-/static/", "/-/static"):
+        status, headers, _ = get(pages.daemon, path)
+        assert status == 404, path
+        assert {k: headers.get(k) for k in SECURITY_HEADERS} == SECURITY_HEADERS
