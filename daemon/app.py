@@ -34,7 +34,7 @@ from hgext_hosting.models import Owner, Repository
 from . import jsonpushes
 from .auth import SESSION_COOKIE, Authenticator, Malformed, Refusal
 from .hgwebs import HgwebCache
-from .web import HTTPError, Request, error_body, respond, respond_json
+from .web import SECURITY_HEADERS, HTTPError, Request, error_body, hgweb_headers, respond, respond_json
 
 log = Logger()
 
@@ -67,6 +67,14 @@ def wire_command_writes(req: Request) -> bool:
     if entry is None:
         return cmd not in webcommands.__all__
     return entry.permission == b"push"
+
+
+def with_safe_headers(start_response):
+    """``start_response`` for hgweb: its headers pass through :func:`daemon.web.hgweb_headers`."""
+    def start(status, headers, exc_info=None):
+        return start_response(status, hgweb_headers(headers), exc_info)
+
+    return start
 
 
 class HostingApp:
@@ -217,7 +225,7 @@ class HostingApp:
         environ[LEVEL_KEY] = level
         environ["SCRIPT_NAME"] = f"/{row.owner_name}/{row.name}"
         environ["PATH_INFO"] = ("/" + "/".join(rest)).encode("utf-8").decode("latin-1") if rest else ""
-        return self._guarded(req, app(environ, start_response), start_response)
+        return self._guarded(req, app(environ, with_safe_headers(start_response)), start_response)
 
     def _guarded(self, req: Request, result, start_response):
         """hgweb's response, or 400 when hgweb fails before answering.
@@ -234,7 +242,8 @@ class HostingApp:
             log.info("hgweb refused {path}: {kind}: {msg}", path=req.environ.get("PATH_INFO", "")[:200],
                      kind=type(e).__name__, msg=str(e)[:200])
             body, ctype = error_body(HTTPError(400, "malformed request"), False)
-            start_response("400 malformed request", [("Content-Type", ctype)], sys.exc_info())
+            start_response("400 malformed request", [("Content-Type", ctype), *SECURITY_HEADERS],
+                           sys.exc_info())
             return [body.encode()]
 
         def rest():

@@ -205,3 +205,78 @@ def test_static_files_served(pages):
         status, headers, _ = get(pages.daemon, path)
         assert status == 404, path
         assert {k: headers.get(k) for k in SECURITY_HEADERS} == SECURITY_HEADERS
+
+
+# -- 6: security headers, raw files ------------------------------------------------------------
+
+
+def assert_security_headers(raw_headers: list[tuple[str, str]], what: str) -> None:
+    """Each security header exactly once, with our value."""
+    for name, value in SECURITY_HEADERS.items():
+        values = [v for k, v in raw_headers if k.lower() == name]
+        assert values == [value], f"{what}: {name}: {values}"
+
+
+def raw_headers(daemon: Daemon, path: str, user: str | None = None) -> tuple[int, list[tuple[str, str]]]:
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
+    try:
+        conn.request("GET", path, headers={"Authorization": basic(user)} if user else {})
+        response = conn.getresponse()
+        response.read()
+        return response.status, response.getheaders()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("path", [
+    "/", "/alice", "/alice/files", "/alice/files/pushlog", "/alice/files/json-pushes", "/healthz",
+    "/-/static/style.css", "/-/static/nothing", "/-/static/%00", "/-/login", "/nobody/nothing",
+    "/alice/files/log", "/alice/files/graph", "/alice/files/file/tip/evil.html",
+    "/alice/files/raw-file/tip/evil.html", "/alice/files/file/tip/evil.html?style=raw",
+    "/alice/files/rev/ffffffffffff", "/alice/files?cmd=capabilities", "/alice/files?cmd=heads",
+    "/alice/files/static/mercurial.js", "/alice/files/atom-log", "/alice/files?cmd=known&nodes=zz",
+])
+def test_every_response_has_the_security_headers(pages, path):
+    """nosniff, X-Frame-Options and Referrer-Policy, once each, on pages, hgweb, static files, errors."""
+    status, headers = raw_headers(pages.daemon, path)
+    assert status < 500, (path, status)
+    assert_security_headers(headers, path)
+
+
+@pytest.mark.parametrize("name", ["evil.html", "evil.js", "evil.svg"])
+def test_raw_files_cannot_run(pages, name):
+    """A pushed file served raw is a download in a sandbox: never HTML or script of the site's origin."""
+    for path in (f"/alice/files/raw-file/tip/{name}", f"/alice/files/file/tip/{name}?style=raw",
+                 f"/alice/files/raw-file/tip/{name}?style=raw"):
+        status, headers = raw_headers(pages.daemon, path)
+        assert status == 200, path
+        assert_security_headers(headers, path)
+        values = {k.lower(): v for k, v in headers}
+        assert values["content-security-policy"] == "sandbox; default-src 'none'", (path, values)
+        assert not values["content-type"].startswith(("text/html", "image/svg", "application/javascript",
+                                                      "text/javascript")), (path, values)
+
+
+def test_raw_files_with_guessed_types_are_downloads(site, tmp_path):
+    """With ``web.guessmime`` (raw-file says text/html for .html), such files are attachments in a sandbox."""
+    with open(site.root / "hgrc", "a") as f:
+        f.write("\n[web]\nguessmime = True\n")
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/files")
+    files = {"evil.html": b"<script>document.title='pwned'</script>\n", "evil.js": b"alert(1)\n",
+             "evil.svg": b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>\n',
+             "notes.txt": b"just text\n"}
+    run_all([push_files(site, tmp_path / "wc", "alice/files", files)], {**site.env, "HG_HOSTING_USER": "alice"})
+    daemon = Daemon(site)
+    try:
+        for name in files:
+            status, headers = raw_headers(daemon, f"/alice/files/raw-file/tip/{name}")
+            assert status == 200, name
+            assert_security_headers(headers, name)
+            values = {k.lower(): v for k, v in headers}
+            assert values["content-security-policy"] == "sandbox; default-src 'none'", values
+            kind = "inline" if name == "notes.txt" else "attachment"
+            assert values["content-disposition"] == f'{kind}; filename="{name}"', values
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log()
