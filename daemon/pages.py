@@ -25,6 +25,7 @@ import urllib.parse
 from importlib import resources
 
 import jinja2
+from mercurial.hgweb import webutil
 from peewee import fn
 
 from hgext_hosting import names, policy, pushlog, repositories
@@ -225,11 +226,19 @@ class Pages:
             return actual.decode("utf-8", "replace"), readmes.render(actual, ctx[actual].data())
         return None
 
+    def archive_suffixes(self) -> list[str]:
+        """The archive file suffixes (``.zip``...) hgweb serves, by the rule hgweb applies."""
+        ui = self.app.baseui
+        allowed = ui.configlist(b"web", b"allow-archive")
+        return [spec[2].decode() for kind, spec in webutil.archivespecs.items()
+                if kind in allowed or ui.configbool(b"web", b"allow" + kind)]
+
     def overview(self, req: Request, start_response, row, facts, level):
         pushes = pushlog.recent_pushes(row, 5)
         readme = self._readme(row)
         return self.render(req, start_response, "repo.html", repo=row, level=level, pushes=pushes,
-                           clone_urls=self.clone_urls(req, row), readme=readme, title=row.full_name)
+                           clone_urls=self.clone_urls(req, row), readme=readme, title=row.full_name,
+                           archives=self.archive_suffixes())
 
     def pushlog(self, req: Request, start_response, row, facts, level):
         page = req.page_arg()

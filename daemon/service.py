@@ -195,6 +195,12 @@ HGWEB_CSP = (b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsaf
              b"script-src 'self' 'nonce-%nonce%'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
+#: Archive types a site allows when its hgrc does not say (``init`` writes the same).
+ARCHIVE_TYPES = b"zip gz bz2"
+#: The settings by which a site hgrc chooses its archive types itself.
+ARCHIVE_KEYS = (b"allow-archive", b"allowarchive", b"allowzip", b"allowgz", b"allowbz2")
+
+
 def daemon_baseui(site):
     """The ui every hgweb application copies: the site hgrc plus daemon settings.
 
@@ -204,7 +210,9 @@ def daemon_baseui(site):
     Mercurial's own files (paper's CSS, JavaScript, icons), which hgweb would
     otherwise look for next to our templates.  hgweb's pages get the same
     Content-Security-Policy as ours (:data:`HGWEB_CSP`) unless the site hgrc
-    sets ``web.csp``.
+    sets ``web.csp``.  Archives (:data:`ARCHIVE_TYPES`) are allowed for whoever
+    may read, as ``init`` writes into new site hgrcs, unless the site hgrc
+    sets ``web.allow-archive`` itself (even empty: no archives).
     """
     ui = site.ui.copy()
     settings = [
@@ -215,6 +223,8 @@ def daemon_baseui(site):
         (b"web", b"push_ssl", b"false"),
         (b"server", b"streamunbundle", b"true"),
     ]
+    if not any(ui.hasconfig(b"web", key) for key in ARCHIVE_KEYS):
+        settings.append((b"web", b"allow-archive", ARCHIVE_TYPES))
     if not ui.config(b"web", b"csp"):
         settings.append((b"web", b"csp", HGWEB_CSP))
     if not ui.config(b"web", b"templates"):

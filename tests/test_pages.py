@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
+import socket
 import subprocess
+import tarfile
+import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -278,5 +283,149 @@ def test_raw_files_with_guessed_types_are_downloads(site, tmp_path):
             kind = "inline" if name == "notes.txt" else "attachment"
             assert values["content-disposition"] == f'{kind}; filename="{name}"', values
     finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log()
+
+
+# -- 3: archives -----------------------------------------------------------------------------------
+
+ARCHIVES = {"zip": "application/zip", "tar.gz": "application/x-gzip", "tar.bz2": "application/x-bzip2"}
+
+
+def archive_members(kind: str, body: bytes) -> list[str]:
+    """The file names in an archive (without the leading ``NAME-NODE/``)."""
+    if kind == "zip":
+        names = zipfile.ZipFile(io.BytesIO(body)).namelist()
+    else:
+        names = tarfile.open(fileobj=io.BytesIO(body), mode="r:" + kind.split(".")[1]).getnames()
+    return sorted(n.split("/", 1)[1] for n in names if "/" in n and not n.endswith(".hg_archival.txt"))
+
+
+@pytest.mark.parametrize("kind", list(ARCHIVES))
+def test_archives_of_a_public_repository(pages, kind):
+    """Anyone may download a public repository as zip, tar.gz, tar.bz2, of tip or a given changeset."""
+    node = pages.site.hg("log", "-R", str(pages.site.repo_path("alice/files")), "-r", "tip",
+                         "-T", "{node}").stdout
+    for rev in ("tip", node[:12], node):
+        status, headers, body = get(pages.daemon, f"/alice/files/archive/{rev}.{kind}")
+        assert status == 200, (rev, status, body[:200])
+        assert headers["content-type"] == ARCHIVES[kind], headers
+        assert headers["content-disposition"].startswith("attachment; filename=files-"), headers
+        assert headers["content-security-policy"] == "sandbox; default-src 'none'"
+        assert {k: headers.get(k) for k in SECURITY_HEADERS} == SECURITY_HEADERS
+        assert archive_members(kind, body) == ["README.md", "evil.html", "evil.js", "evil.svg"]
+
+
+def test_archives_of_a_private_repository_are_as_hidden_as_the_rest(pages):
+    """A private repository's archive: 401 anonymous, 404 without read (as for a missing one), 200 with read."""
+    for kind in ARCHIVES:
+        secret, missing = f"/alice/secret/archive/tip.{kind}", f"/alice/nothing/archive/tip.{kind}"
+        for user, expected in ((None, 401), ("carol", 404)):
+            a, b = get(pages.daemon, secret, user), get(pages.daemon, missing, user)
+            assert a[0] == b[0] == expected, (user, a[0], b[0])
+            assert a[2] == b[2]
+        status, _, body = get(pages.daemon, secret, "bob")
+        assert status == 200 and archive_members(kind, body) == ["README.md"]
+
+
+def test_overview_links_the_archives(pages):
+    """The overview page links a download of tip in every allowed format."""
+    _, _, body = get(pages.daemon, "/alice/files")
+    for kind in ARCHIVES:
+        assert f'href="/alice/files/archive/tip.{kind}"'.encode() in body, kind
+
+
+def test_init_allows_archives(site):
+    """``init`` writes ``allow-archive = zip gz bz2`` into the new site hgrc, as hgrc.example shows."""
+    assert "\nallow-archive = zip gz bz2\n" in (site.root / "hgrc").read_text()
+    example = Path(__file__).resolve().parent.parent / "hgrc.example"
+    assert "\nallow-archive = zip gz bz2\n" in example.read_text()
+
+
+@pytest.mark.parametrize("setting, allowed", [(None, ["zip", "tar.gz", "tar.bz2"]), ("", []), ("zip", ["zip"])])
+def test_existing_sites_allow_archives_unless_the_admin_chose(site, tmp_path, setting, allowed):
+    """A site hgrc without ``web.allow-archive`` (an older site) gets archives; an admin's value is kept."""
+    hgrc = site.root / "hgrc"
+    text = hgrc.read_text().replace("allow-archive = zip gz bz2\n", "")
+    if setting is not None:
+        text += f"\n[web]\nallow-archive = {setting}\n"
+    hgrc.write_text(text)
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/files")
+    run_all([push_files(site, tmp_path / "wc", "alice/files", {"a.txt": b"a\n"})],
+            {**site.env, "HG_HOSTING_USER": "alice"})
+    daemon = Daemon(site)
+    try:
+        for kind in ARCHIVES:
+            status = get(daemon, f"/alice/files/archive/tip.{kind}")[0]
+            assert status == (200 if kind in allowed else 403), (kind, status)
+        overview = get(daemon, "/alice/files")[2]
+        for kind in ARCHIVES:
+            assert (f"/alice/files/archive/tip.{kind}".encode() in overview) == (kind in allowed)
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log()
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+RSS_LIMIT_KB = 150 * 1024  # as tests/test_daemon_memory.py
+#: Growth allowed while one archive streams (measured: 5 MB for a 30 MB archive).
+RSS_GROWTH_KB = 32 * 1024
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archive_of_a_large_repository_streams(big_site, kind):
+    """A slow client downloads the corpus as an archive while the daemon's RSS stays bounded.
+
+    The client sleeps 2 ms after every read, through a 4 KB receive buffer; the daemon's
+    VmRSS is sampled every 50 ms.  The archive must be complete (every file of tip).
+    """
+    site = big_site
+    daemon = Daemon(site)
+    peak = {"kb": 0}
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            peak["kb"] = max(peak["kb"], rss_kb(daemon.proc.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        baseline = rss_kb(daemon.proc.pid)
+        sampler.start()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(60)
+        sock.connect(("127.0.0.1", daemon.port))
+        sock.sendall(f"GET /alice/big/archive/tip.{kind} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        chunks = []
+        start = time.monotonic()
+        while True:
+            chunk = sock.recv(16384)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            time.sleep(0.002)
+        elapsed = time.monotonic() - start
+        sock.close()
+        sampling.set()
+        sampler.join()
+        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.0 200 ") or head.startswith(b"HTTP/1.1 200 "), head[:300]
+        print(f"{kind}: {len(body)} bytes in {elapsed:.1f} s; daemon VmRSS {baseline} kB at start,"
+              f" peak {peak['kb']} kB")
+        files = site.hg("files", "-R", str(site.repo_path("alice/big")), "-r", "tip").stdout.split("\n")
+        assert len(archive_members(kind, body)) == len([f for f in files if f])
+        assert peak["kb"] < RSS_LIMIT_KB, f"daemon RSS peaked at {peak['kb']} kB (started at {baseline} kB)"
+        assert peak["kb"] - baseline < RSS_GROWTH_KB, f"daemon RSS grew by {peak['kb'] - baseline} kB"
+    finally:
+        sampling.set()
         daemon.stop()
     assert "Traceback" not in daemon.log()
