@@ -19,6 +19,7 @@ import io
 import json
 import socket
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -429,3 +430,56 @@ def test_archive_of_a_large_repository_streams(big_site, kind):
         sampling.set()
         daemon.stop()
     assert "Traceback" not in daemon.log()
+
+
+# -- 7: private and missing repositories take the same work --------------------------------------
+
+#: Run in a fresh interpreter on the site: the SQL (text, no values) that HostingApp.lookup
+#: runs for each repository name and identity, and the error it ends with.
+LOOKUP_PROBE = """
+import json, sys
+from hgext_hosting import models
+from hgext_hosting.models import Owner
+from hgext_hosting.site import Site
+from daemon.app import HostingApp
+from daemon.auth import Authenticator
+from daemon.web import HTTPError, Request
+
+site = Site(sys.argv[1]).open()
+app = HostingApp(site, Authenticator(site.secret()), None, None, None)
+database = models.db.obj
+run = database.execute_sql
+statements = []
+def recording(sql, params=None, *args, **kwargs):
+    statements.append(sql)
+    return run(sql, params, *args, **kwargs)
+database.execute_sql = recording
+result = {}
+for user in (None, "carol", "bob"):
+    for name in sys.argv[2:]:
+        owner = Owner.get(Owner.name_key == user) if user else None
+        req = Request({"REQUEST_METHOD": "GET", "REQUEST_URI": f"/alice/{name}?cmd=heads"})
+        req.user = owner
+        statements.clear()
+        try:
+            app.lookup(req, "alice", name)
+            outcome = "found"
+        except HTTPError as e:
+            outcome = f"{e.status} {e.reason}"
+        result[f"{user} {name}"] = {"outcome": outcome, "sql": list(statements)}
+print(json.dumps(result))
+"""
+
+
+def test_private_and_missing_repositories_take_the_same_queries(pages):
+    """Looking up a private repository one may not read runs the same SQL as a missing one."""
+    proc = subprocess.run([sys.executable, "-c", LOOKUP_PROBE, str(pages.site.root), "secret", "nothing",
+                           "files"], env=pages.site.env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    for user, outcome in ((None, "401 authorization required"), ("carol", "404 not found")):
+        private, missing = result[f"{user} secret"], result[f"{user} nothing"]
+        assert private["outcome"] == missing["outcome"] == outcome, (private, missing)
+        assert private["sql"] == missing["sql"], (user, private["sql"], missing["sql"])
+        assert private["sql"], "nothing recorded: the probe is broken"
+    assert result["bob secret"]["outcome"] == result["None files"]["outcome"] == "found"
