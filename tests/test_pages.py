@@ -164,6 +164,26 @@ def test_pathological_markdown_falls_back_to_text(pages):
     assert status == 200 and again.count(b"<pre>") == body.count(b"<pre>")
 
 
+#: Inputs on which markdown-it spends 20-40 µs of CPU per byte (measured 5-18 s for 512 KB).
+SLOW_SHAPES = {
+    "brackets": "[" * 600_000, "images": "![" * 300_000, "emphasis": "*_" * 300_000, "stars": "*a" * 300_000,
+    "table": "|" + "a|" * 100 + "\n|" + "-|" * 100 + "\n" + ("|" + "a|" * 100 + "\n") * 3000,
+}
+
+
+@pytest.mark.parametrize("shape", list(SLOW_SHAPES))
+def test_markdown_cpu_is_bounded(shape):
+    """Each slow shape renders (as escaped text) within a few times the CPU budget, not seconds per 100 KB."""
+    from daemon import readme
+
+    start = time.thread_time()
+    html = readme.render(b"README.md", SLOW_SHAPES[shape].encode())
+    used = time.thread_time() - start
+    print(f"{shape}: {used:.3f} s CPU")
+    assert "<pre>" in html and "Only the first 128 KB" in html
+    assert used < 4 * readme.BUDGET_SECONDS, f"{shape}: {used:.2f} s of CPU"
+
+
 # -- 4, 5: numbers out of range, the static route --------------------------------------------
 
 
