@@ -66,6 +66,9 @@ encoding = UTF-8
 # The daemon decides who may read and push; these keep hgweb from adding rules.
 allow-push = *
 push_ssl = False
+# Whoever may read a repository may download it as .zip, .tar.gz or .tar.bz2
+# (/OWNER/NAME/archive/REV.zip).  Empty: no downloads.
+allow-archive = zip gz bz2
 
 [hooks]
 # Your own hooks go here; they run after the hosting checks.  Example:
