@@ -97,6 +97,7 @@ def reposetup(ui, repo) -> None:
             row = _settle_before_transaction(self, site, owner, name)
             return hooks.open_transaction(self, row, lambda: super(hostingrepo, self).transaction(desc, report))
 
+    setattr(hostingrepo, hooks.ENFORCED, True)  # what the daemon checks before a write
     repo.__class__ = hostingrepo
     if ui.configbool(b"hosting", b"auto-recover") and repo.svfs.exists(b"journal"):
         _recover_if_abandoned(repo, site, owner, name)

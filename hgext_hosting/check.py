@@ -15,7 +15,12 @@ flight and the push log and the changelog can be compared), then reports:
 - directories under ``repos/`` without a row: ``--repair`` registers them
   (private, so nothing becomes visible by accident) when their owner exists and
   the name is valid, else moves them to ``lost+found/``;
-- rows without a directory: ``--repair`` removes the row.
+- rows without a directory: ``--repair`` removes the row;
+- a repository whose ``hg`` would not run the extension (its ``.hg/hgrc``
+  does not include the site hgrc, or the configuration does not enable
+  ``[extensions] hosting``): pushes to it would be neither checked nor
+  recorded.  Not repaired: ``hg-hosting init`` adds the extension to the site
+  hgrc; a repository's own ``.hg/hgrc`` is the administrator's to fix.
 
 Exit status: 0 when everything agrees (or ``--repair`` mended all of it), 1
 otherwise.
@@ -97,6 +102,12 @@ def _open(site: Site, path: Path):
 
 
 def _check_repository(site: Site, row: Repository, full: str, report: Report, repair: bool) -> None:
+    for problem in site.enforcement_problems(site.repo_path(row.owner.name, row.name)):
+        # Pushes to it are refused by the daemon and ssh-serve, but a local hg push
+        # would land unchecked and unrecorded: an administrator must look.
+        report.problems.append(f"{full}: {problem}; pushes are neither checked nor recorded"
+                               " (run 'hg-hosting init' to add the extension to the site hgrc)")
+        report.unrepaired += 1
     try:
         repo = _open(site, site.repo_path(row.owner.name, row.name))
     except hgerror.RepoError as e:
