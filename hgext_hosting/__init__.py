@@ -141,6 +141,49 @@ def _recover_if_abandoned(repo, site, owner: str, name: str) -> None:
 
 def uisetup(ui) -> None:
     _wrap_ssh_unbundle()
+    _refuse_remote_changegroup()
+
+
+#: Why a pushed ``remote-changegroup`` part is refused.
+REMOTE_CHANGEGROUP_REFUSED = (
+    b"hosting: remote-changegroup parts are not accepted by this server (it fetches no URL for a push)"
+)
+
+
+def _refuse_remote_changegroup() -> None:
+    """Never fetch a URL named by a pushed bundle: no ``remote-changegroup`` (SSRF).
+
+    Mercurial advertises ``remote-changegroup=http,https`` and, given such a
+    bundle2 part, opens the URL from the server (``url.open`` in
+    ``bundle2_part_handlers.py``) before the transaction, whoever pushes: a
+    user with write access to any repository could make the server connect
+    anywhere and tell an open port from a closed one.  The capability is
+    dropped from what a server advertises, and the part is refused on every
+    transport (HTTP, ``serve --stdio``, ``hg unbundle``) before any connection.
+    """
+    from mercurial import bundle2, bundle2_part_handlers, extensions  # noqa: F401 - registers the parts
+    from mercurial.exchanges import bundle_caps
+
+    handler = bundle2.parthandlermapping.get(b"remote-changegroup")
+    if handler is not None and not getattr(handler, "_hosting", False):
+
+        def refuse(op, inpart):
+            raise error.Abort(REMOTE_CHANGEGROUP_REFUSED)
+
+        refuse.params = handler.params
+        refuse._hosting = True
+        bundle2.parthandlermapping[b"remote-changegroup"] = refuse
+
+    if not getattr(bundle_caps.get_repo_caps, "_hosting", False):
+
+        def get_repo_caps(orig, repo, *args, **kwargs):
+            caps = orig(repo, *args, **kwargs)
+            if kwargs.get("role") == b"server" or (len(args) > 1 and args[1] == b"server"):
+                caps.pop(b"remote-changegroup", None)
+            return caps
+
+        extensions.wrapfunction(bundle_caps, "get_repo_caps", get_repo_caps)
+        bundle_caps.get_repo_caps._hosting = True
 
 
 def _wrap_ssh_unbundle() -> None:

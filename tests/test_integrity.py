@@ -31,6 +31,7 @@ import socket
 import sqlite3
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,7 @@ class World:
         return f"http://alice:{secret}@127.0.0.1:{self.daemon.port}/{full}"
 
     def craft(self, url: str, kind: str, arg: str, *extra: str) -> str:
-        env = {**self.site.env, "FAKESSH_ROOT": str(self.site.root / "repos")}
+        env = {**self.site.env, "FAKESSH_ROOT": str(self.site.root / "repos"), "HG_HOSTING_USER": "alice"}
         return run([sys.executable, "-c", CRAFT, url, kind, arg, *extra], env, timeout=120).stdout.strip()
 
     def wc(self, name: str, size: int = 0) -> Path:
@@ -302,3 +303,31 @@ def test_check_reports_repositories_without_the_extension(bare):
     assert "alice/demo: the hg-hosting extension is not enabled" in proc.stdout, proc.stdout
     assert "alice/noinclude: .hg/hgrc does not include the site hgrc" in proc.stdout, proc.stdout
     assert "alice/demo: .hg/hgrc" not in proc.stdout
+
+
+# -- 2. remote-changegroup: no server-side fetch of a URL --------------------------------
+
+
+def test_remote_changegroup_not_advertised(world):
+    """Neither HTTP nor ``serve --stdio`` offers remote-changegroup among its bundle2 capabilities."""
+    for url, extra in ((world.http(), ()), ("ssh://x/alice/demo", ("--config", f"ui.ssh={world.fakessh}"))):
+        out = world.site.hg("debugcapabilities", *extra, url,
+                            env={"FAKESSH_ROOT": str(world.site.root / "repos")}).stdout
+        assert "changegroup" in out and "remote-changegroup" not in out, out
+
+
+@pytest.mark.parametrize("transport", ["http", "ssh"])
+def test_remote_changegroup_part_refused(world, transport):
+    """A pushed remote-changegroup part naming a listening socket: refused, never connected to."""
+    listener = Listener()
+    try:
+        target = f"http://127.0.0.1:{listener.port}/x.hg"
+        if transport == "http":
+            out = world.craft(world.http(), "remote-changegroup", target)
+        else:
+            out = world.craft("ssh://x/alice/demo", "remote-changegroup", target, world.fakessh)
+        time.sleep(0.5)  # a connection attempt made at the end would show by now
+        assert listener.connections == 0
+    finally:
+        listener.close()
+    assert "remote-changegroup parts are not accepted by this server" in out, out
