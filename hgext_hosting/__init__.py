@@ -142,6 +142,7 @@ def _recover_if_abandoned(repo, site, owner: str, name: str) -> None:
 def uisetup(ui) -> None:
     _wrap_ssh_unbundle()
     _refuse_remote_changegroup()
+    _answer_committed_pushes()
 
 
 #: Why a pushed ``remote-changegroup`` part is refused.
@@ -184,6 +185,30 @@ def _refuse_remote_changegroup() -> None:
 
         extensions.wrapfunction(bundle_caps, "get_repo_caps", get_repo_caps)
         bundle_caps.get_repo_caps._hosting = True
+
+
+def _answer_committed_pushes() -> None:
+    """Answer a committed bundle2 push that asked for no reply with an (empty) bundle2 reply.
+
+    A client that sends no ``replycaps`` part gets ``op.reply`` None; the push is
+    applied and committed, then Mercurial's wire layer fails formatting the
+    answer (``'%d' % None``) and the client is told the request was malformed.
+    Here such a push is answered like any other successful bundle2 push.
+    """
+    from mercurial import bundle2, exchange, extensions
+
+    if getattr(exchange.unbundle, "_hosting", False):
+        return
+
+    def unbundle(orig, repo, cg, heads, source, url):
+        result = orig(repo, cg, heads, source, url)
+        if result is None and isinstance(cg, bundle2.unbundle20):
+            result = bundle2.bundle20(repo.ui)  # committed: tr.close() returned
+            result.newpart(b"output", data=b"hosting: push applied and recorded\n", mandatory=False)
+        return result
+
+    extensions.wrapfunction(exchange, "unbundle", unbundle)
+    exchange.unbundle._hosting = True
 
 
 def _wrap_ssh_unbundle() -> None:

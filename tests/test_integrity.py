@@ -331,3 +331,22 @@ def test_remote_changegroup_part_refused(world, transport):
     finally:
         listener.close()
     assert "remote-changegroup parts are not accepted by this server" in out, out
+
+
+# -- 3. a committed push is answered as committed ------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["http", "ssh"])
+def test_bundle_without_replycaps_answered_as_committed(world, transport):
+    """A bundle2 without replycaps that commits gets a bundle2 answer, not ``400 malformed request``."""
+    wc = world.wc(f"noreply-{transport}")
+    bundle = world.tmp / f"noreply-{transport}.hg"
+    world.site.hg("bundle", "-q", "-t", "none-v2", "-a", str(bundle), cwd=wc)
+    node = world.site.hg("log", "-r", "tip", "-T", "{node}", cwd=wc).stdout
+    if transport == "http":
+        out = world.craft(world.http(), "file", str(bundle))
+    else:
+        out = world.craft("ssh://x/alice/demo", "file", str(bundle), world.fakessh)
+    assert "error" not in out and "abort" not in out, out
+    assert out.splitlines()[-1] == "part output", out
+    assert world.site.cli_json("pushlog", "alice/demo")[0]["changesets"] == [node]
