@@ -350,3 +350,75 @@ def test_bundle_without_replycaps_answered_as_committed(world, transport):
     assert "error" not in out and "abort" not in out, out
     assert out.splitlines()[-1] == "part output", out
     assert world.site.cli_json("pushlog", "alice/demo")[0]["changesets"] == [node]
+
+
+# -- 4. large bodies only from an authenticated push -----------------------------------------
+
+
+def headers_only(port: int, head: bytes, timeout: float = 30) -> bytes:
+    """Send a request's headers and no body; return the whole answer the server gives to them."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    received = b""
+    try:
+        sock.sendall(head)
+        with contextlib.suppress(ConnectionResetError, socket.timeout):
+            while chunk := sock.recv(65536):
+                received += chunk
+                top, sep, body = received.partition(b"\r\n\r\n")
+                length = [int(line.split(b":")[1]) for line in top.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:")]
+                if sep and length and len(body) >= length[0]:
+                    break
+    finally:
+        sock.close()
+    return received
+
+
+def basic(user: str, secret: str) -> bytes:
+    import base64
+
+    return b"Authorization: Basic " + base64.b64encode(f"{user}:{secret}".encode()) + b"\r\n"
+
+
+BIG = 300 * 1024 * 1024
+
+
+@pytest.mark.parametrize("target,auth,status", [
+    (b"/-/login", b"", 413),
+    (b"/-/login", "token", 413),
+    (b"/api/v1/repos", "token", 413),
+    (b"/alice/demo?cmd=unbundle", b"", 401),
+    (b"/alice/demo?cmd=unbundle", "wrong-token", 401),
+    (b"/alice/demo?cmd=unbundle", "wrong-password", 401),
+], ids=["login-anonymous", "login-token", "api-token", "unbundle-anonymous", "unbundle-wrong-token",
+        "unbundle-wrong-password"])
+def test_large_body_refused_from_its_headers(world, target, auth, status):
+    """A 300 MB body is answered from its headers alone unless it is an authenticated push.
+
+    413 for anything but a push; a push without valid credentials is challenged
+    (401), its password verified off the reactor; none of it is stored.
+    """
+    if auth == "token":
+        auth = basic("alice", world.token)
+    elif auth == "wrong-token":
+        auth = basic("alice", "hgh_" + "0" * 43)
+    elif auth == "wrong-password":
+        auth = basic("alice", "not-her-password")
+    head = (b"POST " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n" % BIG
+            + b"Content-Type: application/mercurial-0.1\r\n" + auth + b"\r\n")
+    answer = headers_only(world.daemon.port, head)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:300]
+    if status == 413:
+        assert answer.endswith(b"request body too large: the limit is 4 MB"
+                               b" (only an authenticated push may send more)\n"), answer
+    else:
+        assert b"WWW-Authenticate: Basic" in answer
+
+
+def test_authenticated_push_may_send_a_large_body(world):
+    """A push of a 6 MB bundle (over the small cap) lands, with a password and with a token."""
+    for name, secret in (("big-pw", PASSWORD), ("big-token", world.token)):
+        wc = world.wc(name, size=6 * 1024 * 1024)
+        world.site.hg("push", "-q", "-f", world.http(secret=secret), cwd=wc)
+        node = world.site.hg("log", "-r", "tip", "-T", "{node}", cwd=wc).stdout
+        assert world.site.cli_json("pushlog", "alice/demo")[0]["changesets"] == [node]
