@@ -53,8 +53,20 @@ In the site ``hgrc``::
   lock-timeout = 60
   # recover an interrupted transaction when a repository is opened
   auto-recover = True
-  # the largest HTTP request body (a pushed bundle) the daemon accepts, in MB
+  # the largest bundle an authenticated HTTP push may send, in MB; every
+  # other request body (forms, the API, anonymous requests) is refused over 4 MB
   max-request-mb = 2048
+
+The site ``hgrc`` must keep ``[extensions] hosting =``, and every repository's
+``.hg/hgrc`` must include the site ``hgrc``: a process that does not load the
+extension would let pushes land unchecked and unrecorded.  ``hg-hosting init``
+adds the line to a site ``hgrc`` that lacks it; the daemon (HTTP and SSH) and
+``hg-hosting ssh-serve`` refuse every push to a repository whose ``hg`` would
+not load it; ``hg-hosting check`` lists such repositories (a local ``hg push``
+into one cannot be stopped, only found).
+
+Pushed bundles may not name a URL for the server to fetch: bundle2's
+``remote-changegroup`` part is neither advertised nor accepted.
 
 Administrators' own hooks go in the site ``hgrc`` too.  The permission check
 runs when the transaction opens, before any of them; this extension's checks

@@ -1,6 +1,8 @@
 """A site: one directory holding the database, the repositories and the site hgrc.
 
-Layout (``hg-hosting init`` creates it; running it again changes nothing that exists)::
+Layout (``hg-hosting init`` creates it; running it again changes nothing that
+exists, except that a site hgrc without ``[extensions] hosting =`` gets that
+line appended, and one that disables it is refused)::
 
     SITE/hgrc                  site hgrc: enables the extension; administrators' hooks
     SITE/hosting.db            SQLite database (mode 0600), unless [hosting] database
@@ -12,7 +14,9 @@ Layout (``hg-hosting init`` creates it; running it again changes nothing that ex
 
 Every repository's ``.hg/hgrc`` includes ``SITE/hgrc`` by a relative path, so the
 site can be moved as a whole and any ``hg`` process opening a repository runs
-the hooks.  The site directory is, in order: ``--site``, ``$HG_HOSTING_SITE``,
+the hooks.  :meth:`Site.enforcement_problems` says why a given ``hg`` would
+not (the include or the extension is missing): the SSH front ends ask it before
+starting ``hg serve --stdio``, and ``check`` for every repository.  The site directory is, in order: ``--site``, ``$HG_HOSTING_SITE``,
 ``$XDG_DATA_HOME/hg-hosting`` (``~/.local/share/hg-hosting``).
 """
 
