@@ -416,9 +416,13 @@ def test_large_body_refused_from_its_headers(world, target, auth, status):
 
 
 def test_authenticated_push_may_send_a_large_body(world):
-    """A push of a 6 MB bundle (over the small cap) lands, with a password and with a token."""
+    """A push of a 6 MB bundle (over the 4 MB cap of other bodies) lands, by password and by token."""
+    challenged = world.daemon.log().count("answered 401 to a push from its headers")
     for name, secret in (("big-pw", PASSWORD), ("big-token", world.token)):
         wc = world.wc(name, size=6 * 1024 * 1024)
         world.site.hg("push", "-q", "-f", world.http(secret=secret), cwd=wc)
         node = world.site.hg("log", "-r", "tip", "-T", "{node}", cwd=wc).stdout
         assert world.site.cli_json("pushlog", "alice/demo")[0]["changesets"] == [node]
+    # hg sent its first unbundle without credentials (reading a public repository needs
+    # none): challenged from the headers, it retried with them, verified off the reactor
+    assert world.daemon.log().count("answered 401 to a push from its headers") == challenged + 2
