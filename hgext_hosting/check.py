@@ -105,8 +105,7 @@ def _check_repository(site: Site, row: Repository, full: str, report: Report, re
     for problem in site.enforcement_problems(site.repo_path(row.owner.name, row.name)):
         # Pushes to it are refused by the daemon and ssh-serve, but a local hg push
         # would land unchecked and unrecorded: an administrator must look.
-        report.problems.append(f"{full}: {problem}; pushes are neither checked nor recorded"
-                               " (run 'hg-hosting init' to add the extension to the site hgrc)")
+        report.problems.append(f"{full}: {problem}; pushes are neither checked nor recorded")
         report.unrepaired += 1
     try:
         repo = _open(site, site.repo_path(row.owner.name, row.name))

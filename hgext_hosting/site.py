@@ -315,7 +315,8 @@ class Site:
         if "HGRCSKIPREPO" in environ:
             problems.append("HGRCSKIPREPO is set, so hg would not read the repository's .hg/hgrc")
         if os.path.realpath(self.hgrc) not in _included_files(repo_hgrc):
-            problems.append(f".hg/hgrc does not include the site hgrc ({self.hgrc})")
+            problems.append(f".hg/hgrc does not include the site hgrc {self.hgrc}"
+                            f" (add '%include {os.path.relpath(self.hgrc, repo_hgrc.parent)}' to it)")
         ui = uimod.ui()
         ui.setconfig(b"ui", b"report_untrusted", b"false", b"hosting")
         try:
@@ -325,7 +326,8 @@ class Site:
         except (error.ConfigError, error.ParseError) as e:
             return [*problems, f"cannot read its configuration: {_one_line(e)}"]
         if not extension_enabled(ui.config(b"extensions", EXTENSION)):
-            problems.append("the hg-hosting extension is not enabled ([extensions] hosting =)")
+            problems.append("the hg-hosting extension is not enabled"
+                            " ('hg-hosting init' adds '[extensions] hosting =' to the site hgrc)")
         return problems
 
     # -- creating ----------------------------------------------------------

@@ -196,8 +196,8 @@ def require_enforced(site, path: Path, full_name: str, environ: Mapping[str, str
     problems = site.enforcement_problems(path, environ)
     if problems:
         raise UserError(
-            f"{full_name} does not run the hg-hosting extension ({problems[0]});"
-            " ask an administrator to run 'hg-hosting check'"
+            f"{full_name} does not run the hg-hosting extension, so its pushes would be neither"
+            " checked nor recorded; ask an administrator to run 'hg-hosting check'"
         )
 
 
