@@ -101,7 +101,9 @@ def enforcement_problem(repo) -> str | None:
 
     The proof that the checks and the recorder run is on the object itself: its
     class went through the extension's ``reposetup`` (:data:`ENFORCED`) and its
-    ui enables ``[extensions] hosting``.  The daemon asks before every write.
+    ui enables ``[extensions] hosting``.  And its ``.hg/hgrc`` includes the site
+    hgrc: otherwise the hooks would run without the site's settings (its
+    database URL, the administrators' hooks).  The daemon asks before every write.
     """
     from .site import EXTENSION, extension_enabled
 
@@ -109,6 +111,9 @@ def enforcement_problem(repo) -> str | None:
         return "the hg-hosting extension did not set this repository up"
     if not extension_enabled(repo.ui.config(b"extensions", EXTENSION)):
         return "the hg-hosting extension is not enabled in its configuration"
+    located = locate(repo)
+    if located is None or not located[0].included_by(repo.root):
+        return "its .hg/hgrc does not include the site hgrc"
     return None
 
 

@@ -297,6 +297,10 @@ class Site:
             f.write(("" if not text or text.endswith("\n") else "\n") + EXTENSION_LINES)
         return [f"[extensions] hosting = in {self.hgrc}"]
 
+    def included_by(self, repo_path: Path | str) -> bool:
+        """Does the repository's ``.hg/hgrc`` include this site's hgrc (directly or not)?"""
+        return os.path.realpath(self.hgrc) in _included_files(Path(os.fsdecode(repo_path)) / ".hg" / "hgrc")
+
     def enforcement_problems(self, repo_path: Path | str, environ: Mapping[str, str] | None = None) -> list[str]:
         """Why an ``hg`` started with ``environ`` in ``repo_path`` would not run the extension.
 
@@ -314,7 +318,7 @@ class Site:
         problems = []
         if "HGRCSKIPREPO" in environ:
             problems.append("HGRCSKIPREPO is set, so hg would not read the repository's .hg/hgrc")
-        if os.path.realpath(self.hgrc) not in _included_files(repo_hgrc):
+        if not self.included_by(repo_path):
             problems.append(f".hg/hgrc does not include the site hgrc {self.hgrc}"
                             f" (add '%include {os.path.relpath(self.hgrc, repo_hgrc.parent)}' to it)")
         ui = uimod.ui()

@@ -257,6 +257,24 @@ def test_daemon_refuses_http_writes_without_the_extension(bare):
     assert revcount(site, "alice/demo") == 1 and push_rows(site) == before
 
 
+def test_daemon_refuses_http_writes_without_the_site_hgrc(bare):
+    """A repository enabling the extension in its own hgrc but not including the site's: refused.
+
+    Its hooks would run with none of the site's settings (another database,
+    the administrators' hooks missing), so the daemon refuses it like a
+    repository without the extension.
+    """
+    site, daemon, tmp = bare
+    wc = tmp / "noinclude-wc"
+    site.hg("init", str(wc))
+    commit(site.hg, wc, "e.txt", "e\n")
+    proc = site.hg("push", f"http://alice:{PASSWORD}@127.0.0.1:{daemon.port}/alice/noinclude", cwd=wc,
+                   check=False)
+    assert proc.returncode != 0
+    assert "HTTP Error 403: alice/noinclude does not run the hg-hosting extension" in proc.stderr, proc.stderr
+    assert revcount(site, "alice/noinclude") == 0
+
+
 def test_ssh_serve_refuses_without_the_extension(bare):
     """The forced command refuses the session with one line before ``hg serve`` runs."""
     site, _, tmp = bare
