@@ -16,7 +16,9 @@ Every repository's ``.hg/hgrc`` includes ``SITE/hgrc`` by a relative path, so th
 site can be moved as a whole and any ``hg`` process opening a repository runs
 the hooks.  :meth:`Site.enforcement_problems` says why a given ``hg`` would
 not (the include or the extension is missing): the SSH front ends ask it before
-starting ``hg serve --stdio``, and ``check`` for every repository.  The site directory is, in order: ``--site``, ``$HG_HOSTING_SITE``,
+starting ``hg serve --stdio``, and ``check`` for every repository.
+
+The site directory is, in order: ``--site``, ``$HG_HOSTING_SITE``,
 ``$XDG_DATA_HOME/hg-hosting`` (``~/.local/share/hg-hosting``).
 """
 
@@ -110,7 +112,7 @@ def extension_enabled(value: bytes | None) -> bool:
 def _included_files(path: Path) -> set[str]:
     """The real paths of ``path`` and every file it ``%include``s, recursively, as hg reads them."""
     from mercurial import config as hgconfig
-    from mercurial import util
+    from mercurial import error, util
 
     seen: set[str] = set()
 
@@ -128,7 +130,10 @@ def _included_files(path: Path) -> set[str]:
         def include(rel: bytes, remap=None, sections=None) -> None:
             read(os.path.normpath(os.path.join(os.path.dirname(file), util.expandpath(rel))))
 
-        hgconfig.config().parse(file, data, include=include)
+        try:
+            hgconfig.config().parse(file, data, include=include)
+        except (error.ConfigError, error.ParseError):
+            return  # what hg could not read includes nothing (and hg itself would fail)
 
     read(os.fsencode(path))
     return seen
@@ -272,7 +277,7 @@ class Site:
         try:
             cfg.read(os.fsencode(self.hgrc))
         except (error.ConfigError, error.ParseError, OSError) as e:
-            raise SiteError(f"cannot read {self.hgrc}: {_one_line(e)}") from None
+            raise SiteError(f"cannot read the site hgrc: {_one_line(e)}") from None
         source = cfg.source(b"extensions", EXTENSION) or b""
         return cfg.get(b"extensions", EXTENSION), os.fsdecode(source)
 
@@ -366,10 +371,12 @@ class Site:
 
 
 def _one_line(e: Exception) -> str:
+    """The first line of a Mercurial or OS error, for a one-line message."""
     from mercurial.utils import stringutil
 
-    text = stringutil.forcebytestr(e) if not isinstance(e, str) else e.encode()
-    return os.fsdecode(text).splitlines()[0][:200] if text else type(e).__name__
+    text = e.format() if hasattr(e, "format") else stringutil.forcebytestr(e)  # hg's: "... at FILE:LINE: ..."
+    lines = os.fsdecode(text).splitlines()
+    return lines[0][:200] if lines else type(e).__name__
 
 
 def _new_host_key() -> bytes:

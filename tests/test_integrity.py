@@ -218,6 +218,10 @@ def test_init_refuses_a_disabled_extension(tmp_path):
     line = site.refuse("init")
     assert str(site.root / "hgrc") in line and "hosting =" in line
     assert (site.root / "hgrc").read_text() == "[extensions]\nhosting = !\n"
+    assert not (site.root / "hosting.db").exists()  # refused before anything was created
+    (site.root / "hgrc").write_text("[extensions\nhosting =\n")
+    line = site.refuse("init")
+    assert f"config error at {site.root / 'hgrc'}:1" in line
 
 
 @pytest.fixture(scope="module")
