@@ -216,7 +216,7 @@ def _answer_committed_pushes() -> None:
         result = orig(repo, cg, heads, source, url)
         if result is None and isinstance(cg, bundle2.unbundle20):
             result = bundle2.bundle20(repo.ui)  # committed: tr.close() returned
-            result.newpart(b"output", data=b"hosting: push applied and recorded\n", mandatory=False)
+            result.newpart(b"output", data=b"hosting: push applied\n", mandatory=False)
         return result
 
     extensions.wrapfunction(exchange, "unbundle", unbundle)
