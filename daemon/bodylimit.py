@@ -176,6 +176,9 @@ class BoundedRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def _write_raw(self, status: str, message: str, extra: bytes = b"") -> None:
+        # Answered from the headers: no "100 Continue" may follow (Twisted sends one
+        # after gotLength when the client asked with Expect).
+        self.requestHeaders.removeHeader(b"expect")
         body = (message + "\n").encode("utf-8")
         self.channel.transport.write(
             b"HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\n%s"

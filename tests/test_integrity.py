@@ -437,6 +437,16 @@ def test_large_body_refused_from_its_headers(world, target, auth, status):
         assert b"WWW-Authenticate: Basic" in answer
 
 
+def test_large_body_refused_with_expect_continue(world):
+    """A client that waits for ``100 Continue`` gets the refusal alone, never an invitation to send."""
+    for target in (b"/-/login", b"/alice/demo?cmd=unbundle"):
+        head = (b"POST " + target + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n" % BIG
+                + b"Expect: 100-continue\r\n\r\n")
+        answer = headers_only(world.daemon.port, head)
+        assert answer.startswith((b"HTTP/1.1 413 ", b"HTTP/1.1 401 ")), answer[:300]
+        assert b"100 Continue" not in answer, answer
+
+
 def test_authenticated_push_may_send_a_large_body(world):
     """A push of a 6 MB bundle (over the 4 MB cap of other bodies) lands, by password and by token."""
     challenged = world.daemon.log().count("answered 401 to a push from its headers")
