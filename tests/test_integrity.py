@@ -259,6 +259,12 @@ def test_daemon_refuses_http_writes_without_the_extension(bare):
     assert proc.returncode != 0
     assert "HTTP Error 403: alice/demo does not run the hg-hosting extension" in proc.stderr, proc.stderr
     assert revcount(site, "alice/demo") == 1 and push_rows(site) == before
+    # a bookmark-only push (bundle2 bookmarks part, or pushkey) is a write too
+    site.hg("bookmark", "-r", "0", "feature", cwd=wc)
+    proc = site.hg("push", "-B", "feature", f"http://alice:{PASSWORD}@127.0.0.1:{daemon.port}/alice/demo",
+                   cwd=wc, check=False)
+    assert proc.returncode != 0 and "HTTP Error 403" in proc.stderr, proc.stderr
+    assert site.hg("-R", str(site.repo_path("alice/demo")), "bookmarks", "-T", "{bookmark}").stdout == ""
 
 
 def test_daemon_refuses_http_writes_without_the_site_hgrc(bare):
