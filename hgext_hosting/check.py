@@ -19,8 +19,9 @@ flight and the push log and the changelog can be compared), then reports:
 - a repository whose ``hg`` would not run the extension (its ``.hg/hgrc``
   does not include the site hgrc, or the configuration does not enable
   ``[extensions] hosting``): pushes to it would be neither checked nor
-  recorded.  Not repaired: ``hg-hosting init`` adds the extension to the site
-  hgrc; a repository's own ``.hg/hgrc`` is the administrator's to fix.
+  recorded.  ``--repair`` adds ``[extensions] hosting =`` to a site hgrc
+  without it, as ``init`` does (not to one that says ``hosting = !``); a
+  repository's own ``.hg/hgrc`` is the administrator's to fix.
 
 Exit status: 0 when everything agrees (or ``--repair`` mended all of it), 1
 otherwise.
@@ -63,6 +64,7 @@ class Report:
 
 def run(site: Site, repair: bool = False) -> Report:
     report = Report()
+    _check_site_hgrc(site, report, repair)
     rows = {
         (r.owner.name, r.name): r
         for r in Repository.select(Repository, Owner).join(Owner)
@@ -81,6 +83,29 @@ def run(site: Site, repair: bool = False) -> Report:
     for key in sorted(on_disk - set(rows)):
         _check_orphan_directory(site, key, report, repair)
     return report
+
+
+def _check_site_hgrc(site: Site, report: Report, repair: bool) -> None:
+    """The site hgrc must enable the extension; ``--repair`` adds it as ``init`` does."""
+    from .site import SiteError, extension_enabled
+
+    try:
+        value, source = site.hgrc_extension()
+    except SiteError as e:
+        report.problems.append(str(e))
+        report.unrepaired += 1
+        return
+    if extension_enabled(value):
+        return
+    report.problems.append(f"{source or site.hgrc}: the site hgrc does not enable the hg-hosting extension")
+    if not repair:
+        return
+    try:
+        for what in site.ensure_hgrc():
+            report.repairs.append(f"added {what}")
+    except SiteError as e:  # 'hosting = !': an explicit choice, left to the administrator
+        report.repairs.append(f"not repaired: {e}")
+        report.unrepaired += 1
 
 
 def _directories(site: Site):

@@ -224,6 +224,25 @@ def test_init_refuses_a_disabled_extension(tmp_path):
     assert f"config error at {site.root / 'hgrc'}:1" in line
 
 
+def test_check_repair_adds_the_extension_to_the_site_hgrc(tmp_path):
+    """An edit dropped the extension: ``check`` reports it, ``check --repair`` adds it back."""
+    site = site_handle(tmp_path)
+    site.cli("init")
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/demo")
+    hgrc = site.root / "hgrc"
+    hgrc.write_text(hgrc.read_text().replace("\nhosting =\n", "\n"))
+    proc = site.cli("check", check=False)
+    assert proc.returncode == 1
+    assert f"problem: {hgrc}: the site hgrc does not enable the hg-hosting extension" in proc.stdout
+    assert "alice/demo: the hg-hosting extension is not enabled" in proc.stdout
+    proc = site.cli("check", "--repair", check=False)
+    assert proc.returncode == 0, proc.stdout
+    assert f"repaired: added [extensions] hosting = in {hgrc}" in proc.stdout
+    assert "alice/demo: the hg-hosting extension" not in proc.stdout  # checked after the repair
+    assert site.cli("check").stdout.startswith("ok")
+
+
 @pytest.fixture(scope="module")
 def bare(tmp_path_factory):
     """A site whose hgrc lost its ``[extensions] hosting =`` after init, and a daemon on it."""
