@@ -28,7 +28,7 @@ from mercurial.hgweb import common as hgwebcommon
 from mercurial.hgweb import webcommands
 from twisted.logger import Logger
 
-from hgext_hosting import names, policy, pushdb
+from hgext_hosting import hooks, names, policy, pushdb
 from hgext_hosting.models import Owner, Repository
 
 from . import jsonpushes
@@ -47,11 +47,21 @@ def hosting_permhook(hgweb, req, op) -> None:
 
     The daemon already decided; this is defense in depth for wire commands
     nested in ``batch``.  Only our daemon puts ``hosting.level`` in the environ.
+    And no write reaches a repository object that the extension did not set up
+    (its site hgrc lost ``[extensions] hosting``): it would be neither checked
+    nor recorded.
     """
     if op in (b"push", b"upload"):
         level = req.rawenv.get(LEVEL_KEY.encode())
         if level not in (b"write", b"admin", "write", "admin"):
             raise hgwebcommon.ErrorResponse(hgwebcommon.HTTP_FORBIDDEN, b"write access required")
+        problem = hooks.enforcement_problem(hgweb.repo)
+        if problem is not None:
+            log.error("refused a push to {repo}: {problem}", repo=hgweb.reponame, problem=problem)
+            raise hgwebcommon.ErrorResponse(
+                hgwebcommon.HTTP_FORBIDDEN,
+                b"%s does not run the hg-hosting extension; pushes are refused (ask an administrator"
+                b" to run 'hg-hosting check')" % (hgweb.reponame or b"this repository"))
 
 
 if hosting_permhook not in hgwebcommon.permhooks:

@@ -265,6 +265,7 @@ class HTTPService(service.Service):
         self.site_factory = TrackingSite(Root(wsgi, self.tracker), requestFactory=BoundedRequest)
         self.site_factory.displayTracebacks = False
         self.site_factory.max_request_bytes = site.ui.configint(b"hosting", b"max-request-mb") * 1024 * 1024
+        self.site_factory.authenticator = auth  # daemon.bodylimit: who may send a large body
         self.listening = None
 
     def startService(self) -> None:

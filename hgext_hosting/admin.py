@@ -385,7 +385,8 @@ def cmd_ssh_serve(args, site: Site) -> int:
     check; then this process becomes ``hg -R ABS serve --stdio`` (``exec``),
     wired to sshd's stdin and stdout, with ``HG_HOSTING_USER`` set to the user
     and every other ``HG*`` variable removed (sshd passes variables the client
-    sent when ``AcceptEnv`` lets it).  Pushes are decided by the hooks.
+    sent when ``AcceptEnv`` lets it).  Pushes are decided by the hooks, so a
+    session whose ``hg`` would not load the extension is refused first.
     """
     from . import models, sshcommand
 
@@ -396,6 +397,7 @@ def cmd_ssh_serve(args, site: Site) -> int:
         raise UserError(f"no repository {owner}/{name}")
     hg = sshcommand.hg_executable()
     env = sshcommand.session_environ(os.environ, args.user)
+    sshcommand.require_enforced(site, path, f"{owner}/{name}", env)
     models.db.close()
     sys.stdout.flush()
     sys.stderr.flush()
