@@ -1,0 +1,188 @@
+"""Credentials, sessions and the login throttle, from outside: real daemon, real ``hg``.
+
+One module-scoped site and daemon (``auth``) serve most tests.  Its site hgrc
+sets ``[hosting] trusted-proxies = 127.0.0.5`` and a per-name limit of 20
+failures (so that the per-name test needs 20 argon2 checks, not 50).  Every
+test that trips the throttle uses user names and loopback source addresses
+(``127.0.0.N``) of its own, so tests do not block each other:
+
+=========  ==========================  ============================================
+user       addresses                   test
+=========  ==========================  ============================================
+alice      127.0.0.1                   token last use
+bob        127.0.0.1                   login redirects
+carol,zed  127.0.0.1                   sessions end with the password / the user
+(spray)    127.0.0.3                   wrong tokens throttled, table bounded
+dave       127.0.0.1 / 127.0.0.4       a pair is blocked before a name or address
+erin       proxy 127.0.0.5, 127.0.0.6  X-Forwarded-For only from trusted proxies
+frank      127.0.0.7                   Basic and the login form share one count
+gina       127.0.0.1 / .10 / .11 / .12 a name is blocked, except from its known address
+hank       127.0.0.8                   ``--workers 2``, 60 concurrent wrong passwords
+=========  ==========================  ============================================
+
+The expiry test has a site of its own with a short window and a small table.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import sqlite3
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from conftest import HG_HOSTING, Daemon, SiteHandle, commit, site_handle
+
+PASSWORDS = {name: f"{name}-pw-{i}" for i, name in
+             enumerate(["alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank", "zed"])}
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def add_users(site: SiteHandle, passwords: dict[str, str]) -> None:
+    """``user add NAME --password-stdin`` for every user at once (hashing is slow)."""
+    procs = [
+        subprocess.Popen([HG_HOSTING, "--site", str(site.root), "user", "add", name, "--password-stdin"],
+                         env=site.env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+        for name in passwords
+    ]
+    for proc, password in zip(procs, passwords.values(), strict=True):
+        out, err = proc.communicate(password + "\n", timeout=120)
+        assert proc.returncode == 0, out + err
+
+
+def basic(user: str, secret: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()}
+
+
+def request(daemon: Daemon, method: str, path: str, headers: dict[str, str] | None = None,
+            body: bytes | None = None, source: str = "127.0.0.1") -> tuple[int, list[tuple[str, str]], bytes]:
+    """One request from the loopback address ``source``: (status, headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=120, source_address=(source, 0))
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.getheaders(), response.read()
+    finally:
+        conn.close()
+
+
+def status(daemon: Daemon, path: str, headers: dict[str, str] | None = None, source: str = "127.0.0.1") -> int:
+    return request(daemon, "GET", path, headers, source=source)[0]
+
+
+def header(headers: list[tuple[str, str]], name: str) -> str | None:
+    return next((v for k, v in headers if k.lower() == name.lower()), None)
+
+
+def cookies(headers: list[tuple[str, str]]) -> dict[str, str]:
+    jar = {}
+    for k, v in headers:
+        if k.lower() == "set-cookie":
+            name, _, rest = v.partition("=")
+            jar[name] = rest.split(";")[0]
+    return jar
+
+
+def form_login(daemon: Daemon, user: str, password: str, next_: str = "/",
+               source: str = "127.0.0.1") -> tuple[int, list[tuple[str, str]], bytes]:
+    """GET the login form, POST it back with its CSRF token: the POST's answer."""
+    _, headers, _ = request(daemon, "GET", "/-/login", source=source)
+    token = cookies(headers)["hgh_login_csrf"]
+    body = urllib.parse.urlencode({"csrf": token, "user": user, "password": password, "next": next_})
+    return request(daemon, "POST", "/-/login", {
+        "Cookie": f"hgh_login_csrf={token}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }, body.encode(), source=source)
+
+
+def session_cookie(daemon: Daemon, user: str) -> str:
+    status_, headers, _ = form_login(daemon, user, PASSWORDS[user])
+    assert status_ == 303, status_
+    return "hgh_session=" + cookies(headers)["hgh_session"]
+
+
+def db_query(site: SiteHandle, sql: str, params: tuple = ()) -> list[tuple]:
+    conn = sqlite3.connect(site.root / "hosting.db", timeout=30)
+    try:
+        with conn:
+            return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+CAPS = "/alice/demo?cmd=capabilities"
+
+
+# -- the shared site ---------------------------------------------------------------------
+
+
+class Auth:
+    def __init__(self, site: SiteHandle, daemon: Daemon, root: Path, token: str):
+        self.site, self.daemon, self.root, self.token = site, daemon, root, token
+
+
+@pytest.fixture(scope="module")
+def auth(tmp_path_factory) -> Auth:
+    root = tmp_path_factory.mktemp("auth")
+    site = site_handle(root)
+    site.cli("init")
+    with open(site.root / "hgrc", "a") as f:
+        f.write("\n[hosting]\ntrusted-proxies = 127.0.0.5\nlogin-throttle-user = 20\n")
+    add_users(site, PASSWORDS)
+    site.cli("repo", "create", "alice/demo")
+    seed = root / "seed"
+    site.hg("init", str(seed))
+    commit(site.hg, seed, "a.txt", "a\n")
+    site.hg("-R", str(seed), "push", "-q", str(site.repo_path("alice/demo")), user="alice")
+    token = site.cli("token", "create", "alice", "--label", "ci").stdout.strip()
+    daemon = Daemon(site)
+    yield Auth(site, daemon, root, token)
+    daemon.stop()
+    assert "Traceback" not in daemon.log(), daemon.log()[-4000:]
+
+
+# -- 1. API tokens record their last use ---------------------------------------------------
+
+
+# -- 2. no open redirect after logging in --------------------------------------------------
+
+
+# -- 4. a password change or removal ends the user's sessions ------------------------------
+
+
+# -- 3. token guesses are throttled; the table stays bounded --------------------------------
+
+
+# -- 6. no lockout of innocent users -----------------------------------------------------------
+
+
+# -- 5. the throttle is counted before checking, and shared between workers -----------------
+
+
+# -- 3. expiry by time and a capped table ---------------------------------------------------------
+
+
+# -- the schema ------------------------------------------------------------------------------
+
+
+def test_init_upgrades_a_version_1_site(tmp_path):
+    """A site made by the previous release (schema 1: no throttle table, no session epochs) is
+    upgraded by ``hg-hosting init``: its users keep working and the throttle table exists."""
+    site = site_handle(tmp_path)
+    site.cli("init")
+    add_users(site, {"olga": "olga-pw"})
+    db_query(site, "DROP TABLE login_throttle")
+    db_query(site, "ALTER TABLE session DROP COLUMN epoch")
+    db_query(site, "ALTER TABLE owner DROP COLUMN login_epoch")
+    db_query(site, "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    assert "schema version 1" in site.refuse("user", "list")
+    site.cli("init")
+    assert db_query(site, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert db_query(site, "SELECT login_epoch FROM owner WHERE name = 'olga'") == [(0,)]
+    assert db_query(site, "SELECT COUNT(*) FROM login_throttle") == [(0,)]
+    assert [u["name"] for u in site.cli_json("user", "list")] == ["olga"]
