@@ -35,6 +35,8 @@ from pathlib import Path
 import pytest
 from conftest import HG_HOSTING, Daemon, SiteHandle, commit, site_handle
 
+from daemon.pages import safe_next
+
 PASSWORDS = {name: f"{name}-pw-{i}" for i, name in
              enumerate(["alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank", "zed"])}
 
@@ -150,6 +152,41 @@ def auth(tmp_path_factory) -> Auth:
 
 
 # -- 2. no open redirect after logging in --------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [
+    "/\t/evil.example/", "/\n/evil.example/", "/\r\n/evil.example", "\t//evil.example", "/ /evil.example",
+    "//evil.example", "/\\evil.example", "\\\\evil.example", "https://evil.example/", "javascript:alert(1)",
+    "/\x00/evil.example", "/\x7f/evil.example", "/\u3000/evil.example", "/\u00a0/evil.example",
+    "/\u2028/evil.example", "", "evil.example", None,
+])
+def test_safe_next_refuses_anything_but_a_plain_local_path(target):
+    """Control characters, whitespace (any Unicode space), backslashes, schemes and
+    protocol-relative targets all fall back to ``/``."""
+    assert safe_next(target) == "/"
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("/alice/demo", "/alice/demo"),
+    ("/alice/demo/log?rev=tip#top", "/alice/demo/log?rev=tip#top"),
+    ("/-/new?x=%2F%2Fa", "/-/new?x=%2F%2Fa"),
+    ("/\u3002/evil.com", "/%E3%80%82/evil.com"),
+    ("/caf\u00e9", "/caf%C3%A9"),
+])
+def test_safe_next_keeps_local_paths_percent_encoded(target, expected):
+    assert safe_next(target) == expected
+
+
+def test_login_redirects_only_to_local_paths(auth):
+    """The login form's ``next`` with a TAB before ``//`` lands on ``/``; with a non-Latin-1
+    character it is answered (303 to the percent-encoded path), not dropped."""
+    daemon = auth.daemon
+    status_, headers, _ = form_login(daemon, "bob", PASSWORDS["bob"], "/\t/evil.example/")
+    assert (status_, header(headers, "Location")) == (303, "/")
+    status_, headers, _ = form_login(daemon, "bob", PASSWORDS["bob"], "/\u3002/evil.com")
+    assert (status_, header(headers, "Location")) == (303, "/%E3%80%82/evil.com")
+    status_, headers, body = request(daemon, "GET", "/-/login?next=" + urllib.parse.quote("/\t//evil.example"))
+    assert status_ == 200 and b"evil" not in body
 
 
 # -- 4. a password change or removal ends the user's sessions ------------------------------
