@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 
 from hgext_hosting import accounts, credentials, names
-from hgext_hosting.models import Owner, Session, utcnow, write_transaction
+from hgext_hosting.models import ApiToken, Owner, Session, utcnow, write_transaction
 
 SESSION_COOKIE = "hgh_session"
 SESSION_DAYS = 14
@@ -101,10 +101,11 @@ class Authenticator:
     def __init__(self, secret: bytes, cache_seconds: float = 300.0, throttle: Throttle | None = None):
         self._secret = secret
         self._cache_seconds = cache_seconds
-        #: HMAC key -> (user id, name key, created, credentials_epoch, expiry).  The name
-        #: and creation time pin the very user: SQLite may give a removed user's id to
-        #: the next user created, whose epoch starts again at 0.
-        self._cache: dict[bytes, tuple[int, str, object, int, float]] = {}
+        #: HMAC key -> (user id, name key, created, credentials_epoch, expiry, token id).
+        #: The name and creation time pin the very user: SQLite may give a removed
+        #: user's id to the next user created, whose epoch starts again at 0.  The
+        #: token id (None for a password) lets a cached token still record its use.
+        self._cache: dict[bytes, tuple[int, str, object, int, float, int | None]] = {}
         self._lock = threading.Lock()
         self.throttle = throttle or Throttle()
 
@@ -113,27 +114,39 @@ class Authenticator:
         return hmac.new(self._secret, message, hashlib.sha256).digest()
 
     def _cached_user(self, key: bytes) -> Owner | None:
+        """The user of a verified pair still valid, or None.
+
+        One query either way: the user row, or for a token the token row with
+        its user, whose ``last_used`` is refreshed at most once a minute.
+        """
         with self._lock:
             entry = self._cache.get(key)
         if entry is None:
             return None
-        user_id, name_key, created, epoch, expires = entry
+        user_id, name_key, created, epoch, expires, token_id = entry
         if expires < time.monotonic():
             return None
-        user = Owner.get_or_none((Owner.id == user_id) & (Owner.kind == "user"))
-        if (user is None or user.name_key != name_key or user.created != created
-                or user.credentials_epoch != epoch):
+        token = None
+        if token_id is None:
+            user = Owner.get_or_none((Owner.id == user_id) & (Owner.kind == "user"))
+        else:
+            token = ApiToken.select(ApiToken, Owner).join(Owner).where(ApiToken.id == token_id).first()
+            user = token.user if token is not None else None
+        if (user is None or user.id != user_id or user.kind != "user" or user.name_key != name_key
+                or user.created != created or user.credentials_epoch != epoch):
             with self._lock:
                 self._cache.pop(key, None)
             return None
+        if token is not None:
+            accounts.touch_token(token)
         return user
 
-    def _remember(self, key: bytes, user: Owner) -> None:
+    def _remember(self, key: bytes, user: Owner, token_id: int | None = None) -> None:
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[key] = (user.id, user.name_key, user.created, user.credentials_epoch,
-                                time.monotonic() + self._cache_seconds)
+                                time.monotonic() + self._cache_seconds, token_id)
 
     def basic(self, header: str, address: str) -> Owner | Refusal:
         """The user an Authorization header proves, or why not (raises Malformed)."""
@@ -144,10 +157,11 @@ class Authenticator:
             return cached
         keys = (f"addr:{address}", f"user:{names.key(user_name)}")
         if secret.startswith(credentials.TOKEN_PREFIX):
-            user = accounts.check_token(user_name, secret)
-            if user is not None:
-                self._remember(key, user)
-                return user
+            token = accounts.find_token(user_name, secret)
+            if token is not None:
+                accounts.touch_token(token)
+                self._remember(key, token.user, token.id)
+                return token.user
         elif self.throttle.blocked(*keys):
             return Refusal(429, "too many failed logins; try again later")
         else:

@@ -7,6 +7,8 @@ or commits.  The CLI and the daemon's pages both call these.
 
 from __future__ import annotations
 
+import datetime
+
 from . import credentials, names, sshkeys
 from .errors import UserError
 from .models import ApiToken, Membership, Owner, Repository, SshKey, utcnow, write_transaction
@@ -204,8 +206,11 @@ def revoke_token(user_name: str, label: str) -> None:
         _bump_epoch(user)
 
 
-def check_token(user_name: str, token: str) -> Owner | None:
-    """The user when ``token`` is one of theirs, else None (fast: SHA-256)."""
+def find_token(user_name: str, token: str) -> ApiToken | None:
+    """The token row (its user loaded) when ``token`` is one of the user's, else None.
+
+    Fast: one SHA-256 and one indexed lookup.
+    """
     if not token.startswith(credentials.TOKEN_PREFIX) or len(token) > 128:
         return None
     digest = credentials.token_digest(token)
@@ -217,7 +222,13 @@ def check_token(user_name: str, token: str) -> Owner | None:
     )
     if row is None or not credentials.digests_equal(row.digest, digest):
         return None
-    return row.user
+    return row
+
+
+def check_token(user_name: str, token: str) -> Owner | None:
+    """The user when ``token`` is one of theirs, else None (fast: SHA-256)."""
+    row = find_token(user_name, token)
+    return row.user if row is not None else None
 
 
 # -- SSH keys --------------------------------------------------------------
@@ -263,6 +274,24 @@ def user_for_key_blob(blob: bytes) -> Owner | None:
     return row.user if row else None
 
 
-def touch_token(digest: str) -> None:
-    ApiToken.update(last_used=utcnow()).where(ApiToken.digest == digest).execute()
+#: A token's last use is recorded at most this often: a clone makes several requests.
+TOKEN_USE_RESOLUTION = datetime.timedelta(seconds=60)
+
+
+def touch_token(token: ApiToken) -> bool:
+    """Record that ``token`` was just used, unless a use was recorded less than a minute ago.
+
+    ``token.last_used`` is the value last read; the UPDATE checks it again, so
+    that several processes together still write at most once a minute.  True
+    when a write was attempted.
+    """
+    now = utcnow()
+    if token.last_used is not None and now - token.last_used < TOKEN_USE_RESOLUTION:
+        return False
+    cutoff = now - TOKEN_USE_RESOLUTION
+    ApiToken.update(last_used=now).where(
+        (ApiToken.id == token.id) & (ApiToken.last_used.is_null() | (ApiToken.last_used < cutoff))
+    ).execute()
+    token.last_used = now
+    return True
 

@@ -151,6 +151,32 @@ def auth(tmp_path_factory) -> Auth:
 # -- 1. API tokens record their last use ---------------------------------------------------
 
 
+def test_token_last_use_recorded_once_a_minute(auth):
+    """A clone and a push with a token set its ``last_used`` (``token list --json``); requests
+    within a minute of that write nothing more; a cached token whose recorded use is over a
+    minute old is recorded again."""
+    site, daemon = auth.site, auth.daemon
+    assert site.cli_json("token", "list", "alice")[0]["last_used"] is None
+    url = f"http://alice:{auth.token}@127.0.0.1:{daemon.port}/alice/demo"
+    wc = auth.root / "token-clone"
+    site.hg("clone", "-q", url, str(wc))
+    commit(site.hg, wc, "b.txt", "b\n")
+    site.hg("-R", str(wc), "push", "-q", url)
+    [row] = site.cli_json("token", "list", "alice")
+    assert row["last_used"] is not None, row
+    first = db_query(site, "SELECT last_used FROM api_token WHERE label = 'ci'")[0][0]
+    for _ in range(3):
+        assert status(daemon, CAPS, basic("alice", auth.token)) == 200
+    assert db_query(site, "SELECT last_used FROM api_token WHERE label = 'ci'")[0][0] == first
+    # The token is in the daemon's cache now; an old recorded use is refreshed by a cached hit.
+    db_query(site, "UPDATE api_token SET last_used = '2001-01-01 00:00:00' WHERE label = 'ci'")
+    assert status(daemon, CAPS, basic("alice", auth.token)) == 200
+    after = db_query(site, "SELECT last_used FROM api_token WHERE label = 'ci'")[0][0]
+    assert after > "2020", after
+    [row] = site.cli_json("token", "list", "alice")
+    assert row["last_used"].startswith(after[:10]), row
+
+
 # -- 2. no open redirect after logging in --------------------------------------------------
 
 
