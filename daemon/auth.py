@@ -13,8 +13,10 @@
   are still accepted, and other users and addresses are not slowed.
 - **Sessions**: a random id in an HttpOnly, SameSite=Lax cookie, signed with
   the site secret; the database keeps only the id's digest, the user, the
-  expiry and the CSRF token, so logging out ends the session on the server
-  and every worker process sees it.
+  expiry, the CSRF token and the user's ``login_epoch`` at login, so logging
+  out ends the session on the server and every worker process sees it, and a
+  password change, reset, disable or removal (which bump the epoch) ends every
+  session of the user.
 
 All of this runs in WSGI pool threads, never on the reactor.
 """
@@ -206,11 +208,16 @@ class Authenticator:
                 user=user,
                 csrf=secrets.token_urlsafe(24),
                 expires=utcnow() + datetime.timedelta(days=SESSION_DAYS),
+                epoch=user.login_epoch,
             )
         return f"{sid}.{self._sign(sid)}"
 
     def session(self, cookie: str | None) -> Session | None:
-        """The live session a cookie value names, with its user loaded."""
+        """The live session a cookie value names, with its user loaded.
+
+        Live: not expired, and made under the user's current ``login_epoch``, which
+        a password change, reset, disable or removal bumps.
+        """
         if not cookie or len(cookie) > 200 or "." not in cookie:
             return None
         sid, _, signature = cookie.rpartition(".")
@@ -219,7 +226,8 @@ class Authenticator:
         row = (
             Session.select(Session, Owner)
             .join(Owner)
-            .where((Session.digest == hashlib.sha256(sid.encode()).hexdigest()) & (Session.expires > utcnow()))
+            .where((Session.digest == hashlib.sha256(sid.encode()).hexdigest()) & (Session.expires > utcnow())
+                   & (Session.epoch == Owner.login_epoch))
             .first()
         )
         return row

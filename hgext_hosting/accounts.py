@@ -11,7 +11,16 @@ import datetime
 
 from . import credentials, names, sshkeys
 from .errors import UserError
-from .models import ApiToken, Membership, Owner, Repository, SshKey, utcnow, write_transaction
+from .models import (
+    ApiToken,
+    Membership,
+    Owner,
+    Repository,
+    Session,
+    SshKey,
+    utcnow,
+    write_transaction,
+)
 
 
 def get_owner(name: str) -> Owner:
@@ -77,12 +86,25 @@ def add_user(name: str, email: str = "", admin: bool = False, password: str | No
 
 
 def set_password(name: str, password: str) -> None:
+    """Set a user's password; every browser session of theirs ends."""
     pw_hash = credentials.hash_password(password)
     with write_transaction():
         user = get_user(name)
-        user.password_hash = pw_hash
-        user.credentials_epoch += 1
-        user.save()
+        Owner.update(password_hash=pw_hash).where(Owner.id == user.id).execute()
+        end_logins(user)
+
+
+def end_logins(user: Owner) -> None:
+    """End every login of ``user``: browser sessions and cached Basic verifications.
+
+    Call it (inside the write transaction) whenever the password changes or the
+    account is reset, disabled or removed.  Bumping ``login_epoch`` alone would be
+    enough (a session lives only while its epoch matches); the rows go too.
+    """
+    Owner.update(
+        credentials_epoch=Owner.credentials_epoch + 1, login_epoch=Owner.login_epoch + 1
+    ).where(Owner.id == user.id).execute()
+    Session.delete().where(Session.user == user.id).execute()
 
 
 def remove_user(name: str) -> None:
@@ -90,6 +112,7 @@ def remove_user(name: str) -> None:
     with write_transaction():
         user = get_user(name)
         _refuse_if_owning(user)
+        end_logins(user)
         user.delete_instance()
 
 

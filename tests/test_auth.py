@@ -218,6 +218,22 @@ def test_login_redirects_only_to_local_paths(auth):
 # -- 4. a password change or removal ends the user's sessions ------------------------------
 
 
+def test_password_change_and_removal_end_sessions(auth):
+    """A session made before ``user passwd carol`` no longer logs carol in; the new password
+    makes a working session.  ``user remove zed`` ends zed's session."""
+    site, daemon = auth.site, auth.daemon
+    carol = session_cookie(daemon, "carol")
+    zed = session_cookie(daemon, "zed")
+    assert status(daemon, "/-/new", {"Cookie": carol}) == 200
+    assert status(daemon, "/-/new", {"Cookie": zed}) == 200
+    site.cli("user", "passwd", "carol", "--password-stdin", input="carol-new-pw\n")
+    assert status(daemon, "/-/new", {"Cookie": carol}) == 401
+    PASSWORDS["carol"] = "carol-new-pw"
+    assert status(daemon, "/-/new", {"Cookie": session_cookie(daemon, "carol")}) == 200
+    site.cli("user", "remove", "zed")
+    assert status(daemon, "/-/new", {"Cookie": zed}) == 401
+
+
 # -- 3. token guesses are throttled; the table stays bounded --------------------------------
 
 
