@@ -55,6 +55,17 @@ In the site ``hgrc``::
   auto-recover = True
   # the largest HTTP request body (a pushed bundle) the daemon accepts, in MB
   max-request-mb = 2048
+  # proxies (addresses or networks, comma-separated) whose X-Forwarded-For
+  # names the client; empty: the header is ignored
+  trusted-proxies =
+  # failed logins (wrong passwords and tokens) allowed per window (seconds) for a
+  # user name from one address, a user name, and an address; then 429 for a while
+  login-throttle-window = 300
+  login-throttle-pair = 10
+  login-throttle-user = 50
+  login-throttle-address = 100
+  # the most rows the shared login-throttle table keeps
+  login-throttle-rows = 100000
 
 Administrators' own hooks go in the site ``hgrc`` too.  The permission check
 runs when the transaction opens, before any of them; this extension's checks

@@ -26,10 +26,13 @@ The expiry test has a site of its own with a short window and a small table.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import http.client
 import sqlite3
 import subprocess
+import time
 import urllib.parse
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -237,13 +240,123 @@ def test_password_change_and_removal_end_sessions(auth):
 # -- 3. token guesses are throttled; the table stays bounded --------------------------------
 
 
+def test_wrong_tokens_throttled_and_table_bounded(auth):
+    """Guessed ``hgh_`` tokens count as failures: 300 guesses, each for a new name, from one
+    address get 401 until the address's limit (100), then 429; the throttle table keeps a
+    row per key it counted, not one per guess.  The right token still works meanwhile."""
+    site, daemon = auth.site, auth.daemon
+    answers = [status(daemon, CAPS, basic(f"spray{i}", f"hgh_guess{i}"), source="127.0.0.3")
+               for i in range(300)]
+    assert Counter(answers) == {401: 100, 429: 200}, Counter(answers)
+    rows = db_query(site, "SELECT COUNT(*) FROM login_throttle")[0][0]
+    assert rows < 400, rows
+    assert status(daemon, CAPS, basic("alice", auth.token), source="127.0.0.3") == 200
+
+
 # -- 6. no lockout of innocent users -----------------------------------------------------------
+
+
+def test_attacker_address_blocked_not_the_user_nor_the_address(auth):
+    """After 10 wrong passwords for dave from 127.0.0.4: dave's right password from there
+    gets 429; from his usual 127.0.0.1 it works; other users from 127.0.0.4 are not blocked."""
+    daemon = auth.daemon
+    wrong = [status(daemon, CAPS, basic("dave", f"wrong-{i}"), source="127.0.0.4") for i in range(10)]
+    assert wrong == [401] * 10
+    assert status(daemon, CAPS, basic("dave", "wrong-again"), source="127.0.0.4") == 429
+    assert status(daemon, CAPS, basic("dave", PASSWORDS["dave"]), source="127.0.0.4") == 429
+    assert status(daemon, CAPS, basic("dave", PASSWORDS["dave"])) == 200
+    assert status(daemon, CAPS, basic("bob", PASSWORDS["bob"]), source="127.0.0.4") == 200
+
+
+def test_forwarded_for_only_from_trusted_proxies(auth):
+    """Through the trusted proxy 127.0.0.5, the client named by X-Forwarded-For is what is
+    counted: erin blocked from 10.0.0.1 is not blocked from 10.0.0.2, nor is frank from
+    10.0.0.1.  An untrusted 127.0.0.6 cannot escape its count by sending X-Forwarded-For."""
+    daemon = auth.daemon
+
+    def via(xff: str, user: str, secret: str, source: str = "127.0.0.5") -> int:
+        return status(daemon, CAPS, {**basic(user, secret), "X-Forwarded-For": xff}, source=source)
+
+    assert [via("192.0.2.9, 10.0.0.1", "erin", f"w{i}") for i in range(10)] == [401] * 10
+    assert via("10.0.0.1", "erin", PASSWORDS["erin"]) == 429
+    assert via("10.0.0.2", "erin", PASSWORDS["erin"]) == 200
+    assert via("10.0.0.1", "frank", PASSWORDS["frank"]) == 200
+    # untrusted: X-Forwarded-For is ignored, the peer address is the key
+    assert [via(f"10.1.0.{i}", "erin", f"x{i}", source="127.0.0.6") for i in range(10)] == [401] * 10
+    assert via("10.1.0.99", "erin", PASSWORDS["erin"], source="127.0.0.6") == 429
+
+
+def test_basic_and_login_form_share_one_count(auth):
+    """Five wrong passwords over Basic and five on the login form block frank's next try on
+    the form (429) and over Basic alike."""
+    daemon = auth.daemon
+    source = "127.0.0.7"
+    assert [status(daemon, CAPS, basic("frank", f"w{i}"), source=source) for i in range(5)] == [401] * 5
+    assert [form_login(daemon, "frank", f"v{i}", source=source)[0] for i in range(5)] == [401] * 5
+    assert form_login(daemon, "frank", PASSWORDS["frank"], source=source)[0] == 429
+    assert status(daemon, CAPS, basic("frank", PASSWORDS["frank"]), source=source) == 429
+
+
+def test_name_blocked_everywhere_but_its_known_address(auth):
+    """gina logs in from 127.0.0.1; then 20 wrong passwords from two other addresses reach
+    the per-name limit: a third address gets 429 even with the right password, while gina's
+    known address still logs her in."""
+    daemon = auth.daemon
+    assert status(daemon, CAPS, basic("gina", PASSWORDS["gina"])) == 200
+    for source in ("127.0.0.10", "127.0.0.11"):
+        assert [status(daemon, CAPS, basic("gina", f"w{i}"), source=source) for i in range(10)] == [401] * 10
+    assert status(daemon, CAPS, basic("gina", PASSWORDS["gina"] + "x"), source="127.0.0.12") == 429
+    assert status(daemon, "/", basic("gina", PASSWORDS["gina"]), source="127.0.0.12") == 429
+    assert status(daemon, "/", basic("gina", PASSWORDS["gina"])) == 200
 
 
 # -- 5. the throttle is counted before checking, and shared between workers -----------------
 
 
+def test_concurrent_wrong_passwords_across_workers(auth):
+    """60 concurrent wrong passwords for hank from one address, against ``serve --workers 2``
+    (two processes): exactly 10 are checked (401), every other one is refused unchecked (429)."""
+    daemon = Daemon(auth.site, "--workers", "2")
+    try:
+        def attempt(i: int) -> int:
+            return status(daemon, CAPS, basic("hank", f"wrong-{i}"), source="127.0.0.8")
+
+        with concurrent.futures.ThreadPoolExecutor(60) as pool:
+            answers = list(pool.map(attempt, range(60)))
+        log = daemon.log()
+    finally:
+        daemon.stop()
+    assert Counter(answers) == {401: 10, 429: 50}, Counter(answers)
+    assert "Traceback" not in log, log[-3000:]
+
+
 # -- 3. expiry by time and a capped table ---------------------------------------------------------
+
+
+def test_throttle_expires_and_table_is_capped(tmp_path):
+    """With a 2-second window and a 30-row table: a blocked name is let in again once the
+    window has passed, and 200 guesses from 20 addresses leave at most 30 rows."""
+    site = site_handle(tmp_path)
+    site.cli("init")
+    with open(site.root / "hgrc", "a") as f:
+        f.write("\n[hosting]\nlogin-throttle-window = 2\nlogin-throttle-rows = 30\n")
+    add_users(site, {"ivy": "ivy-pw"})
+    daemon = Daemon(site)
+    try:
+        assert [status(daemon, "/", basic("ivy", f"hgh_{i}")) for i in range(10)] == [401] * 10
+        assert status(daemon, "/", basic("ivy", "ivy-pw")) == 429
+        deadline = time.monotonic() + 60
+        while status(daemon, "/", basic("ivy", "ivy-pw")) != 200:
+            assert time.monotonic() < deadline, "the throttle never expired"
+            time.sleep(0.5)
+        for i in range(200):
+            status(daemon, "/", basic(f"n{i}", "hgh_x"), source=f"127.0.1.{i % 20 + 1}")
+        rows = db_query(site, "SELECT COUNT(*) FROM login_throttle")[0][0]
+        assert rows <= 30, rows
+        log = daemon.log()
+    finally:
+        daemon.stop()
+    assert "Traceback" not in log, log[-3000:]
 
 
 # -- the schema ------------------------------------------------------------------------------
