@@ -20,7 +20,8 @@ gina       127.0.0.1 / .10 / .11 / .12 a name is blocked, except from its known 
 hank       127.0.0.8                   ``--workers 2``, 60 concurrent wrong passwords
 =========  ==========================  ============================================
 
-The expiry test has a site of its own with a short window and a small table.
+The expiry test has a site of its own with a short window and a small table;
+the PostgreSQL test a site on a throwaway cluster (test_postgresql's fixtures).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HG_HOSTING, Daemon, SiteHandle, commit, site_handle
+from test_postgresql import pg_site, postgres_url  # noqa: F401 - fixtures, for test_on_postgresql
 
 from daemon.pages import safe_next
 
@@ -378,3 +380,47 @@ def test_init_upgrades_a_version_1_site(tmp_path):
     assert db_query(site, "SELECT login_epoch FROM owner WHERE name = 'olga'") == [(0,)]
     assert db_query(site, "SELECT COUNT(*) FROM login_throttle") == [(0,)]
     assert [u["name"] for u in site.cli_json("user", "list")] == ["olga"]
+
+
+# -- the same on PostgreSQL ---------------------------------------------------------------------
+
+
+def test_on_postgresql(pg_site, postgres_url, tmp_path):  # noqa: F811 - test_postgresql's fixtures
+    """On PostgreSQL: ``init`` upgrades a schema-1 database; 30 concurrent wrong passwords from
+    one address are checked 10 times (401) and refused 20 times (429); a right token still works
+    and records its use; a password change ends the session."""
+    import psycopg2
+
+    site = pg_site
+    conn = psycopg2.connect(postgres_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE login_throttle")
+        cur.execute('ALTER TABLE "session" DROP COLUMN epoch')
+        cur.execute('ALTER TABLE "owner" DROP COLUMN login_epoch')
+        cur.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    site.cli("init")
+    add_users(site, {"pat": "pat-pw"})
+    site.cli("repo", "create", "pat/demo")
+    token = site.cli("token", "create", "pat").stdout.strip()
+    daemon = Daemon(site)
+    try:
+        caps = "/pat/demo?cmd=capabilities"
+        with concurrent.futures.ThreadPoolExecutor(30) as pool:
+            answers = list(pool.map(lambda i: status(daemon, caps, basic("pat", f"w{i}"), source="127.0.0.2"),
+                                    range(30)))
+        assert Counter(answers) == {401: 10, 429: 20}, Counter(answers)
+        assert status(daemon, caps, basic("pat", "pat-pw"), source="127.0.0.2") == 429
+        assert status(daemon, caps, basic("pat", token), source="127.0.0.2") == 200
+        assert site.cli_json("token", "list", "pat")[0]["last_used"] is not None
+        status_, headers, _ = form_login(daemon, "pat", "pat-pw")
+        assert status_ == 303
+        cookie = "hgh_session=" + cookies(headers)["hgh_session"]
+        assert status(daemon, "/-/new", {"Cookie": cookie}) == 200
+        site.cli("user", "passwd", "pat", "--password-stdin", input="pat-new\n")
+        assert status(daemon, "/-/new", {"Cookie": cookie}) == 401
+        log = daemon.log()
+    finally:
+        daemon.stop()
+        conn.close()
+    assert "Traceback" not in log, log[-3000:]
