@@ -183,7 +183,11 @@ class Throttle:
             return None
         try:
             with conn.write():
-                conn.execute("DELETE FROM login_throttle WHERE expires <= ?", (now,))
+                conn.execute(
+                    "DELETE FROM login_throttle WHERE digest IN"
+                    f" (SELECT digest FROM login_throttle WHERE expires <= ?{self._skip_locked(conn)})",
+                    (now,),
+                )
                 counts = {}
                 for digest in limits:
                     ((counts[digest],),) = conn.query(
@@ -203,12 +207,18 @@ class Throttle:
             return None
         return Attempt(tuple(limits), known)
 
+    @staticmethod
+    def _skip_locked(conn) -> str:
+        """On PostgreSQL, pruning skips rows another attempt holds (no lock waits, no
+        deadlocks); SQLite's write transactions are serialized anyway."""
+        return "" if conn.is_sqlite() else " FOR UPDATE SKIP LOCKED"
+
     def _cap(self, conn) -> None:
         ((rows,),) = conn.query("SELECT COUNT(*) FROM login_throttle")
         if rows > self.limits.rows:
             conn.execute(
-                "DELETE FROM login_throttle WHERE digest IN"
-                " (SELECT digest FROM login_throttle ORDER BY expires LIMIT ?)",
+                "DELETE FROM login_throttle WHERE digest IN (SELECT digest FROM login_throttle"
+                f" ORDER BY expires LIMIT ?{self._skip_locked(conn)})",
                 (rows - self.limits.rows,),
             )
 
