@@ -143,9 +143,21 @@ class Throttle:
         message = "\0".join((kind, *parts)).encode("utf-8", "surrogateescape")
         return hmac.new(self._secret, b"login-throttle\0" + message, hashlib.sha256).hexdigest()
 
+    @staticmethod
+    def _address_key(address: str) -> str:
+        """An IPv6 client counts by its /64 (one subscriber's usual allocation)."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        if ip.version == 6 and ip.ipv4_mapped is None:
+            return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
+
     def _keys(self, user_name: str, address: str) -> tuple[dict[str, int], str, str]:
         """``({digest: limit})`` for pair, address and user; the user digest; the known digest."""
         name = names.key(user_name)
+        address = self._address_key(address)
         user = self._digest("user", name)
         limits = {
             self._digest("pair", name, address): self.limits.pair,

@@ -15,6 +15,7 @@ carol,zed  127.0.0.1                   sessions end with the password / the user
 (spray)    127.0.0.3                   wrong tokens throttled, table bounded
 dave       127.0.0.1 / 127.0.0.4       a pair is blocked before a name or address
 erin       proxy 127.0.0.5, 127.0.0.6  X-Forwarded-For only from trusted proxies
+ivan6      proxy 127.0.0.5 (IPv6)      IPv6 clients count by /64
 frank      127.0.0.7                   Basic and the login form share one count
 gina       127.0.0.1 / .10 / .11 / .12 a name is blocked, except from its known address
 hank       127.0.0.8                   ``--workers 2``, 60 concurrent wrong passwords
@@ -286,6 +287,19 @@ def test_forwarded_for_only_from_trusted_proxies(auth):
     # untrusted: X-Forwarded-For is ignored, the peer address is the key
     assert [via(f"10.1.0.{i}", "erin", f"x{i}", source="127.0.0.6") for i in range(10)] == [401] * 10
     assert via("10.1.0.99", "erin", PASSWORDS["erin"], source="127.0.0.6") == 429
+
+
+def test_ipv6_clients_count_by_their_64(auth):
+    """IPv6 clients (named by the trusted proxy) are counted by /64: ten wrong passwords from
+    ten addresses of 2001:db8:0:1::/64 block an eleventh address of it, not another /64."""
+    daemon = auth.daemon
+
+    def via(xff: str, secret: str) -> int:
+        return status(daemon, CAPS, {**basic("ivan6", secret), "X-Forwarded-For": xff}, source="127.0.0.5")
+
+    assert [via(f"2001:db8:0:1::{i + 1:x}", f"w{i}") for i in range(10)] == [401] * 10
+    assert via("2001:db8:0:1:ffff::1", "w-again") == 429
+    assert via("2001:db8:0:2::1", "w-other") == 401
 
 
 def test_basic_and_login_form_share_one_count(auth):
