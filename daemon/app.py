@@ -124,7 +124,7 @@ class HostingApp:
     def __call__(self, environ, start_response):
         req = None
         try:
-            req = Request(environ)
+            req = Request(environ, self.auth.trusted_proxies)
             self._authenticate(req)
             return self._route(req, start_response)
         except HTTPError as e:

@@ -7,14 +7,23 @@
   user's ``credentials_epoch``, which every password change, token
   revocation, membership change or removal bumps, so revocation is effective
   on the next request.
-- **Throttling**: failed logins are counted per address and per user name in a
-  sliding window; past the limit, password attempts are refused with 429
-  without being checked.  Tokens (256 random bits, checked with one SHA-256)
-  are still accepted, and other users and addresses are not slowed.
+- **Throttling** (:class:`Throttle`): failed logins, wrong tokens included, are
+  counted in the database, so every worker process and every daemon on the
+  same database shares the counts.  Keys: a user name from one address (10 a
+  window by default), the name alone (50) and the address alone (100); the
+  address is the client's, from ``X-Forwarded-For`` only when the peer is one
+  of ``[hosting] trusted-proxies``.  An attempt is counted before the slow
+  password check, so concurrent guesses cannot overrun the limit; past it the
+  answer is 429 without a check.  A right token is still accepted, and a
+  name blocked by guesses from elsewhere still logs in from the addresses it
+  logged in from before.  The login form and Basic share this one path
+  (:meth:`Authenticator.password`).
 - **Sessions**: a random id in an HttpOnly, SameSite=Lax cookie, signed with
   the site secret; the database keeps only the id's digest, the user, the
-  expiry and the CSRF token, so logging out ends the session on the server
-  and every worker process sees it.
+  expiry, the CSRF token and the user's ``login_epoch`` at login, so logging
+  out ends the session on the server and every worker process sees it, and a
+  password change, reset, disable or removal (which bump the epoch) ends every
+  session of the user.
 
 All of this runs in WSGI pool threads, never on the reactor.
 """
@@ -23,17 +32,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import datetime
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 
-from hgext_hosting import accounts, credentials, names
-from hgext_hosting.models import Owner, Session, utcnow, write_transaction
+from hgext_hosting import accounts, credentials, names, pushdb
+from hgext_hosting.errors import UserError
+from hgext_hosting.models import ApiToken, Owner, Session, utcnow, write_transaction
 
 SESSION_COOKIE = "hgh_session"
 SESSION_DAYS = 14
@@ -51,6 +61,10 @@ class Refusal:
     reason: str
 
 
+THROTTLED = Refusal(429, "too many failed logins; try again later")
+WRONG = Refusal(401, "wrong user name or password")
+
+
 def parse_basic(header: str) -> tuple[str, str]:
     """``(user, secret)`` from an ``Authorization: Basic ...`` value, or Malformed."""
     scheme, _, value = header.strip().partition(" ")
@@ -66,98 +80,282 @@ def parse_basic(header: str) -> tuple[str, str]:
     return user, secret
 
 
+@dataclass(frozen=True)
+class Limits:
+    """How many failed logins each key may have within ``window`` seconds.
+
+    The tightest is a user name from one address, so that an attacker elsewhere
+    is blocked long before the name itself is; a name alone allows more (a
+    distributed guess), and an address more still (many users behind one NAT).
+    Once the name alone is blocked, the addresses it logged in from within
+    ``known_days`` are still let in (subject to their own limits).
+    """
+
+    window: int = 300
+    pair: int = 10
+    user: int = 50
+    address: int = 100
+    rows: int = 100_000
+    known_days: int = 30
+
+    @classmethod
+    def from_ui(cls, ui) -> Limits:
+        """The limits of a site hgrc's ``[hosting] login-throttle-*`` keys."""
+        values = {field: ui.configint(b"hosting", b"login-throttle-" + field.encode())
+                  for field in ("window", "pair", "user", "address", "rows")}
+        for field, value in values.items():
+            if value is None or value < 1:
+                raise UserError(f"[hosting] login-throttle-{field} must be a positive number")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A login attempt already counted as a failure, until :meth:`Throttle.succeeded`."""
+
+    counted: tuple[str, ...]
+    known: str
+
+
+class _Blocked(Exception):
+    """Raised inside the counting transaction to roll it back."""
+
+
 class Throttle:
-    """Counts failures per key in a sliding window; thread-safe."""
+    """Failed logins counted in the database, shared by every worker and daemon.
 
-    def __init__(self, limit: int = 10, window: float = 300.0):
-        self.limit = limit
-        self.window = window
-        self._failures: dict[str, collections.deque] = {}
-        self._lock = threading.Lock()
+    One row per key in ``login_throttle`` (:class:`~hgext_hosting.models.LoginThrottle`),
+    keyed by an HMAC of the key with the site secret: ``pair`` (user name and
+    address), ``user`` (the name) and ``addr`` (the address), plus a ``known`` row
+    for each name and address that logged in successfully.  An attempt is
+    counted *before* the password is checked, in one short write transaction
+    whose upserts serialize concurrent attempts, so that no more than the limit
+    are ever checked however many arrive at once; a success gives its count
+    back.  Rows expire with their window, and the table is capped at
+    ``limits.rows`` (the rows closest to expiry go first).
+    """
 
-    def _recent(self, key: str, now: float) -> collections.deque:
-        q = self._failures.setdefault(key, collections.deque())
-        while q and q[0] <= now - self.window:
-            q.popleft()
-        return q
+    def __init__(self, secret: bytes, limits: Limits | None = None):
+        self._secret = secret
+        self.limits = limits or Limits()
 
-    def blocked(self, *keys: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            return any(len(self._recent(k, now)) >= self.limit for k in keys)
+    def _digest(self, kind: str, *parts: str) -> str:
+        message = "\0".join((kind, *parts)).encode("utf-8", "surrogateescape")
+        return hmac.new(self._secret, b"login-throttle\0" + message, hashlib.sha256).hexdigest()
 
-    def fail(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for k in keys:
-                self._recent(k, now).append(now)
-            if len(self._failures) > 100_000:  # bound memory under a spray of names
-                self._failures = {k: q for k, q in self._failures.items() if q}
+    @staticmethod
+    def _address_key(address: str) -> str:
+        """An IPv6 client counts by its /64 (one subscriber's usual allocation)."""
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return address
+        if ip.version == 6 and ip.ipv4_mapped is None:
+            return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+        return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
+
+    def _keys(self, user_name: str, address: str) -> tuple[dict[str, int], str, str]:
+        """``({digest: limit})`` for pair, address and user; the user digest; the known digest."""
+        name = names.key(user_name)
+        address = self._address_key(address)
+        user = self._digest("user", name)
+        limits = {
+            self._digest("pair", name, address): self.limits.pair,
+            self._digest("addr", address): self.limits.address,
+            user: self.limits.user,
+        }
+        return limits, user, self._digest("known", name, address)
+
+    def _over(self, counts: dict[str, int], limits: dict[str, int], user: str, known: bool,
+              allowance: int) -> bool:
+        return any(counts.get(d, 0) > limit - allowance for d, limit in limits.items()
+                   if not (d == user and known))
+
+    def _live(self, conn, digests: list[str], now: int) -> dict[str, int]:
+        marks = ", ".join("?" * len(digests))
+        return dict(conn.query(
+            f"SELECT digest, failures FROM login_throttle WHERE digest IN ({marks}) AND expires > ?",
+            (*digests, now),
+        ))
+
+    def blocked(self, user_name: str, address: str) -> bool:
+        """Would an attempt now be refused?  (One read, no write.)"""
+        limits, user, known = self._keys(user_name, address)
+        live = self._live(pushdb.models_connection(), [*limits, known], int(time.time()))
+        return self._over(live, limits, user, known in live, 1)
+
+    def reserve(self, user_name: str, address: str) -> Attempt | None:
+        """Count one attempt as failed before checking it; None when the keys are blocked."""
+        limits, user, known = self._keys(user_name, address)
+        conn = pushdb.models_connection()
+        now = int(time.time())
+        live = self._live(conn, [*limits, known], now)
+        # Read first, without the write lock: a flood of blocked attempts writes nothing.
+        if self._over(live, limits, user, known in live, 1):
+            return None
+        try:
+            with conn.write():
+                conn.execute(
+                    "DELETE FROM login_throttle WHERE digest IN"
+                    f" (SELECT digest FROM login_throttle WHERE expires <= ?{self._skip_locked(conn)})",
+                    (now,),
+                )
+                counts = {}
+                for digest in limits:
+                    ((counts[digest],),) = conn.query(
+                        "INSERT INTO login_throttle (digest, failures, expires) VALUES (?, 1, ?)"
+                        " ON CONFLICT (digest) DO UPDATE SET"
+                        " failures = CASE WHEN login_throttle.expires <= ? THEN 1"
+                        " ELSE login_throttle.failures + 1 END,"
+                        " expires = CASE WHEN login_throttle.expires <= ? THEN ?"
+                        " ELSE login_throttle.expires END"
+                        " RETURNING failures",
+                        (digest, now + self.limits.window, now, now, now + self.limits.window),
+                    )
+                if self._over(counts, limits, user, known in live, 0):
+                    raise _Blocked
+                self._cap(conn)
+        except _Blocked:
+            return None
+        return Attempt(tuple(limits), known)
+
+    @staticmethod
+    def _skip_locked(conn) -> str:
+        """On PostgreSQL, pruning skips rows another attempt holds (no lock waits, no
+        deadlocks); SQLite's write transactions are serialized anyway."""
+        return "" if conn.is_sqlite() else " FOR UPDATE SKIP LOCKED"
+
+    def _cap(self, conn) -> None:
+        ((rows,),) = conn.query("SELECT COUNT(*) FROM login_throttle")
+        if rows > self.limits.rows:
+            conn.execute(
+                "DELETE FROM login_throttle WHERE digest IN (SELECT digest FROM login_throttle"
+                f" ORDER BY expires LIMIT ?{self._skip_locked(conn)})",
+                (rows - self.limits.rows,),
+            )
+
+    def succeeded(self, attempt: Attempt) -> None:
+        """The attempt was right: give its counts back, remember the name's address."""
+        conn = pushdb.models_connection()
+        marks = ", ".join("?" * len(attempt.counted))
+        expires = int(time.time()) + self.limits.known_days * 86400
+        with conn.write():
+            conn.execute(
+                f"UPDATE login_throttle SET failures = failures - 1 WHERE digest IN ({marks})"
+                " AND failures > 0",
+                attempt.counted,
+            )
+            conn.execute(
+                "INSERT INTO login_throttle (digest, failures, expires) VALUES (?, 0, ?)"
+                " ON CONFLICT (digest) DO UPDATE SET expires = excluded.expires",
+                (attempt.known, expires),
+            )
+
+
+def trusted_networks(entries: list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``[hosting] trusted-proxies``: addresses or networks (``10.0.0.0/8``), or UserError."""
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise UserError(f"[hosting] trusted-proxies: {entry!r} is not an IP address or network") from None
+    return tuple(networks)
 
 
 class Authenticator:
     """Verifies credentials for one daemon process."""
 
-    def __init__(self, secret: bytes, cache_seconds: float = 300.0, throttle: Throttle | None = None):
+    def __init__(self, secret: bytes, cache_seconds: float = 300.0, throttle: Throttle | None = None,
+                 trusted_proxies: tuple = ()):
         self._secret = secret
         self._cache_seconds = cache_seconds
-        #: HMAC key -> (user id, name key, created, credentials_epoch, expiry).  The name
-        #: and creation time pin the very user: SQLite may give a removed user's id to
-        #: the next user created, whose epoch starts again at 0.
-        self._cache: dict[bytes, tuple[int, str, object, int, float]] = {}
+        #: Peers whose ``X-Forwarded-For`` names the client (:func:`daemon.web.client_address`).
+        self.trusted_proxies = trusted_proxies
+        #: HMAC key -> (user id, name key, created, credentials_epoch, expiry, token id).
+        #: The name and creation time pin the very user: SQLite may give a removed
+        #: user's id to the next user created, whose epoch starts again at 0.  The
+        #: token id (None for a password) lets a cached token still record its use.
+        self._cache: dict[bytes, tuple[int, str, object, int, float, int | None]] = {}
         self._lock = threading.Lock()
-        self.throttle = throttle or Throttle()
+        self.throttle = throttle or Throttle(secret)
+
+    @classmethod
+    def for_site(cls, site) -> Authenticator:
+        """An Authenticator with the site's secret, throttle limits and trusted proxies."""
+        secret = site.secret()
+        proxies = [e.decode("utf-8", "replace") for e in site.ui.configlist(b"hosting", b"trusted-proxies")]
+        return cls(secret, throttle=Throttle(secret, Limits.from_ui(site.ui)),
+                   trusted_proxies=trusted_networks(proxies))
 
     def _cache_key(self, user: str, secret: str) -> bytes:
         message = names.key(user).encode() + b"\0" + secret.encode("utf-8", "surrogateescape")
         return hmac.new(self._secret, message, hashlib.sha256).digest()
 
     def _cached_user(self, key: bytes) -> Owner | None:
+        """The user of a verified pair still valid, or None.
+
+        One query either way: the user row, or for a token the token row with
+        its user, whose ``last_used`` is refreshed at most once a minute.
+        """
         with self._lock:
             entry = self._cache.get(key)
         if entry is None:
             return None
-        user_id, name_key, created, epoch, expires = entry
+        user_id, name_key, created, epoch, expires, token_id = entry
         if expires < time.monotonic():
             return None
-        user = Owner.get_or_none((Owner.id == user_id) & (Owner.kind == "user"))
-        if (user is None or user.name_key != name_key or user.created != created
-                or user.credentials_epoch != epoch):
+        token = None
+        if token_id is None:
+            user = Owner.get_or_none((Owner.id == user_id) & (Owner.kind == "user"))
+        else:
+            token = ApiToken.select(ApiToken, Owner).join(Owner).where(ApiToken.id == token_id).first()
+            user = token.user if token is not None else None
+        if (user is None or user.id != user_id or user.kind != "user" or user.name_key != name_key
+                or user.created != created or user.credentials_epoch != epoch):
             with self._lock:
                 self._cache.pop(key, None)
             return None
+        if token is not None:
+            accounts.touch_token(token)
         return user
 
-    def _remember(self, key: bytes, user: Owner) -> None:
+    def _remember(self, key: bytes, user: Owner, token_id: int | None = None) -> None:
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[key] = (user.id, user.name_key, user.created, user.credentials_epoch,
-                                time.monotonic() + self._cache_seconds)
+                                time.monotonic() + self._cache_seconds, token_id)
 
     def basic(self, header: str, address: str) -> Owner | Refusal:
-        """The user an Authorization header proves, or why not (raises Malformed)."""
+        """The user an Authorization header proves, or why not (raises Malformed).
+
+        A right token is accepted even while its name or address is throttled; a
+        wrong one counts as a failed login like a wrong password.
+        """
         user_name, secret = parse_basic(header)
         key = self._cache_key(user_name, secret)
+        is_token = secret.startswith(credentials.TOKEN_PREFIX)
         cached = self._cached_user(key)
         if cached is not None:
+            # A blocked guesser must not learn a password from the cache of the
+            # user's own recent logins: cached passwords obey the throttle too.
+            if not is_token and self.throttle.blocked(user_name, address):
+                return THROTTLED
             return cached
-        keys = (f"addr:{address}", f"user:{names.key(user_name)}")
-        if secret.startswith(credentials.TOKEN_PREFIX):
-            user = accounts.check_token(user_name, secret)
-            if user is not None:
-                self._remember(key, user)
-                return user
-        elif self.throttle.blocked(*keys):
-            return Refusal(429, "too many failed logins; try again later")
-        else:
-            user = accounts.check_password(user_name, secret)
-            if user is not None:
-                self._upgrade_hash(user, secret)
-                self._remember(key, user)
-                return user
-        self.throttle.fail(*keys)
-        return Refusal(401, "wrong user name or password")
+        if is_token:
+            token = accounts.find_token(user_name, secret)
+            if token is not None:
+                accounts.touch_token(token)
+                self._remember(key, token.user, token.id)
+                return token.user
+            if self.throttle.reserve(user_name, address) is None:
+                return THROTTLED
+            return WRONG
+        user = self.password(user_name, secret, address)
+        if not isinstance(user, Refusal):
+            self._remember(key, user)
+        return user
 
     def already_verified(self, header: str) -> bool:
         """Does this Authorization header prove a user without a slow hash?  Read-only.
@@ -177,14 +375,18 @@ class Authenticator:
         return self._cached_user(self._cache_key(user_name, secret)) is not None
 
     def password_login(self, user_name: str, password: str, address: str) -> Owner | Refusal:
-        """A browser login with the form (same throttling as Basic)."""
-        keys = (f"addr:{address}", f"user:{names.key(user_name)}")
-        if self.throttle.blocked(*keys):
-            return Refusal(429, "too many failed logins; try again later")
+        """A browser login with the form: exactly :meth:`password`, Basic's check."""
+        return self.password(user_name, password, address)
+
+    def password(self, user_name: str, password: str, address: str) -> Owner | Refusal:
+        """Check a password, counted by the throttle before the (slow) check runs."""
+        attempt = self.throttle.reserve(user_name, address)
+        if attempt is None:
+            return THROTTLED
         user = accounts.check_password(user_name, password) if user_name else None
         if user is None:
-            self.throttle.fail(*keys)
-            return Refusal(401, "wrong user name or password")
+            return WRONG
+        self.throttle.succeeded(attempt)
         self._upgrade_hash(user, password)
         return user
 
@@ -209,11 +411,16 @@ class Authenticator:
                 user=user,
                 csrf=secrets.token_urlsafe(24),
                 expires=utcnow() + datetime.timedelta(days=SESSION_DAYS),
+                epoch=user.login_epoch,
             )
         return f"{sid}.{self._sign(sid)}"
 
     def session(self, cookie: str | None) -> Session | None:
-        """The live session a cookie value names, with its user loaded."""
+        """The live session a cookie value names, with its user loaded.
+
+        Live: not expired, and made under the user's current ``login_epoch``, which
+        a password change, reset, disable or removal bumps.
+        """
         if not cookie or len(cookie) > 200 or "." not in cookie:
             return None
         sid, _, signature = cookie.rpartition(".")
@@ -222,7 +429,8 @@ class Authenticator:
         row = (
             Session.select(Session, Owner)
             .join(Owner)
-            .where((Session.digest == hashlib.sha256(sid.encode()).hexdigest()) & (Session.expires > utcnow()))
+            .where((Session.digest == hashlib.sha256(sid.encode()).hexdigest()) & (Session.expires > utcnow())
+                   & (Session.epoch == Owner.login_epoch))
             .first()
         )
         return row

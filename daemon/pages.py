@@ -21,6 +21,7 @@ import math
 import os
 import secrets
 import threading
+import unicodedata
 import urllib.parse
 from importlib import resources
 
@@ -69,11 +70,31 @@ def _cookie(name: str, value: str, *, secure: bool, max_age: int | None = None) 
     return ("Set-Cookie", "; ".join(parts))
 
 
+#: Characters a redirect target keeps as they are (RFC 3986 path, query and fragment
+#: characters, and ``%`` of an existing escape); anything else is percent-encoded.
+_NEXT_KEEPS = "/?#[]@!$&'()*+,;=:-._~%"
+
+
 def safe_next(target: str | None) -> str:
-    """A local path to go back to after logging in (never another site)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A local path to go back to after logging in (never another site), else ``/``.
+
+    Browsers drop TABs and newlines from a URL and read a backslash as a slash,
+    so ``/<TAB>/evil.example`` or ``/\\evil.example`` would leave the site: a
+    target with any control, format or whitespace character (Unicode's too) or a
+    backslash is refused, as is anything but a path starting with exactly one
+    slash.  What remains is percent-encoded to ASCII, so that it fits the
+    ``Location`` header (a non-Latin-1 character there used to drop the
+    connection).
+    """
+    if not target or len(target) > 2048 or not target.startswith("/") or target.startswith("//"):
         return "/"
-    return target
+    if any(c == "\\" or c.isspace() or unicodedata.category(c).startswith("C") for c in target):
+        return "/"
+    encoded = urllib.parse.quote(target, safe=_NEXT_KEEPS)
+    parts = urllib.parse.urlsplit(encoded)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/") or parts.path.startswith("//"):
+        return "/"
+    return encoded
 
 
 class Pages:

@@ -256,7 +256,7 @@ class HTTPService(service.Service):
         self.drain_seconds = drain_seconds
         self.settle = settle  # False in workers: their master settled the site already
         self.tracker = InFlight()
-        auth = Authenticator(site.secret())
+        auth = Authenticator.for_site(site)
         pages = Pages(site, auth, ssh_address=ssh_address)
         baseui = daemon_baseui(site)
         self.app = HostingApp(site, auth, HgwebCache(baseui), pages, baseui)

@@ -10,6 +10,7 @@ the site.
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
 import re
 import urllib.parse
@@ -68,7 +69,7 @@ PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-
 class Request:
     """A parsed, validated WSGI request."""
 
-    def __init__(self, environ: dict):
+    def __init__(self, environ: dict, trusted_proxies: tuple = ()):
         self.environ = environ
         self.method = environ.get("REQUEST_METHOD", "GET")
         raw = environ.get("REQUEST_URI") or urllib.parse.quote(
@@ -86,7 +87,8 @@ class Request:
             )
         except (UnicodeError, ValueError):
             raise HTTPError(400, "malformed query string") from None
-        self.address = environ.get("REMOTE_ADDR", "")
+        #: The client's address: the peer's, or the one its trusted proxy names.
+        self.address = client_address(environ, trusted_proxies)
         self._form: dict[str, list[str]] | None = None
         self.user = None  # Owner, set by the app once authenticated
         self.session = None  # Session, for browser logins
@@ -162,6 +164,38 @@ class Request:
         if not all(c.isalnum() or c in ".-:[]" for c in host):
             host = f"{self.environ.get('SERVER_NAME', 'localhost')}:{self.environ.get('SERVER_PORT', '80')}"
         return f"{scheme}://{host}"
+
+
+def client_address(environ: dict, trusted_proxies: tuple = ()) -> str:
+    """The client's IP address: ``REMOTE_ADDR``, unless that is a trusted proxy.
+
+    Behind trusted proxies (``[hosting] trusted-proxies``: addresses and
+    networks), ``X-Forwarded-For`` is read from the right, skipping trusted
+    hops; the first other address is the client.  A malformed hop stops the
+    walk at the last trusted one, so a forged header can only name the proxy.
+    From an untrusted peer the header is ignored.
+    """
+    peer = environ.get("REMOTE_ADDR", "")
+    if not trusted_proxies or not _trusted(peer, trusted_proxies):
+        return peer
+    client = peer
+    for hop in reversed(environ.get("HTTP_X_FORWARDED_FOR", "").split(",")):
+        try:
+            address = ipaddress.ip_address(hop.strip())
+        except ValueError:
+            return client
+        client = str(address)
+        if not _trusted(client, trusted_proxies):
+            return client
+    return client
+
+
+def _trusted(address: str, networks: tuple) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 def parse_path(raw_path: str) -> list[str]:

@@ -56,6 +56,17 @@ In the site ``hgrc``::
   # the largest bundle an authenticated HTTP push may send, in MB; every
   # other request body (forms, the API, anonymous requests) is refused over 4 MB
   max-request-mb = 2048
+  # proxies (addresses or networks, comma-separated) whose X-Forwarded-For
+  # names the client; empty: the header is ignored
+  trusted-proxies =
+  # failed logins (wrong passwords and tokens) allowed per window (seconds) for a
+  # user name from one address, a user name, and an address; then 429 for a while
+  login-throttle-window = 300
+  login-throttle-pair = 10
+  login-throttle-user = 50
+  login-throttle-address = 100
+  # the most rows the shared login-throttle table keeps
+  login-throttle-rows = 100000
 
 The site ``hgrc`` must keep ``[extensions] hosting =``, and every repository's
 ``.hg/hgrc`` must include the site ``hgrc``: a process that does not load the

@@ -7,9 +7,20 @@ or commits.  The CLI and the daemon's pages both call these.
 
 from __future__ import annotations
 
+import datetime
+
 from . import credentials, names, sshkeys
 from .errors import UserError
-from .models import ApiToken, Membership, Owner, Repository, SshKey, utcnow, write_transaction
+from .models import (
+    ApiToken,
+    Membership,
+    Owner,
+    Repository,
+    Session,
+    SshKey,
+    utcnow,
+    write_transaction,
+)
 
 
 def get_owner(name: str) -> Owner:
@@ -82,12 +93,25 @@ def check_new_user_name(name: str) -> None:
 
 
 def set_password(name: str, password: str) -> None:
+    """Set a user's password; every browser session of theirs ends."""
     pw_hash = credentials.hash_password(password)
     with write_transaction():
         user = get_user(name)
-        user.password_hash = pw_hash
-        user.credentials_epoch += 1
-        user.save()
+        Owner.update(password_hash=pw_hash).where(Owner.id == user.id).execute()
+        end_logins(user)
+
+
+def end_logins(user: Owner) -> None:
+    """End every login of ``user``: browser sessions and cached Basic verifications.
+
+    Call it (inside the write transaction) whenever the password changes or the
+    account is reset, disabled or removed.  Bumping ``login_epoch`` alone would be
+    enough (a session lives only while its epoch matches); the rows go too.
+    """
+    Owner.update(
+        credentials_epoch=Owner.credentials_epoch + 1, login_epoch=Owner.login_epoch + 1
+    ).where(Owner.id == user.id).execute()
+    Session.delete().where(Session.user == user.id).execute()
 
 
 def remove_user(name: str) -> None:
@@ -95,6 +119,7 @@ def remove_user(name: str) -> None:
     with write_transaction():
         user = get_user(name)
         _refuse_if_owning(user)
+        end_logins(user)
         user.delete_instance()
 
 
@@ -211,8 +236,11 @@ def revoke_token(user_name: str, label: str) -> None:
         _bump_epoch(user)
 
 
-def check_token(user_name: str, token: str) -> Owner | None:
-    """The user when ``token`` is one of theirs, else None (fast: SHA-256)."""
+def find_token(user_name: str, token: str) -> ApiToken | None:
+    """The token row (its user loaded) when ``token`` is one of the user's, else None.
+
+    Fast: one SHA-256 and one indexed lookup.
+    """
     if not token.startswith(credentials.TOKEN_PREFIX) or len(token) > 128:
         return None
     digest = credentials.token_digest(token)
@@ -224,7 +252,13 @@ def check_token(user_name: str, token: str) -> Owner | None:
     )
     if row is None or not credentials.digests_equal(row.digest, digest):
         return None
-    return row.user
+    return row
+
+
+def check_token(user_name: str, token: str) -> Owner | None:
+    """The user when ``token`` is one of theirs, else None (fast: SHA-256)."""
+    row = find_token(user_name, token)
+    return row.user if row is not None else None
 
 
 # -- SSH keys --------------------------------------------------------------
@@ -270,6 +304,24 @@ def user_for_key_blob(blob: bytes) -> Owner | None:
     return row.user if row else None
 
 
-def touch_token(digest: str) -> None:
-    ApiToken.update(last_used=utcnow()).where(ApiToken.digest == digest).execute()
+#: A token's last use is recorded at most this often: a clone makes several requests.
+TOKEN_USE_RESOLUTION = datetime.timedelta(seconds=60)
+
+
+def touch_token(token: ApiToken) -> bool:
+    """Record that ``token`` was just used, unless a use was recorded less than a minute ago.
+
+    ``token.last_used`` is the value last read; the UPDATE checks it again, so
+    that several processes together still write at most once a minute.  True
+    when a write was attempted.
+    """
+    now = utcnow()
+    if token.last_used is not None and now - token.last_used < TOKEN_USE_RESOLUTION:
+        return False
+    cutoff = now - TOKEN_USE_RESOLUTION
+    ApiToken.update(last_used=now).where(
+        (ApiToken.id == token.id) & (ApiToken.last_used.is_null() | (ApiToken.last_used < cutoff))
+    ).execute()
+    token.last_used = now
+    return True
 

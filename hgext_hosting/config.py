@@ -24,6 +24,16 @@ configitem(b"hosting", b"auto-recover", default=True)
 #: The largest HTTP request body an authenticated push (``unbundle``) may send, in MB;
 #: every other body is capped at ``daemon.bodylimit.SMALL_BODY_BYTES`` (4 MB, or this if lower).
 configitem(b"hosting", b"max-request-mb", default=2048)
+#: Proxies (addresses or networks) whose ``X-Forwarded-For`` names the client;
+#: empty: the header is ignored and the peer address is the client's.
+configitem(b"hosting", b"trusted-proxies", default=list)
+#: Failed logins: the counting window (seconds) and the failures allowed in it for a
+#: user name from one address, a user name, and an address; the most rows kept.
+configitem(b"hosting", b"login-throttle-window", default=300)
+configitem(b"hosting", b"login-throttle-pair", default=10)
+configitem(b"hosting", b"login-throttle-user", default=50)
+configitem(b"hosting", b"login-throttle-address", default=100)
+configitem(b"hosting", b"login-throttle-rows", default=100000)
 
 _registered = False
 

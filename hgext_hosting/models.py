@@ -57,6 +57,9 @@ class Owner(BaseModel):
     created = pw.DateTimeField(default=utcnow)
     #: Bumped whenever a credential changes, so that caches of verified logins expire.
     credentials_epoch = pw.IntegerField(default=0)
+    #: Bumped when the password changes or the account is reset, disabled or removed:
+    #: every browser session carries the value it was made with and dies with it.
+    login_epoch = pw.IntegerField(default=0)
 
     @property
     def is_team(self) -> bool:
@@ -218,6 +221,22 @@ class Session(BaseModel):
     csrf = pw.CharField(max_length=64)
     created = pw.DateTimeField(default=utcnow)
     expires = pw.DateTimeField(index=True)
+    #: The user's ``login_epoch`` when the session was made; a session is live only
+    #: while they are equal (:meth:`daemon.auth.Authenticator.session`).
+    epoch = pw.IntegerField(default=0)
+
+
+class LoginThrottle(BaseModel):
+    """Failed logins counted per key, shared by every daemon process on the database.
+
+    ``digest`` is an HMAC of the key (a user name, an address, or both), so the
+    table holds no names; ``expires`` (Unix seconds) ends the counting window.
+    See :mod:`daemon.auth`.
+    """
+
+    digest = pw.CharField(max_length=64, primary_key=True)
+    failures = pw.IntegerField(default=0)
+    expires = pw.BigIntegerField(index=True)
 
 
 ALL_MODELS = [
@@ -234,6 +253,7 @@ ALL_MODELS = [
     PushChangeset,
     PushBookmark,
     Session,
+    LoginThrottle,
 ]
 
 
@@ -276,12 +296,17 @@ def require_current_schema() -> None:
     pushdb.require_current_schema(pushdb.models_connection())
 
 
-def _create_v1() -> None:
-    db.create_tables(ALL_MODELS, safe=True)
+def _v2_session_epochs_and_login_throttle() -> None:
+    """Sessions die with a password change (``login_epoch``); failed logins are counted
+    in the database, so that every worker and daemon shares the counts."""
+    for table, column in (("owner", "login_epoch"), ("session", "epoch")):
+        db.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{column}" INTEGER NOT NULL DEFAULT 0')
+    db.create_tables([LoginThrottle], safe=True)
 
 
-#: Step N brings a database from version N-1 to N.
-MIGRATIONS: dict[int, Callable[[], None]] = {1: _create_v1}
+#: Step N brings a database from version N-1 to N.  A new database gets every table
+#: as the models define them today, without replaying the steps.
+MIGRATIONS: dict[int, Callable[[], None]] = {2: _v2_session_epochs_and_login_throttle}
 
 
 def migrate() -> list[int]:
@@ -294,9 +319,13 @@ def migrate() -> list[int]:
                 f"the site database has schema version {current}, newer than this"
                 f" code's {SCHEMA_VERSION}; upgrade hg-hosting"
             )
-        for step in range(current + 1, SCHEMA_VERSION + 1):
-            MIGRATIONS[step]()
-            applied.append(step)
+        if current == 0:
+            db.create_tables(ALL_MODELS, safe=True)
+            applied = list(range(1, SCHEMA_VERSION + 1))
+        else:
+            for step in range(current + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[step]()
+                applied.append(step)
         if applied:
             Meta.insert(key="schema_version", value=str(SCHEMA_VERSION)).on_conflict(
                 conflict_target=[Meta.key], update={Meta.value: str(SCHEMA_VERSION)}
