@@ -55,6 +55,18 @@ In the site ``hgrc``::
   auto-recover = True
   # the largest HTTP request body (a pushed bundle) the daemon accepts, in MB
   max-request-mb = 2048
+  # seconds a stopping daemon (SIGTERM, SIGINT) waits for requests and SSH
+  # sessions in flight; it stops earlier once none came for about 2 s
+  drain-seconds = 30
+  # seconds an HTTP client has to send a request line and its headers (0: no limit)
+  http-header-seconds = 30
+  # open HTTP connections per client address, per daemon process (0: no limit);
+  # behind a reverse proxy every connection comes from the proxy's address
+  http-max-per-address = 128
+  # seconds an SSH client has from connecting to being authenticated (0: no limit)
+  ssh-login-seconds = 30
+  # open SSH connections per client address (0: no limit)
+  ssh-max-per-address = 16
 
 Administrators' own hooks go in the site ``hgrc`` too.  The permission check
 runs when the transaction opens, before any of them; this extension's checks
