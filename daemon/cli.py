@@ -54,8 +54,6 @@ def serve(site, args) -> int:
         raise UserError("--workers applies to HTTP: give --http HOST:PORT too")
     try:
         settings = Settings.from_ui(site.ui)
-        site.ui.configint(b"hosting", b"ssh-login-seconds")
-        site.ui.configint(b"hosting", b"ssh-max-per-address")
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - Mercurial's ConfigError
@@ -83,7 +81,7 @@ def serve(site, args) -> int:
     def force() -> int:
         return sum(child.force() for child in top if hasattr(child, "force"))
 
-    signals = StopSignals(reactor, force)
+    signals = StopSignals(reactor, force, settings.drain_seconds)
     reactor.callWhenRunning(signals.install)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()

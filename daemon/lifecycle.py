@@ -100,11 +100,13 @@ class StopSignals:
     (``reactor.callWhenRunning``), after Twisted installed its own handlers.
     """
 
-    def __init__(self, reactor, force: Callable[[], int],
-                 signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)):
+    def __init__(self, reactor, force: Callable[[], int], drain_seconds: float, *,
+                 signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT), label: str = ""):
         self.reactor = reactor
         self.force = force
+        self.drain_seconds = drain_seconds
         self.signals = signals
+        self.label = label  # "worker 1 (pid 123): "
         self.received = 0
 
     def install(self) -> None:
@@ -118,8 +120,8 @@ class StopSignals:
 
     def _on_signal(self, name: str, nth: int) -> None:
         if nth == 1:
-            log.info("{name}: draining (at most the configured drain-seconds); send it again to stop now",
-                     name=name)
+            log.info("{label}{name}: draining for at most {s} s; send it again to stop now",
+                     label=self.label, name=name, s=self.drain_seconds)
             if self.reactor.running:
                 self.reactor.stop()
             return
@@ -130,7 +132,8 @@ class StopSignals:
             cut = self.force()
         except Exception:  # noqa: BLE001 - stopping now matters more than this failure
             log.failure("stopping now")
-        log.warn("{name} again: stopping now; {n} request(s) or session(s) cut", name=name, n=cut)
+        log.warn("{label}{name} again: stopping now; {n} request(s), session(s) or worker(s) cut",
+                 label=self.label, name=name, n=cut)
         exit_now(1 if cut else 0)
 
 

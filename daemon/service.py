@@ -112,6 +112,8 @@ class Settings:
     header_seconds: int
     http_max_per_address: int
     max_request_bytes: int
+    ssh_login_seconds: int
+    ssh_max_per_address: int
 
     @classmethod
     def from_ui(cls, ui) -> Settings:
@@ -124,7 +126,9 @@ class Settings:
 
         return cls(drain_seconds=number(b"drain-seconds"), header_seconds=number(b"http-header-seconds"),
                    http_max_per_address=number(b"http-max-per-address"),
-                   max_request_bytes=number(b"max-request-mb") * 1024 * 1024)
+                   max_request_bytes=number(b"max-request-mb") * 1024 * 1024,
+                   ssh_login_seconds=number(b"ssh-login-seconds"),
+                   ssh_max_per_address=number(b"ssh-max-per-address"))
 
 
 class HostingChannel(http.HTTPChannel):
@@ -389,8 +393,7 @@ class HTTPService(service.Service):
             log.info("{label}waiting for {n} request(s) in flight", label=self.label, n=self.tracker.count)
         quiet = yield self.tracker.quiet(self.drain_seconds)
         if not quiet:
-            log.warn("{label}still {n} request(s) in flight after the drain; closing", label=self.label,
-                     n=self.tracker.count)
+            log.warn("{label}{n} request(s) still in flight; closing", label=self.label, n=self.tracker.count)
         if self.listening is not None:
             yield self.listening.stopListening()
         # Responses are complete, but their last bytes may still sit in transport

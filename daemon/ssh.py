@@ -116,8 +116,6 @@ LOGIN_TIMEOUT = 120
 MAX_AUTH_TRIES = 6
 #: Bytes the client may send ahead of the child reading them (per session).
 LOCAL_WINDOW = 1 << 20
-#: Seconds stopService waits for running sessions before sending them SIGTERM.
-DRAIN_TIMEOUT = 60.0
 
 _STDERR = connection.EXTENDED_DATA_STDERR
 

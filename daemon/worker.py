@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ready_fd is not None:
         os.write(args.ready_fd, b"ready\n")
         os.close(args.ready_fd)
-    signals = StopSignals(reactor, http.force, signals=(signal.SIGTERM,))
+    signals = StopSignals(reactor, http.force, http.drain_seconds, signals=(signal.SIGTERM,), label=label)
     reactor.callWhenRunning(signals.install)
     reactor.addSystemEventTrigger("before", "shutdown", http.stopService)
     reactor.run()
