@@ -261,18 +261,18 @@ def world(tmp_path_factory) -> World:
 # -- 1. a signal drains ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["http", "workers", "ssh"])
+@pytest.mark.parametrize("mode", ["http", "http-sigint", "workers", "ssh"])
 def test_signal_lets_a_push_in_flight_finish(world, mode):
-    """SIGTERM while the server applies a 2,000-changeset push: /healthz turns 503 at once while
-    the port keeps answering, the push's later requests are served, ``hg push`` exits 0, the push
-    is recorded once, and the daemon then exits 0 by itself.  Over HTTP, with ``--workers 2``, and
-    over SSH."""
+    """SIGTERM (or SIGINT) while the server applies a 2,000-changeset push: /healthz turns 503 at
+    once while the port keeps answering, the push's later requests are served, ``hg push`` exits 0,
+    the push is recorded once, and the daemon then exits 0 by itself.  Over HTTP, with
+    ``--workers 2``, and over SSH."""
     if mode == "ssh" and world.key is None:
         pytest.skip("the OpenSSH client is not installed")
     name = f"drain-{mode}"
     world.new_repo(name, gated=True)
     gate = world.gate(name)
-    args = {"http": ("--http", "127.0.0.1:0"), "workers": ("--http", "127.0.0.1:0", "--workers", "2"),
+    args = {"http": ("--http", "127.0.0.1:0"), "http-sigint": ("--http", "127.0.0.1:0"), "workers": ("--http", "127.0.0.1:0", "--workers", "2"),
             "ssh": ("--http", "127.0.0.1:0", "--ssh", "127.0.0.1:0")}[mode]
     daemon = Served(world, *args).wait_ready()
     push = None
@@ -285,7 +285,7 @@ def test_signal_lets_a_push_in_flight_finish(world, mode):
                                 stderr=subprocess.STDOUT, text=True)
         wait_for(lambda: (gate / "gate-in").exists() or push.poll() is not None, 120, "the push to reach the hook")
         assert push.poll() is None, push.communicate()[0]
-        daemon.signal(signal.SIGTERM)
+        daemon.signal(signal.SIGINT if mode == "http-sigint" else signal.SIGTERM)
         # Draining: the port still answers, and tells a load balancer to go elsewhere.
         wait_for(lambda: health(daemon.http_port) == 503, 10, "/healthz to answer 503")
         time.sleep(1)
@@ -333,6 +333,19 @@ def test_second_signal_stops_at_once(world):
         assert health(again.http_port) == 200
     checked = world.site.cli("check", check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_worker_that_dies_is_replaced(world):
+    """A worker killed after it started serving is replaced, and the daemon keeps serving."""
+    with serving(world, "--http", "127.0.0.1:0", "--workers", "2") as daemon:
+        first = re.search(r"worker 0 \(pid (\d+)\): serving HTTP", daemon.log())
+        assert first, daemon.log()
+        os.kill(int(first.group(1)), signal.SIGKILL)
+        wait_for(lambda: len(re.findall(r"worker 0 \(pid \d+\): serving HTTP", daemon.log())) == 2, 60,
+                 "a new worker 0")
+        assert all(health(daemon.http_port) == 200 for _ in range(4))
+        assert daemon.proc.poll() is None
+    assert daemon.proc.returncode == 0, daemon.log()[-3000:]
 
 
 # -- 2. serve that cannot listen ------------------------------------------------------------------
