@@ -284,6 +284,7 @@ class HostingSSHFactory(factory.SSHFactory):
         self.reactor = reactor
         self.open_connections = 0
         self.per_address: dict[str, int] = {}
+        self._capped: set[str] = set()  # addresses refused since they last dropped below the cap
 
     def getPrimes(self):
         return None  # fixed groups and elliptic curves only (no moduli file)
@@ -299,6 +300,7 @@ class HostingSSHFactory(factory.SSHFactory):
             self.per_address[host] = left
         else:
             self.per_address.pop(host, None)
+        self._capped.discard(host)
 
     def buildProtocol(self, addr):
         if self.open_connections >= self.max_connections:
@@ -306,8 +308,10 @@ class HostingSSHFactory(factory.SSHFactory):
             return None
         host = getattr(addr, "host", "")
         if self.max_per_address and self.per_address.get(host, 0) >= self.max_per_address:
-            log.info("ssh: refusing a connection from {host}: {n} open from it (ssh-max-per-address)",
-                     host=host, n=self.per_address[host])
+            if host not in self._capped:  # once until it drops below the cap: no log flood
+                self._capped.add(host)
+                log.warn("ssh: {host} holds {n} connections (ssh-max-per-address); closing more from it",
+                         host=host, n=self.per_address[host])
             return None
         t = super().buildProtocol(addr)
         # No CBC, 3DES, MD5/SHA-1 MACs or SHA-1 key exchanges.
