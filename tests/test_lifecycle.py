@@ -519,6 +519,33 @@ def test_http_header_deadline(world):
         assert not answer.startswith(b"HTTP/1.1 408"), answer
 
 
+def test_http_header_deadline_spares_a_slow_download(world):
+    """A client that reads a large response (a stream clone's ``stream_out`` of a 24 MB random
+    file, more than the socket buffers hold) slowly, pausing longer than ``http-header-seconds``,
+    still gets all of it."""
+    repo = world.new_repo("slow-download")
+    (repo / "random.bin").write_bytes(os.urandom(24 << 20))
+    committed = run([HG, "commit", "-q", "-A", "-m", "random"], {**world.site.env, "HG_HOSTING_USER": "alice"},
+                    cwd=repo, check=False, timeout=300)
+    assert committed.returncode == 0, committed.stderr
+    with serving(world, "--http", "127.0.0.1:0", settings="[hosting]\nhttp-header-seconds = 1\n") as daemon:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", daemon.http_port))
+        with sock:
+            sock.sendall(b"GET /alice/slow-download?cmd=stream_out HTTP/1.1\r\nHost: x\r\n"
+                         b"Connection: close\r\n\r\n")
+            sock.settimeout(30)
+            received = sock.recv(1024)
+            time.sleep(3)  # three deadlines long, mid-response
+            while chunk := sock.recv(65536):
+                received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert len(body) > 24 << 20, len(body)
+    assert body.endswith(b"\r\n0\r\n\r\n"), body[-50:]  # the chunked body's end
+
+
 def test_http_connections_per_address(world):
     """Past ``[hosting] http-max-per-address`` open connections from one address, more from it are
     closed at once; another address is served meanwhile."""
