@@ -60,7 +60,7 @@ from .app import HostingApp
 from .auth import Authenticator
 from .bodylimit import BoundedRequest
 from .hgwebs import HgwebCache
-from .lifecycle import InFlight, url_of
+from .lifecycle import InFlight, exit_now, url_of
 from .pages import Pages, templates_dir
 from .streaming import StreamingWSGIResource
 
@@ -306,6 +306,10 @@ def daemon_baseui(site):
     return ui
 
 
+#: Seconds a stopping HTTP service waits for its threads after the drain and the connections closed.
+JOIN_GRACE = 10.0
+
+
 class HTTPService(service.Service):
     """The HTTP side of one process: thread pool, resources, listening port, drain on stop."""
 
@@ -412,8 +416,17 @@ class HTTPService(service.Service):
                      n=len(self.site_factory.channels))
         except Exception:  # noqa: BLE001 - never let shutdown stop before joining the threads
             log.failure("closing connections")
-        # Joined in a thread: a WSGI thread may still need the reactor to finish.
-        yield threads.deferToThread(self.pool.stop)
+        # Joined in a thread: a WSGI thread may still need the reactor to finish.  A
+        # thread still busy JOIN_GRACE seconds after the drain (a hook that never
+        # returns) does not hold the process: it exits 1 without it.
+        joined = threads.deferToThread(self.pool.stop)
+        joined.addTimeout(JOIN_GRACE, self.reactor)
+        try:
+            yield joined
+        except defer.TimeoutError:
+            log.error("{label}a request still runs {s} s after the drain; exiting without it",
+                      label=self.label, s=JOIN_GRACE)
+            exit_now(1)
 
 
 #: The worker's bootstrap: the master's import path, then daemon.worker.main.  With

@@ -348,6 +348,30 @@ def test_worker_that_dies_is_replaced(world):
     assert daemon.proc.returncode == 0, daemon.log()[-3000:]
 
 
+def test_drain_is_bounded(world):
+    """A request still running ``drain-seconds`` after the signal (a hook that does not return)
+    does not hold the daemon: it closes the connections, waits briefly for the thread, exits 1."""
+    name = "drain-bounded"
+    world.new_repo(name, gated=True)
+    gate = world.gate(name)
+    daemon = Served(world, "--http", "127.0.0.1:0", settings="[hosting]\ndrain-seconds = 2\n").wait_ready()
+    push = subprocess.Popen([HG, "push", daemon.url(f"alice/{name}")], env=world.site.env, cwd=world.source,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (gate / "gate-in").exists() or push.poll() is not None, 120, "the push to reach the hook")
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(60) == 1, daemon.log()[-3000:]
+        assert not (gate / "gate-open").exists()
+    finally:
+        (gate / "gate-open").touch()
+        push.communicate(timeout=120)
+        daemon.stop()
+    log = daemon.log()
+    assert "Traceback" not in log and "exiting without it" in log, log[-3000:]
+    checked = world.site.cli("check", check=False)  # the next start (or check --repair) settles it
+    assert checked.returncode in (0, 1), checked.stdout + checked.stderr
+
+
 # -- 2. serve that cannot listen ------------------------------------------------------------------
 
 
