@@ -159,6 +159,23 @@ class Authenticator:
         self.throttle.fail(*keys)
         return Refusal(401, "wrong user name or password")
 
+    def already_verified(self, header: str) -> bool:
+        """Does this Authorization header prove a user without a slow hash?  Read-only.
+
+        True for a valid token (one SHA-256 and one lookup) or a password pair
+        this process verified within the cache time; False otherwise, malformed
+        headers included.  Counts no failure and never verifies a password, so
+        it may run on the reactor thread (:mod:`daemon.bodylimit` asks it from a
+        request's headers, before its body is stored).
+        """
+        try:
+            user_name, secret = parse_basic(header)
+        except Malformed:
+            return False
+        if secret.startswith(credentials.TOKEN_PREFIX):
+            return accounts.check_token(user_name, secret) is not None
+        return self._cached_user(self._cache_key(user_name, secret)) is not None
+
     def password_login(self, user_name: str, password: str, address: str) -> Owner | Refusal:
         """A browser login with the form (same throttling as Basic)."""
         keys = (f"addr:{address}", f"user:{names.key(user_name)}")

@@ -62,13 +62,6 @@ def _push_holding(repository_id: int, node: str) -> int:
     return row.push_id
 
 
-def _int(req, name: str) -> int:
-    try:
-        return int(req.arg(name))
-    except (TypeError, ValueError):
-        raise HTTPError(400, f"{name} must be an integer") from None
-
-
 def query(req, repository_id: int, unfi) -> dict:
     """The JSON document for a request (``unfi``: the repository, for ``full``)."""
     version = req.arg("version", "1")
@@ -83,7 +76,7 @@ def query(req, repository_id: int, unfi) -> dict:
         where &= Push.push_id > _push_holding(repository_id, req.arg("fromchange"))
         ranged = True
     elif req.arg("startID") is not None:
-        where &= Push.push_id > _int(req, "startID")
+        where &= Push.push_id > req.int_arg("startID")
         ranged = True
     if req.arg("enddate") is not None:
         where &= Push.date < _parse_date(req.arg("enddate"))
@@ -92,7 +85,7 @@ def query(req, repository_id: int, unfi) -> dict:
         where &= Push.push_id <= _push_holding(repository_id, req.arg("tochange"))
         ranged = True
     elif req.arg("endID") is not None:
-        where &= Push.push_id <= _int(req, "endID")
+        where &= Push.push_id <= req.int_arg("endID")
         ranged = True
     users = req.args("user")
     if users:
@@ -105,10 +98,7 @@ def query(req, repository_id: int, unfi) -> dict:
     if ranged or users or changesets:
         rows = rows.order_by(Push.push_id)
     else:
-        try:
-            page = max(1, int(req.arg("node", "1")))
-        except ValueError:
-            raise HTTPError(400, "node (the page) must be an integer") from None
+        page = req.page_arg("node")
         rows = rows.order_by(Push.push_id.desc()).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE)
     views = sorted(pushlog.views(list(rows)), key=lambda v: v.push_id)
     full = "full" in req.query

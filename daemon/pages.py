@@ -9,7 +9,8 @@ and ``/-/new`` (logged-in users), ``/-/login`` and ``/-/logout``.
 Every form that changes state carries the session's CSRF token (the login
 form a double-submit cookie) and is refused without it.  Session cookies are
 HttpOnly and SameSite=Lax.  Templates autoescape; the README is rendered by
-markdown-it with raw HTML disabled.
+:mod:`daemon.readme` (markdown-it with raw HTML disabled, under a size cap and
+a CPU budget; other README names as escaped text).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import urllib.parse
 from importlib import resources
 
 import jinja2
-from markdown_it import MarkdownIt
+from mercurial.hgweb import webutil
 from peewee import fn
 
 from hgext_hosting import names, policy, pushlog, repositories
 from hgext_hosting.errors import UserError
 from hgext_hosting.models import Membership, Owner, Push, Repository
 
+from . import readme as readmes
 from .auth import SESSION_COOKIE, Refusal
 from .web import HTTPError, Request, redirect, respond
 
@@ -39,9 +41,7 @@ PUSHES_PER_PAGE = 20
 REPOS_PER_PAGE = 100
 #: Rendered READMEs kept in memory (one per repository and tip).
 README_CACHE_SIZE = 256
-README_NAMES = (b"README.md", b"README.markdown", b"README.rst", b"README.txt", b"README")
-
-_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+README_NAMES = readmes.README_NAMES
 
 
 def templates_dir() -> str:
@@ -137,10 +137,7 @@ class Pages:
                 | (fn.LOWER(Owner.name).contains(search.lower()))
                 | (fn.LOWER(Repository.description) ** like)
             )
-        try:
-            page = max(1, int(req.arg("page", "1")))
-        except ValueError:
-            raise HTTPError(400, "page must be a number") from None
+        page = req.page_arg()
         total = query.count()
         pages = max(1, math.ceil(total / REPOS_PER_PAGE))
         rows = list(query.order_by(Owner.name_key, Repository.name_key)
@@ -226,23 +223,25 @@ class Pages:
             actual = files.get(candidate.lower())
             if actual is None:
                 continue
-            data = ctx[actual].data()[:512 * 1024].decode("utf-8", "replace")
-            if actual.lower().endswith((b".md", b".markdown")):
-                return actual.decode("utf-8", "replace"), _markdown.render(data)
-            return actual.decode("utf-8", "replace"), "<pre>" + jinja2.escape(data) + "</pre>"
+            return actual.decode("utf-8", "replace"), readmes.render(actual, ctx[actual].data())
         return None
+
+    def archive_suffixes(self) -> list[str]:
+        """The archive file suffixes (``.zip``...) hgweb serves, by the rule hgweb applies."""
+        ui = self.app.baseui
+        allowed = ui.configlist(b"web", b"allow-archive")
+        return [spec[2].decode() for kind, spec in webutil.archivespecs.items()
+                if kind in allowed or ui.configbool(b"web", b"allow" + kind)]
 
     def overview(self, req: Request, start_response, row, facts, level):
         pushes = pushlog.recent_pushes(row, 5)
         readme = self._readme(row)
         return self.render(req, start_response, "repo.html", repo=row, level=level, pushes=pushes,
-                           clone_urls=self.clone_urls(req, row), readme=readme, title=row.full_name)
+                           clone_urls=self.clone_urls(req, row), readme=readme, title=row.full_name,
+                           archives=self.archive_suffixes())
 
     def pushlog(self, req: Request, start_response, row, facts, level):
-        try:
-            page = max(1, int(req.arg("page", "1")))
-        except ValueError:
-            raise HTTPError(400, "page must be a number") from None
+        page = req.page_arg()
         total = Push.select().where((Push.repository == row.id) & (Push.state == "done")).count()
         pages = max(1, math.ceil(total / PUSHES_PER_PAGE))
         pushes = pushlog.recent_pushes(row, PUSHES_PER_PAGE, (page - 1) * PUSHES_PER_PAGE)

@@ -63,6 +63,7 @@ from .hgwebs import HgwebCache
 from .lifecycle import InFlight, exit_now, url_of
 from .pages import Pages, templates_dir
 from .streaming import StreamingWSGIResource
+from .web import SECURITY_HEADERS, HTTPError, parse_path
 
 log = Logger()
 
@@ -84,18 +85,50 @@ def info_observer(stream):
                                 [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info), _not_port_chatter])
 
 
+class StaticFiles(resource.Resource):
+    """``/-/static/NAME``: the files of ``templates/static``, nothing else.
+
+    The raw request path is validated exactly as the application's
+    (:func:`daemon.web.parse_path`: 400 for NUL, ``..``, encoded slashes, bad
+    UTF-8), then only a regular file directly in the directory is served (404
+    otherwise, no listings); every response carries :data:`daemon.web.SECURITY_HEADERS`.
+    """
+
+    isLeaf = True
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self._directory = directory
+
+    def render(self, request):
+        for name, value in SECURITY_HEADERS:
+            request.setHeader(name, value)
+        try:
+            segments = parse_path(request.uri.split(b"?", 1)[0].decode("latin-1"))
+        except HTTPError as e:
+            return self._error(request, e.status, e.reason)
+        path = os.path.join(self._directory, segments[2]) if len(segments) == 3 else None
+        if path is None or not os.path.isfile(path):
+            return self._error(request, 404, "not found")
+        return static.File(path).render(request)
+
+    @staticmethod
+    def _error(request, status: int, reason: str) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return reason.encode() + b"\n"
+
+
 class Root(resource.Resource):
     """``/-/static/`` from disk; every other path to the WSGI application."""
 
     def __init__(self, wsgi: resource.Resource):
         super().__init__()
         self._wsgi = wsgi
-        self._static = static.File(os.path.join(templates_dir(), "static"))
-        self._static.directoryListing = lambda: resource.NoResource()
+        self._static = StaticFiles(os.path.join(templates_dir(), "static"))
 
     def getChild(self, path: bytes, request):
         if path == b"-" and request.postpath[:1] == [b"static"]:
-            request.prepath.append(request.postpath.pop(0))
             return self._static
         request.postpath.insert(0, request.prepath.pop())
         return self._wsgi
@@ -271,6 +304,12 @@ HGWEB_CSP = (b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsaf
              b"script-src 'self' 'nonce-%nonce%'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 
+#: Archive types a site allows when its hgrc does not say (``init`` writes the same).
+ARCHIVE_TYPES = b"zip gz bz2"
+#: The settings by which a site hgrc chooses its archive types itself.
+ARCHIVE_KEYS = (b"allow-archive", b"allowarchive", b"allowzip", b"allowgz", b"allowbz2")
+
+
 def daemon_baseui(site):
     """The ui every hgweb application copies: the site hgrc plus daemon settings.
 
@@ -280,7 +319,9 @@ def daemon_baseui(site):
     Mercurial's own files (paper's CSS, JavaScript, icons), which hgweb would
     otherwise look for next to our templates.  hgweb's pages get the same
     Content-Security-Policy as ours (:data:`HGWEB_CSP`) unless the site hgrc
-    sets ``web.csp``.
+    sets ``web.csp``.  Archives (:data:`ARCHIVE_TYPES`) are allowed for whoever
+    may read, as ``init`` writes into new site hgrcs, unless the site hgrc
+    sets ``web.allow-archive`` itself (even empty: no archives).
     """
     ui = site.ui.copy()
     settings = [
@@ -291,6 +332,8 @@ def daemon_baseui(site):
         (b"web", b"push_ssl", b"false"),
         (b"server", b"streamunbundle", b"true"),
     ]
+    if not any(ui.hasconfig(b"web", key) for key in ARCHIVE_KEYS):
+        settings.append((b"web", b"allow-archive", ARCHIVE_TYPES))
     if not ui.config(b"web", b"csp"):
         settings.append((b"web", b"csp", HGWEB_CSP))
     if not ui.config(b"web", b"templates"):
@@ -340,6 +383,7 @@ class HTTPService(service.Service):
                                          max_per_address=self.settings.http_max_per_address)
         self.site_factory.displayTracebacks = False
         self.site_factory.max_request_bytes = self.settings.max_request_bytes
+        self.site_factory.authenticator = auth  # daemon.bodylimit: who may send a large body
         self.listening = None
 
     def privilegedStartService(self) -> None:

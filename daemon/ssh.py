@@ -427,6 +427,9 @@ def _authorize(site: Site, user: str, owner: str, name: str) -> Path:
         log.warn("ssh: {owner}/{name} has a database row but no repository at {path}",
                  owner=owner, name=name, path=str(path))
         raise UserError(f"no repository {owner}/{name}")
+    # the child's environment as HgSession._spawn builds it (SSH_* aside): will it run the extension?
+    child_env = sshcommand.session_environ(os.environ, user, drop=("HG_", "SSH_"))
+    sshcommand.require_enforced(site, path, f"{owner}/{name}", child_env)
     return path
 
 

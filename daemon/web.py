@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import urllib.parse
 from collections.abc import Iterable
 from http.cookies import CookieError, SimpleCookie
 
 MAX_URI = 8192
 MAX_FORM = 64 * 1024
+#: What a database integer column holds (SQLite and PostgreSQL ``bigint``).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: The highest page number any listing accepts (its offset stays far inside INT64).
+MAX_PAGE = 10**9
+_INTEGER = re.compile(r"-?[0-9]{1,30}\Z")
 
 
 class HTTPError(Exception):
@@ -47,6 +53,13 @@ SECURITY_HEADERS = [
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "same-origin"),
 ]
+
+#: The policy of every response that is not one of our or hgweb's HTML pages (raw
+#: files, archives, wire protocol): whatever a browser makes of it, nothing runs.
+SANDBOX_CSP = "sandbox; default-src 'none'"
+#: Types a browser shows inline without running anything; other raw files are downloads.
+INERT_TYPES = ("text/plain", "application/binary", "application/octet-stream", "image/png", "image/gif",
+               "image/jpeg", "image/webp")
 
 PAGE_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
             "script-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -81,6 +94,24 @@ class Request:
     def arg(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
         return values[-1] if values else default
+
+    def int_arg(self, name: str, default: int | None = None, low: int = INT64_MIN,
+                high: int = INT64_MAX) -> int | None:
+        """The integer query parameter ``name`` (``default`` when absent), or HTTPError 400.
+
+        Only plain decimal digits, and only values from ``low`` to ``high``: a
+        number the database cannot hold is refused here, not by the database.
+        """
+        text = self.arg(name)
+        if text is None:
+            return default
+        if not _INTEGER.match(text) or not low <= int(text) <= high:
+            raise HTTPError(400, f"{name} must be an integer from {low} to {high}")
+        return int(text)
+
+    def page_arg(self, name: str = "page") -> int:
+        """A page number of a listing (1 when absent), from 1 to :data:`MAX_PAGE`."""
+        return self.int_arg(name, 1, 1, MAX_PAGE)
 
     def args(self, name: str) -> list[str]:
         return self.query.get(name, [])
@@ -164,6 +195,31 @@ def respond(start_response, status: int, body: bytes | str, content_type: str = 
     all_headers.extend(headers or [])
     start_response(f"{status} {reason or STATUS_TEXT.get(status, 'Error')}", all_headers)
     return [body]
+
+
+def hgweb_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """hgweb's response headers, made as safe as our own responses.
+
+    Every response gets :data:`SECURITY_HEADERS`.  hgweb's HTML pages keep the
+    policy hgweb sets (``web.csp``); anything else, above all ``raw-file``
+    (the only response hgweb marks ``Content-Disposition: inline``, with a
+    type ``web.guessmime`` may make ``text/html``), gets :data:`SANDBOX_CSP`,
+    and a raw file of any type but :data:`INERT_TYPES` becomes an attachment.
+    """
+    ours = {name.lower() for name, _ in SECURITY_HEADERS} | {"content-security-policy"}
+    kept = [(k, v) for k, v in headers if k.lower() not in ours]
+    values = {k.lower(): v for k, v in headers}
+    ctype = values.get("content-type", "").split(";")[0].strip().lower()
+    disposition = values.get("content-disposition", "")
+    raw = disposition.lower().startswith("inline")
+    if raw and ctype not in INERT_TYPES:
+        kept = [(k, v) for k, v in kept if k.lower() != "content-disposition"]
+        kept.append(("Content-Disposition", "attachment" + disposition[len("inline"):]))
+    if ctype == "text/html" and not raw and "content-security-policy" in values:
+        csp = values["content-security-policy"]
+    else:
+        csp = SANDBOX_CSP
+    return [*kept, *SECURITY_HEADERS, ("Content-Security-Policy", csp)]
 
 
 def respond_json(start_response, data, status: int = 200) -> Iterable[bytes]:

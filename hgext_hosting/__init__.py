@@ -53,7 +53,8 @@ In the site ``hgrc``::
   lock-timeout = 60
   # recover an interrupted transaction when a repository is opened
   auto-recover = True
-  # the largest HTTP request body (a pushed bundle) the daemon accepts, in MB
+  # the largest bundle an authenticated HTTP push may send, in MB; every
+  # other request body (forms, the API, anonymous requests) is refused over 4 MB
   max-request-mb = 2048
   # seconds a stopping daemon (SIGTERM, SIGINT) waits for requests and SSH
   # sessions in flight; it stops earlier once none came for about 2 s
@@ -67,6 +68,17 @@ In the site ``hgrc``::
   ssh-login-seconds = 30
   # open SSH connections per client address (0: no limit)
   ssh-max-per-address = 16
+
+The site ``hgrc`` must keep ``[extensions] hosting =``, and every repository's
+``.hg/hgrc`` must include the site ``hgrc``: a process that does not load the
+extension would let pushes land unchecked and unrecorded.  ``hg-hosting init``
+adds the line to a site ``hgrc`` that lacks it; the daemon (HTTP and SSH) and
+``hg-hosting ssh-serve`` refuse every push to a repository whose ``hg`` would
+not load it; ``hg-hosting check`` lists such repositories (a local ``hg push``
+into one cannot be stopped, only found).
+
+Pushed bundles may not name a URL for the server to fetch: bundle2's
+``remote-changegroup`` part is neither advertised nor accepted.
 
 Administrators' own hooks go in the site ``hgrc`` too.  The permission check
 runs when the transaction opens, before any of them; this extension's checks
@@ -109,6 +121,7 @@ def reposetup(ui, repo) -> None:
             row = _settle_before_transaction(self, site, owner, name)
             return hooks.open_transaction(self, row, lambda: super(hostingrepo, self).transaction(desc, report))
 
+    setattr(hostingrepo, hooks.ENFORCED, True)  # what the daemon checks before a write
     repo.__class__ = hostingrepo
     if ui.configbool(b"hosting", b"auto-recover") and repo.svfs.exists(b"journal"):
         _recover_if_abandoned(repo, site, owner, name)
@@ -152,6 +165,74 @@ def _recover_if_abandoned(repo, site, owner: str, name: str) -> None:
 
 def uisetup(ui) -> None:
     _wrap_ssh_unbundle()
+    _refuse_remote_changegroup()
+    _answer_committed_pushes()
+
+
+#: Why a pushed ``remote-changegroup`` part is refused.
+REMOTE_CHANGEGROUP_REFUSED = (
+    b"hosting: remote-changegroup parts are not accepted by this server (it fetches no URL for a push)"
+)
+
+
+def _refuse_remote_changegroup() -> None:
+    """Never fetch a URL named by a pushed bundle: no ``remote-changegroup`` (SSRF).
+
+    Mercurial advertises ``remote-changegroup=http,https`` and, given such a
+    bundle2 part, opens the URL from the server (``url.open`` in
+    ``bundle2_part_handlers.py``) before the transaction, whoever pushes: a
+    user with write access to any repository could make the server connect
+    anywhere and tell an open port from a closed one.  The capability is
+    dropped from what a server advertises, and the part is refused on every
+    transport (HTTP, ``serve --stdio``, ``hg unbundle``) before any connection.
+    """
+    from mercurial import bundle2, bundle2_part_handlers, extensions  # noqa: F401 - registers the parts
+    from mercurial.exchanges import bundle_caps
+
+    handler = bundle2.parthandlermapping.get(b"remote-changegroup")
+    if handler is not None and not getattr(handler, "_hosting", False):
+
+        def refuse(op, inpart):
+            raise error.Abort(REMOTE_CHANGEGROUP_REFUSED)
+
+        refuse.params = handler.params
+        refuse._hosting = True
+        bundle2.parthandlermapping[b"remote-changegroup"] = refuse
+
+    if not getattr(bundle_caps.get_repo_caps, "_hosting", False):
+
+        def get_repo_caps(orig, repo, *args, **kwargs):
+            caps = orig(repo, *args, **kwargs)
+            if kwargs.get("role") == b"server" or (len(args) > 1 and args[1] == b"server"):
+                caps.pop(b"remote-changegroup", None)
+            return caps
+
+        extensions.wrapfunction(bundle_caps, "get_repo_caps", get_repo_caps)
+        bundle_caps.get_repo_caps._hosting = True
+
+
+def _answer_committed_pushes() -> None:
+    """Answer a committed bundle2 push that asked for no reply with an (empty) bundle2 reply.
+
+    A client that sends no ``replycaps`` part gets ``op.reply`` None; the push is
+    applied and committed, then Mercurial's wire layer fails formatting the
+    answer (``'%d' % None``) and the client is told the request was malformed.
+    Here such a push is answered like any other successful bundle2 push.
+    """
+    from mercurial import bundle2, exchange, extensions
+
+    if getattr(exchange.unbundle, "_hosting", False):
+        return
+
+    def unbundle(orig, repo, cg, heads, source, url):
+        result = orig(repo, cg, heads, source, url)
+        if result is None and isinstance(cg, bundle2.unbundle20):
+            result = bundle2.bundle20(repo.ui)  # committed: tr.close() returned
+            result.newpart(b"output", data=b"hosting: push applied\n", mandatory=False)
+        return result
+
+    extensions.wrapfunction(exchange, "unbundle", unbundle)
+    exchange.unbundle._hosting = True
 
 
 def _wrap_ssh_unbundle() -> None:

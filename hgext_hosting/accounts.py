@@ -74,6 +74,13 @@ def add_user(name: str, email: str = "", admin: bool = False, password: str | No
     return _create_owner(name, "user", email=email, is_admin=admin, password_hash=pw_hash)
 
 
+def check_new_user_name(name: str) -> None:
+    """Refuse (UserError) a name that ``add_user`` would refuse: invalid or already taken (read only)."""
+    names.check_owner_name(name, "user name")
+    if Owner.select().where(Owner.name_key == names.key(name)).exists():
+        raise UserError(f"the name {name!r} is already taken by a user or team")
+
+
 def set_password(name: str, password: str) -> None:
     pw_hash = credentials.hash_password(password)
     with write_transaction():

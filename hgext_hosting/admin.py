@@ -5,18 +5,28 @@ subcommand and turns every refusal into one ``error: ...`` line on stderr with
 a non-zero exit status.  Nothing here prints a traceback to a user: an
 unexpected exception is reported in one line too (``HG_HOSTING_DEBUG=1`` shows
 the traceback).
+
+Listings print aligned columns under a header line (``--json``: SPEC's
+arrays).  Passwords never come from argv: ``--password-stdin`` reads stdin,
+``user passwd`` asks twice on a terminal (else reads stdin), ``user add``
+asks only with ``--password-prompt``.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import getpass
 import json
 import os
 import secrets
+import shlex
+import shutil
 import sys
 import traceback
+import unicodedata
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 
 from . import accounts, repositories
@@ -35,9 +45,8 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
-def _read_password(args) -> str | None:
-    if not getattr(args, "password_stdin", False):
-        return None
+def _password_from_stdin() -> str:
+    """All of stdin, one trailing newline (``\\n`` or ``\\r\\n``) stripped (SPEC: ``--password-stdin``)."""
     data = sys.stdin.read()
     if data.endswith("\n"):
         data = data[:-1]
@@ -46,34 +55,133 @@ def _read_password(args) -> str | None:
     return data
 
 
+def _password_from_terminal(name: str) -> str:
+    """Ask twice on the terminal without echo (``getpass``); refuse an empty or a mismatched entry."""
+    try:
+        first = getpass.getpass(f"Password for {name}: ")
+        if not first:
+            raise UserError("the password is empty; nothing changed")
+        second = getpass.getpass(f"Repeat the password for {name}: ")
+    except EOFError:
+        raise UserError("no password given; nothing changed") from None
+    if first != second:
+        raise UserError("the passwords do not match; nothing changed")
+    return first
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # closed
+        return False
+
+
+def _new_password(args, prompt_by_default: bool) -> str | None:
+    """The password a ``user add``/``user passwd`` command was given, or None for none.
+
+    ``--password-stdin`` reads stdin (even a terminal, as SPEC says);
+    otherwise a terminal is prompted when ``--password-prompt`` asked or
+    ``prompt_by_default`` (``passwd``), and ``passwd`` without a terminal reads
+    stdin.  ``user add`` without either flag sets no password: it never
+    prompts by itself, so a script run from a terminal does not stop to ask.
+    """
+    if args.password_stdin:
+        return _password_from_stdin()
+    asked = getattr(args, "password_prompt", False)
+    if not (asked or prompt_by_default):
+        return None
+    if _stdin_is_terminal():
+        return _password_from_terminal(args.name)
+    if asked:
+        raise UserError("--password-prompt needs a terminal; use --password-stdin to read stdin")
+    return _password_from_stdin()
+
+
 def _iso(dt: datetime.datetime | None) -> str | None:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ") if dt else None
 
 
-def _emit(args, rows: list[dict], text: Callable[[dict], str]) -> None:
+#: One text column of a listing: its header and how to show a row's cell.
+Column = tuple[str, Callable[[dict], object]]
+
+
+def _emit(args, rows: list[dict], columns: list[Column]) -> None:
+    """Print ``rows`` as a JSON array (``--json``) or as aligned columns under a header line."""
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
-    else:
-        for row in rows:
-            print(text(row))
+        return
+    for line in _table([name for name, _ in columns],
+                       [[_cell(show(row)) for _, show in columns] for row in rows]):
+        print(line)
+
+
+def _cell(value: object) -> str:
+    """A value as one table cell: ``-`` for nothing; control and format characters (tabs, newlines,
+    terminal escapes, bidi overrides) blanked, so no value can break the table or mislead the eye."""
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return "".join(" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
+
+
+def _width(text: str) -> int:
+    """Terminal columns taken by ``text`` (wide East Asian characters count two, combining marks none)."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
+
+
+def _table(header: list[str], rows: list[list[str]], gap: int = 2) -> list[str]:
+    """Lines of a table whose columns start at the same terminal column, as ``docker ps`` prints them."""
+    widths = [max(_width(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    return [
+        "".join(cell + " " * (widths[i] - _width(cell) + gap) for i, cell in enumerate(line[:-1]))
+        + line[-1]
+        for line in (header, *rows)
+    ]
 
 
 # -- commands -----------------------------------------------------------------
 
 
 def cmd_init(args, site: Site) -> int:
+    """Create the site; make a first site admin if asked; say who the site admins are and how to reset one."""
     created = site.init()
     for item in created:
         print(f"created {item}")
     print(f"site ready at {site.root}" if created else f"site at {site.root} is up to date")
-    if args.admin and not any(u.is_admin for u in accounts.list_users()):
+    admins = [u.name for u in accounts.list_users() if u.is_admin]
+    if args.admin and not admins:
         password = os.environ.get("HG_HOSTING_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
         accounts.add_user(args.admin, admin=True, password=password)
         print(f"created site admin {args.admin}")
         if "HG_HOSTING_ADMIN_PASSWORD" not in os.environ:
             print(f"password (shown once): {password}")
+    elif admins:
+        print(f"site admins: {', '.join(admins)}")
+        named = [a for a in admins if args.admin and a.lower() == args.admin.lower()]
+        print(f"reset a password with: {_command_line(site)} user passwd {shlex.quote((named or admins)[0])}")
+    else:
+        print(f"no site admin yet; make one with: {_command_line(site)} init --admin NAME")
     return 0
+
+
+def _command_line(site: Site) -> str:
+    """``hg-hosting --site DIR`` as a user can paste it: this very program, the site quoted.
+
+    ``hg-hosting`` when that name on ``$PATH`` is this program, else the path
+    it was run by (``.venv/bin/hg-hosting`` under ``make serve``).
+    """
+    exe = sys.argv[0] if sys.argv and os.path.isfile(sys.argv[0]) else "hg-hosting"
+    found = shutil.which("hg-hosting")
+    try:
+        if found and os.path.samefile(found, exe):
+            exe = "hg-hosting"
+    except OSError:
+        exe = "hg-hosting"
+    return f"{shlex.quote(exe)} --site {shlex.quote(str(site.root))}"
 
 
 def cmd_serve(args, site: Site) -> int:
@@ -84,20 +192,25 @@ def cmd_serve(args, site: Site) -> int:
 
 def cmd_user(args, site: Site) -> int:
     if args.action == "add":
-        accounts.add_user(args.name, email=args.email or "", admin=args.admin, password=_read_password(args))
+        if args.password_prompt:  # refuse a taken or bad name before asking for a password
+            accounts.check_new_user_name(args.name)
+        password = _new_password(args, prompt_by_default=False)
+        accounts.add_user(args.name, email=args.email or "", admin=args.admin, password=password)
         print(f"added user {args.name}")
-    elif args.action == "passwd":
-        password = _read_password(args)
         if password is None:
-            raise UserError("user passwd needs --password-stdin")
-        accounts.set_password(args.name, password)
+            print(f"{args.name} has no password and can only use API tokens until one is set"
+                  f" (hg-hosting user passwd {args.name})")
+    elif args.action == "passwd":
+        accounts.get_user(args.name)  # refuse an unknown user before asking for a password
+        accounts.set_password(args.name, _new_password(args, prompt_by_default=True))
         print(f"changed the password of {args.name}")
     elif args.action == "remove":
         accounts.remove_user(args.name)
         print(f"removed user {args.name}")
     else:
         rows = [{"name": u.name, "email": u.email, "admin": u.is_admin} for u in accounts.list_users()]
-        _emit(args, rows, lambda r: f"{r['name']}\t{r['email']}" + ("\tadmin" if r["admin"] else ""))
+        _emit(args, rows, [("NAME", itemgetter("name")), ("EMAIL", itemgetter("email")),
+                           ("ADMIN", itemgetter("admin"))])
     return 0
 
 
@@ -109,10 +222,15 @@ def cmd_token(args, site: Site) -> int:
         print(f"revoked token {args.label} of {args.user}")
     else:
         rows = [
-            {"label": t.label, "created": _iso(t.created), "last_used": _iso(t.last_used)}
+            {"label": t.label, "created": _iso(t.created), "last_used": _iso(t.last_used),
+             **({"expires": _iso(t.expires)} if getattr(t, "expires", None) else {})}
             for t in accounts.list_tokens(args.user)
         ]
-        _emit(args, rows, lambda r: f"{r['label']}\t{r['created']}")
+        columns: list[Column] = [("LABEL", itemgetter("label")), ("CREATED", itemgetter("created")),
+                                 ("LAST USED", lambda r: r["last_used"] or "never")]
+        if any("expires" in r for r in rows):
+            columns.append(("EXPIRES", lambda r: r.get("expires") or "never"))
+        _emit(args, rows, columns)
     return 0
 
 
@@ -136,7 +254,8 @@ def cmd_ssh_key(args, site: Site) -> int:
             {"fingerprint": k.fingerprint, "type": k.key_type, "comment": k.comment}
             for k in accounts.list_ssh_keys(args.user)
         ]
-        _emit(args, rows, lambda r: f"{r['fingerprint']}\t{r['type']}\t{r['comment']}")
+        _emit(args, rows, [("FINGERPRINT", itemgetter("fingerprint")), ("TYPE", itemgetter("type")),
+                           ("COMMENT", itemgetter("comment"))])
     return 0
 
 
@@ -155,7 +274,7 @@ def cmd_team(args, site: Site) -> int:
         print(f"removed {args.user} from {args.team}")
     else:
         rows = [{"name": t.name, "members": members} for t, members in accounts.list_teams()]
-        _emit(args, rows, lambda r: f"{r['name']}\t{' '.join(r['members'])}")
+        _emit(args, rows, [("NAME", itemgetter("name")), ("MEMBERS", itemgetter("members"))])
     return 0
 
 
@@ -185,7 +304,9 @@ def cmd_repo(args, site: Site) -> int:
         print(f"forked {args.src} to {repo.full_name}")
     else:
         rows = [_repo_row(r) for r in repositories.list_repos()]
-        _emit(args, rows, lambda r: f"{r['name']}\t{'private' if r['private'] else 'public'}\t{r['description']}")
+        _emit(args, rows, [("NAME", itemgetter("name")),
+                           ("VISIBILITY", lambda r: "private" if r["private"] else "public"),
+                           ("CREATED", itemgetter("created")), ("DESCRIPTION", itemgetter("description"))])
     return 0
 
 
@@ -213,6 +334,29 @@ def cmd_unprotect(args, site: Site) -> int:
     return 0
 
 
+def _push_changesets(row: dict) -> str | None:
+    """``N: FIRST..LAST`` (short hashes) of a push's changesets, None for a bookmark-only push."""
+    nodes = row["changesets"]
+    if not nodes:
+        return None
+    return f"{len(nodes)}: {nodes[0][:12]}" + (f"..{nodes[-1][:12]}" if len(nodes) > 1 else "")
+
+
+def _push_bookmarks(row: dict) -> list[str]:
+    return [f"{b['name']} -> {b['new'][:12] if b['new'] else '(deleted)'}" for b in row["bookmarks"]]
+
+
+def _push_phases(row: dict) -> str | None:
+    count = len(row.get("phases", []))
+    return f"{count} change{'s' if count != 1 else ''}" if count else None
+
+
+_PUSH_COLUMNS: list[Column] = [
+    ("ID", itemgetter("id")), ("DATE", itemgetter("date")), ("USER", itemgetter("user")),
+    ("CHANGESETS", _push_changesets), ("BOOKMARKS", _push_bookmarks),
+]
+
+
 def cmd_pushlog(args, site: Site) -> int:
     from . import pushlog
 
@@ -220,7 +364,7 @@ def cmd_pushlog(args, site: Site) -> int:
         raise UserError("--limit must be at least 1")
     repo = repositories.get_repo(args.repo)
     rows = [p.as_json() for p in pushlog.recent_pushes(repo, args.limit)]
-    _emit(args, rows, pushlog.format_push_line)
+    _emit(args, rows, _PUSH_COLUMNS + ([("PHASES", _push_phases)] if any("phases" in r for r in rows) else []))
     return 0
 
 
@@ -241,7 +385,8 @@ def cmd_ssh_serve(args, site: Site) -> int:
     check; then this process becomes ``hg -R ABS serve --stdio`` (``exec``),
     wired to sshd's stdin and stdout, with ``HG_HOSTING_USER`` set to the user
     and every other ``HG*`` variable removed (sshd passes variables the client
-    sent when ``AcceptEnv`` lets it).  Pushes are decided by the hooks.
+    sent when ``AcceptEnv`` lets it).  Pushes are decided by the hooks, so a
+    session whose ``hg`` would not load the extension is refused first.
     """
     from . import models, sshcommand
 
@@ -252,6 +397,7 @@ def cmd_ssh_serve(args, site: Site) -> int:
         raise UserError(f"no repository {owner}/{name}")
     hg = sshcommand.hg_executable()
     env = sshcommand.session_environ(os.environ, args.user)
+    sshcommand.require_enforced(site, path, f"{owner}/{name}", env)
     models.db.close()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -315,10 +461,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--email", default="")
     p.add_argument("--admin", action="store_true", help="make the user a site admin")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    p = users.add_parser("passwd", help="set a user's password (from stdin)")
+    password = p.add_mutually_exclusive_group()
+    password.add_argument("--password-stdin", action="store_true",
+                          help="read the password from stdin (one trailing newline stripped)")
+    password.add_argument("--password-prompt", action="store_true",
+                          help="ask for the password twice on the terminal (not echoed)")
+    p = users.add_parser("passwd", help="set a user's password: asked twice on a terminal, else read from stdin",
+                         description="Set a user's password.  On a terminal it is asked twice (not echoed);"
+                                     " otherwise, or with --password-stdin, it is read from stdin"
+                                     " (one trailing newline stripped).")
     p.add_argument("name")
-    p.add_argument("--password-stdin", action="store_true", required=True)
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from stdin even on a terminal")
     users.add_parser("remove", help="remove a user").add_argument("name")
     listing(users.add_parser("list", help="list users"))
 

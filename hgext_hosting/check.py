@@ -15,7 +15,13 @@ flight and the push log and the changelog can be compared), then reports:
 - directories under ``repos/`` without a row: ``--repair`` registers them
   (private, so nothing becomes visible by accident) when their owner exists and
   the name is valid, else moves them to ``lost+found/``;
-- rows without a directory: ``--repair`` removes the row.
+- rows without a directory: ``--repair`` removes the row;
+- a repository whose ``hg`` would not run the extension (its ``.hg/hgrc``
+  does not include the site hgrc, or the configuration does not enable
+  ``[extensions] hosting``): pushes to it would be neither checked nor
+  recorded.  ``--repair`` adds ``[extensions] hosting =`` to a site hgrc
+  without it, as ``init`` does (not to one that says ``hosting = !``); a
+  repository's own ``.hg/hgrc`` is the administrator's to fix.
 
 Exit status: 0 when everything agrees (or ``--repair`` mended all of it), 1
 otherwise.
@@ -58,6 +64,7 @@ class Report:
 
 def run(site: Site, repair: bool = False) -> Report:
     report = Report()
+    _check_site_hgrc(site, report, repair)
     rows = {
         (r.owner.name, r.name): r
         for r in Repository.select(Repository, Owner).join(Owner)
@@ -76,6 +83,29 @@ def run(site: Site, repair: bool = False) -> Report:
     for key in sorted(on_disk - set(rows)):
         _check_orphan_directory(site, key, report, repair)
     return report
+
+
+def _check_site_hgrc(site: Site, report: Report, repair: bool) -> None:
+    """The site hgrc must enable the extension; ``--repair`` adds it as ``init`` does."""
+    from .site import SiteError, extension_enabled
+
+    try:
+        value, source = site.hgrc_extension()
+    except SiteError as e:
+        report.problems.append(str(e))
+        report.unrepaired += 1
+        return
+    if extension_enabled(value):
+        return
+    report.problems.append(f"{source or site.hgrc}: the site hgrc does not enable the hg-hosting extension")
+    if not repair:
+        return
+    try:
+        for what in site.ensure_hgrc():
+            report.repairs.append(f"added {what}")
+    except SiteError as e:  # 'hosting = !': an explicit choice, left to the administrator
+        report.repairs.append(f"not repaired: {e}")
+        report.unrepaired += 1
 
 
 def _directories(site: Site):
@@ -97,6 +127,11 @@ def _open(site: Site, path: Path):
 
 
 def _check_repository(site: Site, row: Repository, full: str, report: Report, repair: bool) -> None:
+    for problem in site.enforcement_problems(site.repo_path(row.owner.name, row.name)):
+        # Pushes to it are refused by the daemon and ssh-serve, but a local hg push
+        # would land unchecked and unrecorded: an administrator must look.
+        report.problems.append(f"{full}: {problem}; pushes are neither checked nor recorded")
+        report.unrepaired += 1
     try:
         repo = _open(site, site.repo_path(row.owner.name, row.name))
     except hgerror.RepoError as e:

@@ -21,7 +21,8 @@ configitem(b"hosting", b"busy-timeout", default=5000)
 configitem(b"hosting", b"lock-timeout", default=60)
 #: Recover an interrupted transaction when a reader opens a repository.
 configitem(b"hosting", b"auto-recover", default=True)
-#: The largest HTTP request body (a pushed bundle) the daemon accepts, in MB.
+#: The largest HTTP request body an authenticated push (``unbundle``) may send, in MB;
+#: every other body is capped at ``daemon.bodylimit.SMALL_BODY_BYTES`` (4 MB, or this if lower).
 configitem(b"hosting", b"max-request-mb", default=2048)
 #: Seconds a stopping daemon waits for requests and SSH sessions in flight (it stops
 #: earlier once none was in flight for about 2 s).

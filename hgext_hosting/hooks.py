@@ -92,6 +92,31 @@ def locate(repo) -> tuple[Site, str, str] | None:
     return Site.for_repository(repo.root)
 
 
+#: Set on the class of every repository that :func:`hgext_hosting.reposetup` wired.
+ENFORCED = "_hosting_enforced"
+
+
+def enforcement_problem(repo) -> str | None:
+    """Why this repository object would let a write through unchecked, else None.
+
+    The proof that the checks and the recorder run is on the object itself: its
+    class went through the extension's ``reposetup`` (:data:`ENFORCED`) and its
+    ui enables ``[extensions] hosting``.  And its ``.hg/hgrc`` includes the site
+    hgrc: otherwise the hooks would run without the site's settings (its
+    database URL, the administrators' hooks).  The daemon asks before every write.
+    """
+    from .site import EXTENSION, extension_enabled
+
+    if not getattr(repo.unfiltered(), ENFORCED, False):
+        return "the hg-hosting extension did not set this repository up"
+    if not extension_enabled(repo.ui.config(b"extensions", EXTENSION)):
+        return "the hg-hosting extension is not enabled in its configuration"
+    located = locate(repo)
+    if located is None or not located[0].included_by(repo.root):
+        return "its .hg/hgrc does not include the site hgrc"
+    return None
+
+
 def require_write(ui, repo, row: pushdb.RepoRow | None = None) -> PushContext:
     """The push's context if the pusher may write, else raise Abort.
 

@@ -1,4 +1,4 @@
-"""Names of owners (users, teams) and repositories: the one validation rule of SPEC.md.
+"""Names of owners (users, teams) and repositories: the one validation rule of docs/spec.md.
 
 A name matches ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``, is not ``.hg`` nor ends in
 ``.hg``, and is unique case-insensitively (compare :func:`key`).  A few owner
@@ -18,7 +18,7 @@ RESERVED_OWNER_NAMES = frozenset({"healthz", "favicon.ico", "robots.txt"})
 
 
 class InvalidName(UserError, ValueError):
-    """A name that SPEC.md does not allow; the message is fit for a user."""
+    """A name that docs/spec.md does not allow; the message is fit for a user."""
 
 
 def key(name: str) -> str:

@@ -1,6 +1,6 @@
 """Who may do what: the one answer to "may SUBJECT do LEVEL on REPO?".
 
-The rules (SPEC.md, *Accounts and permissions*), as :func:`level_of` applies them:
+The rules (docs/spec.md, *Accounts and permissions*), as :func:`level_of` applies them:
 
 - levels are ordered ``read`` < ``write`` < ``admin``;
 - a site admin and the repository's owning user hold ``admin``;

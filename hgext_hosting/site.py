@@ -1,6 +1,8 @@
 """A site: one directory holding the database, the repositories and the site hgrc.
 
-Layout (``hg-hosting init`` creates it; running it again changes nothing that exists)::
+Layout (``hg-hosting init`` creates it; running it again changes nothing that
+exists, except that a site hgrc without ``[extensions] hosting =`` gets that
+line appended, and one that disables it is refused)::
 
     SITE/hgrc                  site hgrc: enables the extension; administrators' hooks
     SITE/hosting.db            SQLite database (mode 0600), unless [hosting] database
@@ -12,7 +14,11 @@ Layout (``hg-hosting init`` creates it; running it again changes nothing that ex
 
 Every repository's ``.hg/hgrc`` includes ``SITE/hgrc`` by a relative path, so the
 site can be moved as a whole and any ``hg`` process opening a repository runs
-the hooks.  The site directory is, in order: ``--site``, ``$HG_HOSTING_SITE``,
+the hooks.  :meth:`Site.enforcement_problems` says why a given ``hg`` would
+not (the include or the extension is missing): the SSH front ends ask it before
+starting ``hg serve --stdio``, and ``check`` for every repository.
+
+The site directory is, in order: ``--site``, ``$HG_HOSTING_SITE``,
 ``$XDG_DATA_HOME/hg-hosting`` (``~/.local/share/hg-hosting``).
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 
 from . import config
@@ -66,6 +73,9 @@ encoding = UTF-8
 # The daemon decides who may read and push; these keep hgweb from adding rules.
 allow-push = *
 push_ssl = False
+# Whoever may read a repository may download it as .zip, .tar.gz or .tar.bz2
+# (/OWNER/NAME/archive/REV.zip).  Empty: no downloads.
+allow-archive = zip gz bz2
 
 [hooks]
 # Your own hooks go here; they run after the hosting checks.  Example:
@@ -80,6 +90,70 @@ REPO_HGRC = """\
 
 class SiteError(UserError):
     """The site is missing or unusable; the message is fit for a user."""
+
+
+# -- the extension must be on: what the site hgrc and every repository need ---------------
+
+#: The ``[extensions]`` key that loads this package's extension (``hgext3rd/hosting.py``).
+EXTENSION = b"hosting"
+
+#: What ``init`` appends to a site hgrc that does not load the extension.
+EXTENSION_LINES = """
+# Added by hg-hosting init: the extension that checks and records every push.
+# Without it pushes are neither checked nor recorded; the daemon and ssh-serve
+# then refuse every push.
+[extensions]
+hosting =
+"""
+
+
+def extension_enabled(value: bytes | None) -> bool:
+    """Does an ``[extensions] hosting`` value load the extension (set, and not ``!``)?"""
+    return value is not None and not value.strip().startswith(b"!")
+
+
+def _included_files(path: Path) -> set[str]:
+    """The real paths of ``path`` and every file it ``%include``s, recursively, as hg reads them."""
+    from mercurial import config as hgconfig
+    from mercurial import error, util
+
+    seen: set[str] = set()
+
+    def read(file: bytes) -> None:
+        real = os.path.realpath(os.fsdecode(file))
+        if real in seen:
+            return
+        try:
+            with open(real, "rb") as f:
+                data = f.read()
+        except OSError:
+            return
+        seen.add(real)
+
+        def include(rel: bytes, remap=None, sections=None) -> None:
+            read(os.path.normpath(os.path.join(os.path.dirname(file), util.expandpath(rel))))
+
+        try:
+            hgconfig.config().parse(file, data, include=include)
+        except (error.ConfigError, error.ParseError):
+            return  # what hg could not read includes nothing (and hg itself would fail)
+
+    read(os.fsencode(path))
+    return seen
+
+
+def _rc_files(environ: Mapping[str, str]) -> list[bytes]:
+    """The config files an ``hg`` started with ``environ`` reads, in order (``rcutil.rccomponents``)."""
+    from mercurial.configuration import rcutil
+
+    hgrcpath = environ.get("HGRCPATH")
+    if hgrcpath is not None:
+        files: list[bytes] = []
+        for p in hgrcpath.split(os.pathsep):
+            if p:
+                files.extend(rcutil._expandrcpath(os.fsencode(p)))
+        return files
+    return [os.path.normpath(p) for p in (*rcutil.systemrcpath(), *rcutil.userrcpath())]
 
 
 def default_site_dir() -> Path:
@@ -195,6 +269,79 @@ class Site:
             raise SiteError(str(e)) from None
         return self
 
+    # -- the extension -------------------------------------------------------
+
+    def hgrc_extension(self) -> tuple[bytes | None, str]:
+        """The site hgrc's ``[extensions] hosting`` value (includes followed) and where it is set."""
+        from mercurial import config as hgconfig
+        from mercurial import error
+
+        cfg = hgconfig.config()
+        try:
+            cfg.read(os.fsencode(self.hgrc))
+        except (error.ConfigError, error.ParseError, OSError) as e:
+            raise SiteError(f"cannot read the site hgrc: {_one_line(e)}") from None
+        source = cfg.source(b"extensions", EXTENSION) or b""
+        return cfg.get(b"extensions", EXTENSION), os.fsdecode(source)
+
+    def ensure_hgrc(self) -> list[str]:
+        """Make the existing site hgrc load the extension; return what was added.
+
+        A hgrc without the key (an administrator wrote ``[hosting] database``
+        first, or removed the line) gets :data:`EXTENSION_LINES` appended, the
+        rest untouched.  One that disables it (``hosting = !``) is refused,
+        naming the file and the line: that is an explicit choice to undo by hand.
+        """
+        value, source = self.hgrc_extension()
+        if extension_enabled(value):
+            return []
+        if value is not None:
+            raise SiteError(
+                f"{source or self.hgrc} disables the hg-hosting extension ('hosting = {os.fsdecode(value)}');"
+                " pushes would be neither checked nor recorded: set 'hosting =' under [extensions]"
+            )
+        text = self.hgrc.read_text(encoding="utf-8", errors="surrogateescape")
+        with open(self.hgrc, "a", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(("" if not text or text.endswith("\n") else "\n") + EXTENSION_LINES)
+        return [f"[extensions] hosting = in {self.hgrc}"]
+
+    def included_by(self, repo_path: Path | str) -> bool:
+        """Does the repository's ``.hg/hgrc`` include this site's hgrc (directly or not)?"""
+        return os.path.realpath(self.hgrc) in _included_files(Path(os.fsdecode(repo_path)) / ".hg" / "hgrc")
+
+    def enforcement_problems(self, repo_path: Path | str, environ: Mapping[str, str] | None = None) -> list[str]:
+        """Why an ``hg`` started with ``environ`` in ``repo_path`` would not run the extension.
+
+        An empty list when it would: the repository's ``.hg/hgrc`` includes the
+        site hgrc, and the configuration such an ``hg`` reads (the files of
+        ``HGRCPATH``, or the system's and the user's, then the repository's,
+        with Mercurial's own reader and trust rules) enables
+        ``[extensions] hosting``.  ``environ`` defaults to this process's.
+        """
+        from mercurial import error
+        from mercurial import ui as uimod
+
+        environ = os.environ if environ is None else environ
+        repo_hgrc = Path(repo_path) / ".hg" / "hgrc"
+        problems = []
+        if "HGRCSKIPREPO" in environ:
+            problems.append("HGRCSKIPREPO is set, so hg would not read the repository's .hg/hgrc")
+        if not self.included_by(repo_path):
+            problems.append(f".hg/hgrc does not include the site hgrc {self.hgrc}"
+                            f" (add '%include {os.path.relpath(self.hgrc, repo_hgrc.parent)}' to it)")
+        ui = uimod.ui()
+        ui.setconfig(b"ui", b"report_untrusted", b"false", b"hosting")
+        try:
+            for f in _rc_files(environ):
+                ui.readconfig(f, trust=True)
+            ui.readconfig(os.fsencode(repo_hgrc), root=os.fsencode(repo_path))
+        except (error.ConfigError, error.ParseError) as e:
+            return [*problems, f"cannot read its configuration: {_one_line(e)}"]
+        if not extension_enabled(ui.config(b"extensions", EXTENSION)):
+            problems.append("the hg-hosting extension is not enabled"
+                            " ('hg-hosting init' adds '[extensions] hosting =' to the site hgrc)")
+        return problems
+
     # -- creating ----------------------------------------------------------
 
     def init(self) -> list[str]:
@@ -202,6 +349,8 @@ class Site:
         from . import models
 
         created: list[str] = []
+        if self.hgrc.exists():
+            created += self.ensure_hgrc()  # refuses before anything is created
         for directory in (self.root, self.repos, self.tmp):
             if not directory.is_dir():
                 directory.mkdir(mode=0o755 if directory != self.tmp else 0o700, parents=True)
@@ -222,6 +371,15 @@ class Site:
         if models.migrate() and new_db:
             created.append(str(self.db_path))
         return created
+
+
+def _one_line(e: Exception) -> str:
+    """The first line of a Mercurial or OS error, for a one-line message."""
+    from mercurial.utils import stringutil
+
+    text = e.format() if hasattr(e, "format") else stringutil.forcebytestr(e)  # hg's: "... at FILE:LINE: ..."
+    lines = os.fsdecode(text).splitlines()
+    return lines[0][:200] if lines else type(e).__name__
 
 
 def _new_host_key() -> bytes:

@@ -42,6 +42,12 @@ This module is the shared filter, so that the two cannot drift apart:
     ``unbundle`` wrapper, which refuses before the upload) decide it inside the
     ``hg serve`` process, with ``HG_HOSTING_USER`` as the identity.
 
+:func:`require_enforced`
+    Refuses a session whose ``hg serve --stdio`` would not load the
+    extension (the site hgrc or the repository's ``.hg/hgrc`` lost it): its
+    pushes would be neither checked nor recorded.  Both front ends call it
+    with the child's exact environment, just before starting the child.
+
 :func:`serve_argv`, :func:`hg_executable` and :func:`session_environ`
     How the session runs: the ``hg`` installed next to the running Python,
     ``-R`` the absolute repository path, ``serve --stdio`` and nothing else;
@@ -175,6 +181,24 @@ def authorize_read(user: str, owner: str, name: str):
     if not policy.may(subject, "read", policy.load_repo_facts(repo)):
         raise missing
     return repo
+
+
+def require_enforced(site, path: Path, full_name: str, environ: Mapping[str, str]) -> None:
+    """Refuse the session (UserError) when its ``hg serve --stdio`` would not run the extension.
+
+    ``environ`` is the child's environment exactly (:func:`session_environ`):
+    the child loads the extension only through the repository's ``.hg/hgrc``
+    and the site hgrc it includes, so that is what
+    :meth:`hgext_hosting.site.Site.enforcement_problems` reads.  Pushes would
+    be neither checked nor recorded, and a session may push at any time, so
+    the whole session is refused, reads included.
+    """
+    problems = site.enforcement_problems(path, environ)
+    if problems:
+        raise UserError(
+            f"{full_name} does not run the hg-hosting extension, so its pushes would be neither"
+            " checked nor recorded; ask an administrator to run 'hg-hosting check'"
+        )
 
 
 def hg_executable() -> str:

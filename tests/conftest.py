@@ -19,9 +19,12 @@ import pytest
 BIN = Path(sys.executable).parent
 HG = str(BIN / "hg")
 HG_HOSTING = str(BIN / "hg-hosting")
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
-CORPUS = SHARED / "data" / "flask.hg"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+
+sys.path.insert(0, str(TOOLS))
+
+import synthrepo  # noqa: E402
 
 #: Fixed commit date, so that changeset hashes are stable between runs.
 DATE = "2020-01-01 00:00:00 +0000"
@@ -118,14 +121,22 @@ def site(tmp_path: Path, env: dict[str, str]) -> SiteHandle:
     return handle
 
 
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """The generated corpus as a bundle: 3,000 public changesets, 35 MB (``tools/synthrepo.py``).
+
+    Built once into ``tests/artifacts/`` and reused by every xdist worker and by
+    later runs until the generator changes.
+    """
+    return synthrepo.cached_bundle(ARTIFACTS)[0]
+
+
 @pytest.fixture
-def big_site(site: SiteHandle) -> SiteHandle:
-    """The site with the public alice/big holding the Flask corpus."""
-    if not CORPUS.exists():
-        pytest.skip("corpus not available")
+def big_site(site: SiteHandle, corpus: Path) -> SiteHandle:
+    """The site with the public alice/big holding a large history (the generated corpus)."""
     site.add_user("alice")
     site.cli("repo", "create", "alice/big")
-    site.hg("-R", str(site.repo_path("alice/big")), "unbundle", "-q", str(CORPUS), user="alice")
+    site.hg("-R", str(site.repo_path("alice/big")), "unbundle", "-q", str(corpus), user="alice")
     return site
 
 

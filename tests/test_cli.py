@@ -14,13 +14,20 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import os
+import re
+import select
+import shlex
 import shutil
 import sqlite3
 import stat
 import subprocess
+import termios
+import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -220,6 +227,33 @@ def test_init_again_changes_nothing(site):
     assert site_nodes(site, "alice/demo") == []
 
 
+def test_init_on_an_existing_site_names_the_admins_and_the_reset_command(tmp_path, env):
+    """init on a site with admins names them and prints the exact command that resets a password; it works."""
+    handle = SiteHandle(tmp_path / "my site", env)  # a blank in the path: the command must quote it
+    first = handle.cli("init", "--admin", "admin", env={"HG_HOSTING_ADMIN_PASSWORD": "first pw"}).stdout
+    assert "created site admin admin" in first
+    handle.cli("user", "add", "root", "--admin")
+    handle.cli("user", "add", "alice")
+
+    lines = handle.cli("init", "--admin", "admin").stdout.splitlines()
+    assert f"site at {handle.root} is up to date" in lines
+    assert "site admins: admin, root" in lines
+    (hint,) = [line for line in lines if "user passwd" in line]
+    command = hint.split(": ", 1)[1]
+    argv = shlex.split(command)
+    assert argv[0] == "hg-hosting" and argv[-3:] == ["user", "passwd", "admin"], command
+    run(argv, handle.env, input="reset pw\n")  # the printed command, as a user would paste it
+    (stored,) = query(handle, "SELECT password_hash FROM owner WHERE name = 'admin'")[0]
+    assert verifies(stored, "reset pw")
+
+
+def test_init_without_an_admin_says_how_to_make_one(site):
+    """init on a site without a site admin says so and prints the command that makes one."""
+    site.cli("user", "add", "alice")
+    out = site.cli("init").stdout
+    assert "no site admin" in out and f"hg-hosting --site {site.root} init --admin NAME" in out
+
+
 def test_site_from_environment(site):
     """HG_HOSTING_SITE chooses the site when --site is absent, and --site wins over it."""
     site.add_user("alice")
@@ -286,6 +320,117 @@ def test_passwords_come_from_stdin_and_are_hashed(site):
 
     refused(site, "user", "add", "erin", "--password-stdin", input="\n")  # empty password
     refused(site, "user", "passwd", "nobody", "--password-stdin", input="secret\n")
+
+
+# -- passwords typed on a terminal ---------------------------------------------------
+
+
+def _controlling_terminal() -> None:
+    """In the child, after setsid: make its stdin (the pty) the controlling terminal, as a login shell has."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def on_terminal(site: SiteHandle, *args: str, answers: list[str], timeout: float = 60) -> tuple[int, str]:
+    """Run ``hg-hosting`` on a real pseudo-terminal, typing each answer after the next password prompt.
+
+    The pty is the process's stdin, stdout, stderr and controlling terminal.
+    Returns the exit status and everything the terminal showed (prompts,
+    output and any echo of what was typed).
+    """
+    master, slave = os.openpty()
+    proc = subprocess.Popen([HG_HOSTING, "--site", str(site.root), *args], env=site.env,
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=_controlling_terminal)
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + timeout
+
+    def read_some() -> bool:
+        nonlocal shown
+        ready, _, _ = select.select([master], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise AssertionError(f"{args}: nothing more on the terminal; it showed {shown!r}")
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: every process holding the pty has exited
+            chunk = b""
+        shown += chunk
+        return bool(chunk)
+
+    try:
+        for typed, answer in enumerate(answers, 1):
+            while shown.lower().count(b"password") < typed or not shown.endswith(b": "):
+                if not read_some():
+                    raise AssertionError(f"{args}: exited before prompt {typed}; it showed {shown!r}")
+            os.write(master, answer.encode() + b"\n")
+        while read_some():
+            pass
+        return proc.wait(timeout=max(1.0, deadline - time.monotonic())), shown.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+def stored_hash(site: SiteHandle, name: str) -> str | None:
+    (row,) = query(site, "SELECT password_hash FROM owner WHERE name = ?", name)
+    return row[0]
+
+
+def test_passwd_prompts_twice_on_a_terminal(site):
+    """On a terminal, user passwd asks twice without echo and stores the new password."""
+    site.add_user("carol", password="old one")
+    status, shown = on_terminal(site, "user", "passwd", "carol", answers=["new secret", "new secret"])
+    assert status == 0, shown
+    assert shown.lower().count("password") >= 2 and "changed the password of carol" in shown
+    assert "new secret" not in shown  # not echoed
+    assert verifies(stored_hash(site, "carol"), "new secret")
+
+
+def test_passwd_on_a_terminal_refuses_mismatch_and_empty(site):
+    """Two different entries, or an empty one, are refused with one error line and change nothing."""
+    site.add_user("carol", password="old one")
+    before = snapshot(site)
+    status, shown = on_terminal(site, "user", "passwd", "carol", answers=["one thing", "another"])
+    assert status == 1 and shown.count("error: ") == 1 and "match" in shown, shown
+    status, shown = on_terminal(site, "user", "passwd", "carol", answers=[""])  # asked once only
+    assert status == 1 and shown.count("error: ") == 1 and "empty" in shown, shown
+    assert snapshot(site) == before
+    assert verifies(stored_hash(site, "carol"), "old one")
+
+
+def test_passwd_reads_stdin_when_it_is_not_a_terminal(site):
+    """Without a terminal, user passwd reads the password from stdin (one newline stripped) without the flag."""
+    site.add_user("carol", password="old one")
+    site.cli("user", "passwd", "carol", input="piped secret\n")
+    assert verifies(stored_hash(site, "carol"), "piped secret")
+    refused(site, "user", "passwd", "carol", input="")
+
+
+def test_user_add_on_a_terminal_prompts_only_when_asked(site):
+    """user add never prompts by itself (scripts run on terminals too); --password-prompt asks twice."""
+    status, shown = on_terminal(site, "user", "add", "dave", answers=[])
+    assert status == 0, shown
+    assert stored_hash(site, "dave") is None
+    assert "Password for" not in shown and "token" in shown
+
+    status, shown = on_terminal(site, "user", "add", "erin", "--password-prompt", answers=["pw erin", "pw erin"])
+    assert status == 0 and "pw erin" not in shown, shown
+    assert verifies(stored_hash(site, "erin"), "pw erin")
+
+    status, shown = on_terminal(site, "user", "add", "frank", "--password-prompt", answers=["a", "b"])
+    assert status == 1 and shown.count("error: ") == 1, shown
+    assert [u["name"] for u in site.cli_json("user", "list")] == ["dave", "erin"]
+
+
+def test_user_added_without_password_is_told_about_tokens(site):
+    """A user added without a password gets one line saying they can use only tokens until one is set."""
+    out = site.cli("user", "add", "dave").stdout.splitlines()
+    assert out[0] == "added user dave"
+    assert len(out) == 2 and "token" in out[1] and "user passwd dave" in out[1]
+    out = site.cli("user", "add", "erin", "--password-stdin", input="pw\n").stdout.splitlines()
+    assert out == ["added user erin"]
 
 
 def test_password_on_argv_is_refused(site):
@@ -557,6 +702,109 @@ def test_protect_and_unprotect(site):
     assert protections_in_db(site, "alice/demo") == {"default": ["bob"]}
 
 
+# -- listings as text: aligned columns under a header line ---------------------------------
+
+
+def display_width(text: str) -> int:
+    """Terminal columns of ``text``: wide East Asian characters take two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
+
+
+def columns(text: str) -> tuple[list[str], list[list[str]]]:
+    """Parse a text listing: the header's names and each row's cells, cut at the header's display columns.
+
+    Cells are read where their header starts, so a row that is not aligned
+    under the header comes out with wrong cells.
+    """
+    header, *lines = text.splitlines()
+    names = re.split(r"\s{2,}", header.strip())
+    starts = [header.index(n) for n in names]
+    assert starts[0] == 0 and header == header.rstrip(), header
+    rows = []
+    for line in lines:
+        assert line == line.rstrip(), f"trailing blanks: {line!r}"
+        cells = [""] * len(names)
+        at = 0
+        for c in line:
+            i = max(k for k, start in enumerate(starts) if start <= at)
+            if at == starts[i] and i > 0:
+                assert cells[i - 1].endswith("  "), f"{line!r}: column {names[i]} does not start at {at}"
+            cells[i] += c
+            at += display_width(c)
+        rows.append([cell.strip() for cell in cells])
+    return names, rows
+
+
+def test_listings_print_aligned_columns_under_a_header(site, keygen, tmp_path):
+    """user, team, repo, token, ssh-key list and pushlog print a header line and aligned columns."""
+    site.cli("user", "add", "alice", "--email", "alice@example.org", "--admin")
+    site.cli("user", "add", "bob", "--email", "böb@例え.jp")  # wide characters before another column
+    site.cli("user", "add", "carol")
+    site.cli("team", "add", "devs")
+    site.cli("team", "member-add", "devs", "alice")
+    site.cli("team", "member-add", "devs", "bob")
+    site.cli("team", "add", "qa")
+    site.cli("repo", "create", "alice/demo", "--description", "tab\there, new\nline, \x1b[31mred\u202e!")
+    site.cli("repo", "create", "bob/secret-stuff", "--private")
+    site.cli("token", "create", "alice", "--label", "laptop")
+    site.cli("token", "create", "alice", "--label", "ci")
+    with contextlib.closing(sqlite3.connect(site.root / "hosting.db")) as conn, conn:
+        conn.execute("UPDATE api_token SET last_used = '2026-01-02 03:04:05' WHERE label = 'ci'")
+    ed = keygen("ed")
+    site.cli("ssh-key", "add", "alice", str(ed))
+    wc = tmp_path / "wc"
+    nodes = push_new_changesets(site, "alice/demo", wc, "alice", [("a", "1\n"), ("b", "2\n")])
+    site.hg("bookmark", "-r", nodes[0], "feature", cwd=wc)
+    site.hg("push", "-B", "feature", cwd=wc, user="bob", check=False)  # bob may not: refused
+    site.cli("grant", "alice/demo", "bob", "write")
+    assert site.hg("push", "-B", "feature", cwd=wc, user="bob", check=False).returncode in (0, 1)
+
+    def listing(*args: str) -> tuple[list[str], list[list[str]]]:
+        return columns(site.cli(*args).stdout)
+
+    assert listing("user", "list") == (["NAME", "EMAIL", "ADMIN"], [
+        ["alice", "alice@example.org", "yes"], ["bob", "böb@例え.jp", "no"], ["carol", "-", "no"]])
+    assert listing("team", "list") == (["NAME", "MEMBERS"], [["devs", "alice, bob"], ["qa", "-"]])
+    names, rows = listing("repo", "list")
+    assert names == ["NAME", "VISIBILITY", "CREATED", "DESCRIPTION"]
+    assert [(r[0], r[1], r[3]) for r in rows] == [
+        ("alice/demo", "public", "tab here, new line,  [31mred !"),  # control characters blanked
+        ("bob/secret-stuff", "private", "-")]
+    json_created = {r["name"]: r["created"] for r in site.cli_json("repo", "list")}
+    assert {r[0]: r[2] for r in rows} == json_created
+    names, rows = listing("token", "list", "alice")
+    assert names == ["LABEL", "CREATED", "LAST USED"]
+    created = {t["label"]: t["created"] for t in site.cli_json("token", "list", "alice")}
+    assert rows == [["laptop", created["laptop"], "never"], ["ci", created["ci"], "2026-01-02T03:04:05Z"]]
+    assert listing("ssh-key", "list", "alice") == (["FINGERPRINT", "TYPE", "COMMENT"], [
+        [ssh_fingerprint(ed), "ssh-ed25519", "ed@example.org"]])
+    names, rows = listing("pushlog", "alice/demo")
+    pushes = site.cli_json("pushlog", "alice/demo")
+    assert names == ["ID", "DATE", "USER", "CHANGESETS", "BOOKMARKS"]
+    assert rows == [
+        ["2", pushes[0]["date"], "bob", "-", f"feature -> {nodes[0][:12]}"],
+        ["1", pushes[1]["date"], "alice", f"2: {nodes[0][:12]}..{nodes[1][:12]}", "-"],
+    ]
+
+
+def test_empty_listings_print_the_header_and_json_is_unchanged(site):
+    """An empty listing is its header line alone; --json keeps SPEC's objects."""
+    site.cli("user", "add", "alice")
+    site.cli("repo", "create", "alice/demo")
+    assert site.cli("team", "list").stdout == "NAME  MEMBERS\n"
+    assert site.cli("token", "list", "alice").stdout.split("  ")[0] == "LABEL"
+    assert len(site.cli("token", "list", "alice").stdout.splitlines()) == 1
+    assert site.cli("pushlog", "alice/demo").stdout.splitlines()[0].split() == [
+        "ID", "DATE", "USER", "CHANGESETS", "BOOKMARKS"]
+    site.cli("team", "add", "devs")
+    site.cli("token", "create", "alice", "--label", "ci")
+    assert site.cli_json("user", "list") == [{"name": "alice", "email": "", "admin": False}]
+    assert site.cli_json("team", "list") == [{"name": "devs", "members": []}]
+    assert set(site.cli_json("repo", "list")[0]) == {"name", "owner", "private", "description", "created"}
+    assert set(site.cli_json("token", "list", "alice")[0]) == {"label", "created", "last_used"}
+
+
 # -- refusals: one shared site, each case must change nothing --------------------------------
 
 
@@ -602,7 +850,10 @@ REFUSALS = [
     # users
     pytest.param(("user", "add", "ALICE"), None, id="user-duplicate-any-case"),
     pytest.param(("user", "add", "Devs"), None, id="user-named-like-a-team"),
-    pytest.param(("user", "passwd", "alice"), "pw\n", id="passwd-without-password-stdin"),
+    pytest.param(("user", "passwd", "alice"), "\n", id="passwd-empty-from-stdin"),
+    pytest.param(("user", "add", "carol", "--password-prompt"), "pw\n", id="password-prompt-without-terminal"),
+    pytest.param(("user", "add", "carol", "--password-prompt", "--password-stdin"), "pw\n",
+                 id="password-prompt-and-stdin"),
     pytest.param(("user", "remove", "nobody"), None, id="user-remove-unknown"),
     # tokens
     pytest.param(("token", "create", "nobody"), None, id="token-unknown-user"),

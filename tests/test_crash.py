@@ -18,8 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 import crashloop  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not crashloop.CORPUS.exists(), reason="corpus not available")
-
 TRIALS = [(mode, "local") for mode in crashloop.MODES] + [
     ("random-delay", "stdio"),
     ("random-delay", "local"),
@@ -30,8 +28,9 @@ TRIALS = [(mode, "local") for mode in crashloop.MODES] + [
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> crashloop.Lab:
-    return crashloop.make_lab(tmp_path_factory.mktemp("crash"), changesets=2000)
+def lab(tmp_path_factory, corpus: Path) -> crashloop.Lab:
+    """A site and a source of 2,001 changesets (revisions 0-2000 of the generated corpus)."""
+    return crashloop.make_lab(tmp_path_factory.mktemp("crash"), corpus, changesets=2000)
 
 
 @pytest.mark.parametrize(("mode", "transport"), TRIALS, ids=[f"{m}-{t}" for m, t in TRIALS])

@@ -650,7 +650,7 @@ def test_workers_concurrent_clones_and_sigterm(shared):
 
 
 def test_sigterm_lets_a_large_clone_finish(big_site, tmp_path):
-    """SIGTERM during a clone of the corpus (client paused mid-bundle): the daemon drains (its port still answers, /healthz with 503), waits for the clone in flight and exits 0, and the clone completes intact."""
+    """SIGTERM during a clone of the generated corpus (tens of MB, client paused mid-bundle): the daemon drains (its port still answers, /healthz with 503), waits for the clone in flight and exits 0, and the clone completes intact."""
     site = big_site
     daemon = Daemon(site)
     dest = tmp_path / "big-clone"

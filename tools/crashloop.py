@@ -1,14 +1,15 @@
 """Kill pushes at random moments and at named points; prove nothing is ever half there.
 
-Each trial pushes a few thousand changesets (the Flask corpus) to a fresh site
-repository and kills it: SIGKILL after a random delay, Mercurial's own
+Each trial pushes a few thousand changesets (a prefix of the generated corpus,
+``tools/synthrepo.py``, or of the bundle given) to a fresh site repository and
+kills it: SIGKILL after a random delay, Mercurial's own
 ``devel.debug.abort-transaction`` points, or our fault points
 (``HG_HOSTING_FAULTS``).  Then, with no manual step, it pushes again (one
 changeset more, so a transaction opens) and requires that the push succeeds,
 ``hg verify`` passes, ``hg-hosting check`` is clean, and every changeset is
 covered by exactly one ``done`` push record, ids 1..n without gaps.
 
-    python tools/crashloop.py --trials 120 [--seed 1] [--changesets 2500]
+    python tools/crashloop.py --trials 120 [--seed 1] [--changesets 2500] [--bundle B.hg]
 
 prints a tally per mode and outcome.  ``tests/test_crash.py`` runs a few
 trials of every mode through :func:`run_trial`.
@@ -29,10 +30,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import synthrepo
+
 BIN = Path(sys.executable).parent
 HG = str(BIN / "hg")
 HG_HOSTING = str(BIN / "hg-hosting")
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "flask.hg"
 
 FAKE_SSH = """#!/bin/sh
 # A stand-in for ssh: drop the options and the host, run the command in the site.
@@ -83,8 +85,11 @@ class Lab:
         return self.run([HG_HOSTING, "--site", str(self.site), *args], check=check)
 
 
-def make_lab(root: Path, changesets: int = 2500) -> Lab:
-    """Create the site and a single-headed source repository of about ``changesets`` changesets."""
+def make_lab(root: Path, bundle: Path, changesets: int = 2500) -> Lab:
+    """Create the site and a single-headed source repository of about ``changesets`` changesets.
+
+    The source is the ancestors of revision ``changesets`` of ``bundle``.
+    """
     hgrc = root / "empty-hgrc"
     hgrc.touch()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HG")}
@@ -95,10 +100,7 @@ def make_lab(root: Path, changesets: int = 2500) -> Lab:
     lab = Lab(root, env, root / "source", changesets)
     lab.cli("init")
     lab.cli("user", "add", "alice")
-    full = root / "corpus"
-    lab.run([HG, "init", str(full)])
-    lab.run([HG, "-R", str(full), "unbundle", "-q", str(CORPUS)])
-    lab.run([HG, "clone", "-q", "-U", "-r", str(changesets), str(full), str(lab.source)])
+    lab.run([HG, "clone", "-q", "-U", "-r", str(changesets), str(bundle), str(lab.source)])
     lab.revs = int(lab.run([HG, "-R", str(lab.source), "log", "-r", "tip", "-T", "{rev}"]).stdout) + 1
     lab.normal_push_s = _timed_normal_push(lab)
     return lab
@@ -218,13 +220,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=105)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--changesets", type=int, default=2500)
+    parser.add_argument("--bundle", type=Path, help="push a prefix of this bundle (default: generate one)")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     tally: collections.Counter = collections.Counter()
     failures: list[str] = []
     modes = list(MODES)
     with tempfile.TemporaryDirectory(prefix="crashloop-") as tmp:
-        lab = make_lab(Path(tmp), args.changesets)
+        bundle = args.bundle
+        if bundle is None:
+            bundle = Path(tmp) / "corpus.hg"
+            synthrepo.make_bundle(bundle)
+        lab = make_lab(Path(tmp), bundle.resolve(), args.changesets)
         print(f"{args.changesets}-changeset pushes; a normal push takes {lab.normal_push_s:.2f} s")
         for i in range(args.trials):
             mode = modes[i % len(modes)]
