@@ -305,6 +305,26 @@ def test_signal_lets_a_push_in_flight_finish(world, mode):
     assert len(records) == 1 and len(records[0]["changesets"]) == CHANGESETS, records[:1]
 
 
+def test_health_checks_do_not_prolong_the_drain(world):
+    """A load balancer polling /healthz during the drain does not keep an idle daemon up: it exits 0
+    about 2 s after the signal, far before drain-seconds (30)."""
+    daemon = Served(world, "--http", "127.0.0.1:0").wait_ready()
+    try:
+        start = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        statuses = []
+        while daemon.proc.poll() is None and time.monotonic() - start < 40:
+            with contextlib.suppress(OSError):
+                statuses.append(health(daemon.http_port))
+            time.sleep(0.2)
+        elapsed = time.monotonic() - start
+        assert daemon.wait(30) == 0, daemon.log()[-3000:]
+    finally:
+        daemon.stop()
+    assert elapsed < 15, elapsed
+    assert statuses and set(statuses) == {503}, statuses
+
+
 def test_second_signal_stops_at_once(world):
     """A second SIGTERM during the drain stops the daemon at once (exit 1: a request was cut),
     although a push is still held in its hook; the next start settles what it left."""
