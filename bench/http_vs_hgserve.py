@@ -328,7 +328,7 @@ class Bench:
         with open(logfile, "w") as out:
             proc = subprocess.Popen([self.hg_hosting, "--site", str(site), "serve", "--http", "127.0.0.1:0", *extra],
                                     env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        pattern = re.compile(r"serving HTTP on [\d.]+:(\d+)")
+        pattern = re.compile(r"serving HTTP on http://[\d.]+:(\d+)/")
         self.servers[name] = Server(name, proc, self._wait_port(proc, logfile, pattern), logfile)
         if extra:  # --workers: wait until every worker listens
             deadline = time.monotonic() + 60

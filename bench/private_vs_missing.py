@@ -46,7 +46,7 @@ def start_daemon(site: Path, env: dict[str, str], log: Path) -> tuple[subprocess
                             env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        match = re.search(r"serving HTTP on [\d.]+:(\d+)", log.read_text())
+        match = re.search(r"serving HTTP on http://[\d.]+:(\d+)/", log.read_text())
         if match:
             return proc, int(match.group(1))
         if proc.poll() is not None:

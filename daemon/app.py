@@ -120,6 +120,8 @@ class HostingApp:
         self.hgwebs = hgwebs
         self.pages = pages
         self.baseui = baseui
+        #: Set when the daemon drains for a stop: /healthz answers 503.
+        self.draining = False
 
     def __call__(self, environ, start_response):
         req = None
@@ -171,7 +173,9 @@ class HostingApp:
                 req.user = session.user
 
     def health(self, req: Request, start_response):
-        """``/healthz``: 200 when the database answers, 503 otherwise."""
+        """``/healthz``: 200 when the database answers, 503 otherwise or while draining for a stop."""
+        if self.draining:
+            return respond_json(start_response, {"status": "draining"}, status=503)
         try:
             Repository.select().limit(1).count()
         except Exception:  # noqa: BLE001 - reported as unhealthy, details in the log

@@ -1,47 +1,66 @@
 """The daemon's Twisted services: HTTP (hgweb + pages), optional SSH, N workers.
 
-:func:`make_service` builds, and starts nothing (the ``twistd`` convention):
+:func:`make_service` builds, and starts nothing (the ``twistd`` convention).
+Every service binds its listening socket in ``privilegedStartService``, before
+any service starts a thread or a process, so that ``serve`` with a port taken
+fails in one line and exits; ``startService`` then settles and serves.
 
 - :class:`HTTPService` owns the WSGI thread pool, the resource tree and the
   listening port.  On start it settles every repository a crash left with an
-  interrupted transaction or unsettled push records, then listens.  On stop it
-  stops listening, waits (up to ``drain_seconds``) for requests in flight and
-  then joins the thread pool, so a push in progress finishes.
+  interrupted transaction or unsettled push records, then serves.  On stop it
+  *drains* (:mod:`daemon.lifecycle`): ``/healthz`` answers 503 at once, the
+  port keeps answering until no request was in flight for about 2 s (at most
+  ``[hosting] drain-seconds``), so every request of a push in progress is
+  served; then it stops listening, closes the connections and joins the pool.
+- :class:`HostingChannel` gives each request line and its headers a deadline
+  (``[hosting] http-header-seconds``; a slow body or a long download is not
+  cut) and counts requests in flight; :class:`TrackingSite` caps the open
+  connections per client address (``[hosting] http-max-per-address``).
 - With ``--workers N`` (N > 1) the master binds the socket once and starts N
   worker processes that adopt it (``adoptStreamPort``): the kernel hands each
-  connection to an idle worker, so concurrent clones use every core.  The
-  master serves SSH (whose work happens in ``hg serve --stdio`` children),
-  forwards SIGTERM and restarts a worker that dies.
+  connection to an idle worker, so concurrent clones use every core.  Workers
+  run with ``python -I`` and the master's import path, never the current
+  directory's.  The master serves SSH (whose work happens in ``hg serve
+  --stdio`` children), forwards SIGTERM, restarts a worker that dies, and
+  stops with an error if a worker dies before it serves.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import socket
 import sys
+from dataclasses import dataclass
 
 from mercurial import hg, initialization, templater
 from twisted.application import service
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, protocol, task, threads
 from twisted.internet import reactor as default_reactor
+from twisted.internet.error import CannotListenError
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
+    formatEvent,
     textFileLogObserver,
 )
 from twisted.python.threadpool import ThreadPool
-from twisted.web import resource, server, static
+from twisted.web import http, resource, server, static
 
 from hgext_hosting import pushlog
+from hgext_hosting.errors import UserError
 from hgext_hosting.models import Owner, Repository
 
 from .app import HostingApp
 from .auth import Authenticator
 from .bodylimit import BoundedRequest
 from .hgwebs import HgwebCache
+from .lifecycle import InFlight, exit_now, url_of
 from .pages import Pages, templates_dir
 from .streaming import StreamingWSGIResource
 from .web import SECURITY_HEADERS, HTTPError, parse_path
@@ -49,10 +68,21 @@ from .web import SECURITY_HEADERS, HTTPError, parse_path
 log = Logger()
 
 
+#: Twisted's own lines about ports ("TrackingSite starting on 8000", "(TCP Port 8000
+#: Closed)"): the daemon logs the URLs it serves instead.
+_PORT_CHATTER = re.compile(r"^(\S+ starting on \d+|\(\S+ Port \d+ Closed\))$")
+
+
+def _not_port_chatter(event: dict) -> PredicateResult:
+    if event.get("log_namespace") == "log_legacy" and _PORT_CHATTER.match(formatEvent(event)):
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
 def info_observer(stream):
     """A log observer writing events of level info and above (Conch is chatty at debug)."""
     return FilteringLogObserver(textFileLogObserver(stream),
-                                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)])
+                                [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info), _not_port_chatter])
 
 
 class StaticFiles(resource.Resource):
@@ -92,81 +122,160 @@ class StaticFiles(resource.Resource):
 class Root(resource.Resource):
     """``/-/static/`` from disk; every other path to the WSGI application."""
 
-    def __init__(self, wsgi: resource.Resource, tracker: InFlight):
+    def __init__(self, wsgi: resource.Resource):
         super().__init__()
         self._wsgi = wsgi
-        self._tracker = tracker
         self._static = StaticFiles(os.path.join(templates_dir(), "static"))
 
     def getChild(self, path: bytes, request):
         if path == b"-" and request.postpath[:1] == [b"static"]:
             return self._static
         request.postpath.insert(0, request.prepath.pop())
-        return self._tracked()
+        return self._wsgi
 
     def render(self, request):
-        return self._tracked().render(request)
-
-    def _tracked(self):
-        self._tracker.started()
-        return _Tracked(self._wsgi, self._tracker)
-
-
-class _Tracked(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, wsgi, tracker):
-        super().__init__()
-        self._wsgi, self._tracker = wsgi, tracker
-
-    def render(self, request):
-        request.notifyFinish().addBoth(lambda _: self._tracker.finished())
         return self._wsgi.render(request)
 
 
-class TrackingSite(server.Site):
-    """A Site that knows its open connections, so that shutdown can flush and close them."""
+@dataclass(frozen=True)
+class Settings:
+    """The daemon's ``[hosting]`` settings, read (and checked) once before anything starts."""
 
-    def __init__(self, *args, **kwargs):
+    drain_seconds: int
+    header_seconds: int
+    http_max_per_address: int
+    max_request_bytes: int
+    ssh_login_seconds: int
+    ssh_max_per_address: int
+
+    @classmethod
+    def from_ui(cls, ui) -> Settings:
+        """Read the keys; a malformed value raises Mercurial's ConfigError (one line)."""
+        def number(key: bytes) -> int:
+            value = ui.configint(b"hosting", key)
+            if value is None or value < 0:
+                raise UserError(f"[hosting] {key.decode()} must be a number of at least 0")
+            return value
+
+        return cls(drain_seconds=number(b"drain-seconds"), header_seconds=number(b"http-header-seconds"),
+                   http_max_per_address=number(b"http-max-per-address"),
+                   max_request_bytes=number(b"max-request-mb") * 1024 * 1024,
+                   ssh_login_seconds=number(b"ssh-login-seconds"),
+                   ssh_max_per_address=number(b"ssh-max-per-address"))
+
+
+class HostingChannel(http.HTTPChannel):
+    """An HTTP connection whose request line and headers must arrive within a deadline.
+
+    The deadline (``header_seconds``, 0: none) runs from the connection's start,
+    and again from the end of each response while the connection waits for the
+    next request; it ends when the last header line of a request arrives, so a
+    slow upload or a long download is never cut by it.  A connection past it is
+    answered 408 (if part of a request came) and closed.  Each request whose
+    headers are complete counts as in flight (``tracker``) until its response
+    ends, except ``/healthz``, which load balancers poll.  While the site drains,
+    responses carry ``Connection: close``.
+    """
+
+    header_seconds: float = 0
+    tracker: InFlight | None = None
+    _deadline = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._arm()
+
+    def allHeadersReceived(self):
+        self._disarm()
+        request = self.requests[-1]
+        tracker = self.tracker
+        if tracker is not None and not self._path.startswith(b"/healthz"):
+            tracker.started()
+            request.notifyFinish().addBoth(lambda _: tracker.finished())
+        super().allHeadersReceived()
+        if getattr(self.site, "draining", False):
+            self.persistent = False
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+
+    def requestDone(self, request):
+        if self.persistent:
+            self._arm()  # before super(): it may parse a pipelined request's headers at once
+        super().requestDone(request)
+
+    def connectionLost(self, reason):
+        self._disarm()
+        super().connectionLost(reason)
+
+    def _arm(self) -> None:
+        if self.header_seconds and self._deadline is None:
+            self._deadline = self.callLater(self.header_seconds, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._deadline = None
+        if self.requests or self._buffer:
+            body = b"request line and headers too slow\n"
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        self.timeoutConnection()  # closes; aborts if the client does not read within abortTimeout
+
+
+class TrackingSite(server.Site):
+    """A Site that knows its open connections (per client address too) and builds HostingChannels.
+
+    Shutdown flushes and closes ``channels``; a connection from an address that
+    already holds ``max_per_address`` (0: no cap) is closed at once.
+    """
+
+    noisy = False  # no "Starting factory <...>" lines
+
+    def __init__(self, *args, tracker: InFlight | None = None, header_seconds: float = 0,
+                 max_per_address: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
+        self.tracker = tracker
+        self.header_seconds = header_seconds
+        self.max_per_address = max_per_address
+        self.draining = False
         self.channels: set = set()
+        self.per_address: dict[str, int] = {}
+        self._capped: set[str] = set()
+
+    def protocol(self):
+        return http._GenericHTTPChannelProtocol(HostingChannel())
 
     def buildProtocol(self, addr):
+        host = getattr(addr, "host", "")
+        if self.max_per_address and self.per_address.get(host, 0) >= self.max_per_address:
+            if host not in self._capped:  # once until it drops below the cap: no log flood
+                self._capped.add(host)
+                log.warn("{host} holds {n} connections (http-max-per-address); closing more from it",
+                         host=host, n=self.max_per_address)
+            return None
         channel = super().buildProtocol(addr)
+        inner = channel._channel
+        inner.tracker = self.tracker
+        inner.header_seconds = self.header_seconds
         self.channels.add(channel)
+        self.per_address[host] = self.per_address.get(host, 0) + 1
         lost = channel.connectionLost
 
         def connection_lost(reason, channel=channel):
             self.channels.discard(channel)
+            left = self.per_address.get(host, 1) - 1
+            if left:
+                self.per_address[host] = left
+            else:
+                self.per_address.pop(host, None)
+            self._capped.discard(host)
             lost(reason)
 
         channel.connectionLost = connection_lost
         return channel
-
-
-class InFlight:
-    """Counts requests in flight so that shutdown can wait for them."""
-
-    def __init__(self):
-        self.count = 0
-        self._waiters: list[defer.Deferred] = []
-
-    def started(self) -> None:
-        self.count += 1
-
-    def finished(self) -> None:
-        self.count -= 1
-        if self.count <= 0:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
-
-    def drained(self) -> defer.Deferred:
-        if self.count <= 0:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._waiters.append(d)
-        return d
 
 
 def settle_all(site) -> None:
@@ -240,67 +349,105 @@ def daemon_baseui(site):
     return ui
 
 
+#: Seconds a stopping HTTP service waits for its threads after the drain and the connections closed.
+JOIN_GRACE = 10.0
+
+
 class HTTPService(service.Service):
-    """The HTTP side of one process: thread pool, resources, listening port."""
+    """The HTTP side of one process: thread pool, resources, listening port, drain on stop."""
 
     def __init__(self, site, host: str, port: int, *, fd: int | None = None, ssh_address: str | None = None,
-                 threads: int = 32, drain_seconds: float = 30.0, settle: bool = True, reactor=None):
+                 threads: int = 32, settings: Settings | None = None, settle: bool = True, reactor=None,
+                 label: str = ""):
         # Register Mercurial's bundle2 parts, templates and web commands once, here on
         # the main thread: doing it lazily in a pool thread races (DESIGN.md §0.5).
         initialization.init()
         self.site = site
         self.host, self.port = host, port
         self.fd = fd
+        self.label = label  # "worker 1 (pid 123): " in a worker's log lines
         self.reactor = reactor or default_reactor
+        self.settings = settings or Settings.from_ui(site.ui)
         self.pool = ThreadPool(minthreads=2, maxthreads=threads, name="hosting-wsgi")
-        self.drain_seconds = drain_seconds
+        self.drain_seconds = self.settings.drain_seconds
         self.settle = settle  # False in workers: their master settled the site already
-        self.tracker = InFlight()
+        self.tracker = InFlight(self.reactor)
         auth = Authenticator.for_site(site)
         pages = Pages(site, auth, ssh_address=ssh_address)
         baseui = daemon_baseui(site)
         self.app = HostingApp(site, auth, HgwebCache(baseui), pages, baseui)
         pages.app = self.app
         wsgi = StreamingWSGIResource(self.reactor, self.pool, self.app)
-        self.site_factory = TrackingSite(Root(wsgi, self.tracker), requestFactory=BoundedRequest)
+        self.site_factory = TrackingSite(Root(wsgi), requestFactory=BoundedRequest, reactor=self.reactor,
+                                         tracker=self.tracker, header_seconds=self.settings.header_seconds,
+                                         max_per_address=self.settings.http_max_per_address)
         self.site_factory.displayTracebacks = False
-        self.site_factory.max_request_bytes = site.ui.configint(b"hosting", b"max-request-mb") * 1024 * 1024
+        self.site_factory.max_request_bytes = self.settings.max_request_bytes
         self.site_factory.authenticator = auth  # daemon.bodylimit: who may send a large body
         self.listening = None
 
-    def startService(self) -> None:
-        super().startService()
-        if self.settle:
-            settle_all(self.site)
-        self.pool.start()
+    def privilegedStartService(self) -> None:
+        """Bind (or adopt) the listening socket: CannotListenError before any thread starts."""
+        super().privilegedStartService()
+        if self.listening is not None:
+            return
         if self.fd is not None:
             self.listening = self.reactor.adoptStreamPort(self.fd, socket.AF_INET, self.site_factory)
             os.close(self.fd)
         else:
             self.listening = self.reactor.listenTCP(self.port, self.site_factory, interface=self.host)
-        log.info("serving HTTP on {addr}", addr=self.address)
+
+    def startService(self) -> None:
+        if self.listening is None:
+            self.privilegedStartService()
+        super().startService()
+        if self.settle:
+            settle_all(self.site)
+        self.pool.start()
+        h = self.listening.getHost()
+        log.info("{label}serving HTTP on {url}", label=self.label, url=url_of("http", h.host, h.port))
 
     @property
     def address(self) -> str:
         h = self.listening.getHost()
         return f"{h.host}:{h.port}"
 
+    def abandon(self) -> None:
+        """Undo a start that failed half-way: close the socket, stop the threads."""
+        if self.listening is not None:
+            self.listening.stopListening()
+            self.listening = None
+        if self.pool.started:
+            self.pool.stop()
+
+    def force(self) -> int:
+        """A second signal: stop waiting, cut every connection; how many requests were in flight."""
+        in_flight = self.tracker.count
+        self.tracker.force()
+        for channel in list(self.site_factory.channels):
+            transport = getattr(getattr(channel, "_channel", channel), "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+        return in_flight
+
     @defer.inlineCallbacks
     def stopService(self):
         super().stopService()
+        # Draining: the port keeps answering (a push's next request must find it), but
+        # /healthz says 503 so that a load balancer sends new work elsewhere.
+        self.app.draining = True
+        self.site_factory.draining = True
+        if self.tracker.count:
+            log.info("{label}waiting for {n} request(s) in flight", label=self.label, n=self.tracker.count)
+        quiet = yield self.tracker.quiet(self.drain_seconds)
+        if not quiet:
+            log.warn("{label}{n} request(s) still in flight; closing", label=self.label, n=self.tracker.count)
         if self.listening is not None:
             yield self.listening.stopListening()
-        if self.tracker.count:
-            log.info("waiting for {n} request(s) in flight", n=self.tracker.count)
-            drained = self.tracker.drained()
-            timeout = self.reactor.callLater(self.drain_seconds, lambda: drained.called or drained.callback(None))
-            yield drained
-            if timeout.active():
-                timeout.cancel()
         # Responses are complete, but their last bytes may still sit in transport
         # buffers: loseConnection() flushes, then closes; wait for every close.
         try:
-            log.info("closing {n} connection(s)", n=len(self.site_factory.channels))
+            log.info("{label}closing {n} connection(s)", label=self.label, n=len(self.site_factory.channels))
             for channel in list(self.site_factory.channels):
                 # Site builds a protocol that wraps the HTTPChannel as ``_channel``.
                 transport = getattr(getattr(channel, "_channel", channel), "transport", None)
@@ -309,18 +456,49 @@ class HTTPService(service.Service):
             deadline = self.reactor.seconds() + 10
             while self.site_factory.channels and self.reactor.seconds() < deadline:
                 yield task.deferLater(self.reactor, 0.05, lambda: None)
-            log.info("connections closed ({n} left); stopping threads", n=len(self.site_factory.channels))
+            log.info("{label}connections closed ({n} left); stopping threads", label=self.label,
+                     n=len(self.site_factory.channels))
         except Exception:  # noqa: BLE001 - never let shutdown stop before joining the threads
             log.failure("closing connections")
-        self.pool.stop()
+        # Joined in a thread: a WSGI thread may still need the reactor to finish.  A
+        # thread still busy JOIN_GRACE seconds after the drain (a hook that never
+        # returns) does not hold the process: it exits 1 without it.
+        joined = threads.deferToThread(self.pool.stop)
+        joined.addTimeout(JOIN_GRACE, self.reactor)
+        try:
+            yield joined
+        except defer.TimeoutError:
+            log.error("{label}a request still runs {s} s after the drain; exiting without it",
+                      label=self.label, s=JOIN_GRACE)
+            exit_now(1)
+
+
+#: The worker's bootstrap: the master's import path, then daemon.worker.main.  With
+#: ``python -I`` neither the current directory nor PYTHON* variables are on the path.
+_WORKER_BOOT = ("import json, sys; sys.path[:] = json.loads(sys.argv.pop(1)); "
+                "from daemon.worker import main; sys.exit(main(sys.argv[1:]))")
+
+#: The worker writes one line on this descriptor once it serves.
+_READY_FD = 4
+
+
+def worker_import_path() -> list[str]:
+    """The master's ``sys.path`` without the current directory (``''``, ``.``, or its absolute path)."""
+    here = os.getcwd()
+    return [p for p in sys.path if p and p != "." and os.path.abspath(p) != here]
 
 
 class _Worker(protocol.ProcessProtocol):
     def __init__(self, master: WorkersService, index: int):
         self.master, self.index = master, index
+        self.ready = False
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == _READY_FD and data:
+            self.ready = True
 
     def processEnded(self, reason) -> None:
-        self.master.worker_ended(self.index, reason)
+        self.master.worker_ended(self.index, self.ready, reason)
 
 
 class WorkersService(service.Service):
@@ -333,43 +511,79 @@ class WorkersService(service.Service):
         self.sock: socket.socket | None = None
         self.processes: dict[int, object] = {}
         self.stopping = False
+        self.failed = False
+        self._all_ended: defer.Deferred | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.sock is not None:
+            return
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(512)
+        except OSError as e:
+            sock.close()
+            raise CannotListenError(self.host, self.port, e) from None
+        sock.setblocking(False)
+        self.sock = sock
+        self.port = sock.getsockname()[1]
 
     def startService(self) -> None:
+        if self.sock is None:
+            self.privilegedStartService()
         super().startService()
         settle_all(self.site)
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((self.host, self.port))
-        self.sock.listen(512)
-        self.sock.setblocking(False)
-        self.port = self.sock.getsockname()[1]
-        log.info("serving HTTP on {host}:{port} with {n} workers", host=self.host, port=self.port, n=self.workers)
+        log.info("serving HTTP on {url} with {n} workers", url=url_of("http", self.host, self.port), n=self.workers)
         for i in range(self.workers):
             self._spawn(i)
 
+    def abandon(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
     def _spawn(self, index: int) -> None:
-        args = [sys.executable, "-m", "daemon.worker", "--site", str(self.site.root), "--fd", "3"]
+        args = [sys.executable, "-I", "-c", _WORKER_BOOT, json.dumps(worker_import_path()),
+                "--site", str(self.site.root), "--fd", "3", "--ready-fd", str(_READY_FD), "--index", str(index)]
         if self.ssh_address:
             args += ["--ssh-address", self.ssh_address]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         self.processes[index] = self.reactor.spawnProcess(
-            _Worker(self, index), sys.executable, args, env=env,
-            childFDs={0: 0, 1: 1, 2: 2, 3: self.sock.fileno()},
+            _Worker(self, index), sys.executable, args, env=dict(os.environ),
+            childFDs={0: 0, 1: 1, 2: 2, 3: self.sock.fileno(), _READY_FD: "r"},
         )
 
-    def worker_ended(self, index: int, reason) -> None:
+    def worker_ended(self, index: int, ready: bool, reason) -> None:
         self.processes.pop(index, None)
         if self.stopping:
-            if not self.processes and getattr(self, "_all_ended", None):
+            if not self.processes and self._all_ended is not None and not self._all_ended.called:
                 self._all_ended.callback(None)
+            return
+        if not ready:
+            # It failed before serving (its error is on stderr): starting it again would fail again.
+            log.error("worker {i} could not start ({r}); stopping", i=index, r=reason.value)
+            self.failed = True
+            if self.reactor.running:
+                self.reactor.stop()
             return
         log.warn("worker {i} ended ({r}); starting another", i=index, r=reason.value)
         self.reactor.callLater(0.5, self._spawn, index)
 
+    def force(self) -> int:
+        """A second signal: pass it on (each worker then stops at once)."""
+        running = list(self.processes.values())
+        for proc in running:
+            with contextlib.suppress(Exception):  # already gone
+                proc.signalProcess("TERM")
+        return len(running)
+
     def stopService(self):
         super().stopService()
         self.stopping = True
+        # The workers hold the listening socket; the master's copy is no longer needed.
+        self.abandon()
         if not self.processes:
             return defer.succeed(None)
         self._all_ended = defer.Deferred()
@@ -379,18 +593,23 @@ class WorkersService(service.Service):
         return self._all_ended
 
 
-def make_service(site, http: tuple[str, int], ssh: tuple[str, int] | None = None, workers: int = 1,
-                 reactor=None) -> service.MultiService:
-    """The whole daemon as one service (nothing starts until it is started)."""
+def make_service(site, http_address: tuple[str, int] | None, ssh: tuple[str, int] | None = None,
+                 workers: int = 1, reactor=None, settings: Settings | None = None) -> service.MultiService:
+    """The whole daemon as one service (nothing starts until it is started).
+
+    ``http_address`` None: SSH only.
+    """
     top = service.MultiService()
     ssh_address = f"{ssh[0]}:{ssh[1]}" if ssh else None
-    if workers > 1:
-        WorkersService(site, http[0], http[1], workers, ssh_address, reactor).setServiceParent(top)
-    else:
-        HTTPService(site, http[0], http[1], ssh_address=ssh_address, reactor=reactor).setServiceParent(top)
+    if http_address is not None:
+        if workers > 1:
+            WorkersService(site, http_address[0], http_address[1], workers, ssh_address,
+                           reactor).setServiceParent(top)
+        else:
+            HTTPService(site, http_address[0], http_address[1], ssh_address=ssh_address, reactor=reactor,
+                        settings=settings).setServiceParent(top)
     if ssh:
         from .ssh import make_ssh_service
 
         make_ssh_service(site, ssh[0], ssh[1], reactor=reactor).setServiceParent(top)
     return top
-

@@ -8,7 +8,10 @@ SSH connection can do exactly one thing: run Mercurial's
 How a connection flows (one class per step, in the order they act)::
 
     TCP accept ──> HostingSSHFactory        host key (SITE/ssh_host_ed25519_key), modern
-                   │                        algorithms only, at most MAX_CONNECTIONS
+                   │                        algorithms only, at most MAX_CONNECTIONS, at most
+                   │                        [hosting] ssh-max-per-address per client address;
+                   │                        _Transport closes a connection not logged in
+                   │                        within [hosting] ssh-login-seconds
                    ▼
                    _UserAuth + Portal       "publickey" is the only method offered;
                    │  └─ KeyChecker         key blob -> user in the database (in a thread);
@@ -54,7 +57,8 @@ Why it is built this way (see DESIGN.md §4.7, "Twisted Conch as an embedded SSH
   a channel closed early (client gone) closes stdin and sends SIGTERM, which
   makes ``hg`` roll back a transaction cleanly (never SIGKILL: it would leave
   a journal).  Stopping the service stops listening and waits for running
-  sessions (at most ``drain_timeout`` seconds, then SIGTERM).
+  sessions (at most ``drain_timeout`` seconds, ``[hosting] drain-seconds``,
+  then SIGTERM).
 
 The child's environment is the daemon's own (so it reads the same hg
 configuration the daemon does: its ``HGRCPATH`` if set, else the system and
@@ -96,6 +100,8 @@ from hgext_hosting.repositories import repo_dir
 from hgext_hosting.site import Site, write_private_file
 from hgext_hosting.sshkeys import fingerprint_of_blob
 
+from .lifecycle import url_of
+
 log = Logger()
 
 #: Sessions at once, each counted from its exec request until its channel is closed
@@ -103,14 +109,13 @@ log = Logger()
 MAX_SESSIONS = 32
 #: TCP connections at once, authenticated or not; more are closed at accept.
 MAX_CONNECTIONS = 256
-#: Seconds a connection may take to authenticate (OpenSSH's LoginGraceTime).
+#: Seconds a connection may take to authenticate once it asked to (Conch's own timer);
+#: the whole pre-authentication phase, from the TCP accept, has [hosting] ssh-login-seconds.
 LOGIN_TIMEOUT = 120
 #: Failed authentication attempts before disconnecting (OpenSSH's MaxAuthTries).
 MAX_AUTH_TRIES = 6
 #: Bytes the client may send ahead of the child reading them (per session).
 LOCAL_WINDOW = 1 << 20
-#: Seconds stopService waits for running sessions before sending them SIGTERM.
-DRAIN_TIMEOUT = 60.0
 
 _STDERR = connection.EXTENDED_DATA_STDERR
 
@@ -219,36 +224,94 @@ class _Connection(connection.SSHConnection):
 
 
 class _Transport(transport.SSHServerTransport):
-    """Counts open connections for :class:`HostingSSHFactory`'s limit."""
+    """Counts open connections for :class:`HostingSSHFactory`'s limits; a login deadline.
+
+    From the TCP accept until the user is authenticated (version exchange, key
+    exchange, authentication) the connection has ``factory.login_seconds``
+    (OpenSSH's LoginGraceTime); past it, it is closed.  Conch's own login timer
+    only starts once the client asks for authentication.
+    """
+
+    _login_deadline = None
+    _peer_host = ""
 
     def connectionMade(self):
-        self.factory.open_connections += 1
+        self._peer_host = getattr(self.transport.getPeer(), "host", "")
+        self.factory.connection_opened(self._peer_host)
+        if self.factory.login_seconds:
+            self._login_deadline = self.factory.reactor.callLater(self.factory.login_seconds, self._login_too_slow)
         super().connectionMade()
 
+    def setService(self, service):
+        if service.name == b"ssh-connection":  # authenticated
+            self._cancel_login_deadline()
+        super().setService(service)
+
     def connectionLost(self, reason):
-        self.factory.open_connections -= 1
+        self._cancel_login_deadline()
+        self.factory.connection_closed(self._peer_host)
         super().connectionLost(reason)
+
+    def _cancel_login_deadline(self) -> None:
+        if self._login_deadline is not None and self._login_deadline.active():
+            self._login_deadline.cancel()
+        self._login_deadline = None
+
+    def _login_too_slow(self) -> None:
+        self._login_deadline = None
+        log.info("ssh: {host} did not log in within {s} s; closing", host=self._peer_host,
+                 s=self.factory.login_seconds)
+        self.transport.abortConnection()
 
 
 class HostingSSHFactory(factory.SSHFactory):
-    """The SSH protocol factory: host key, portal, and the algorithms we offer."""
+    """The SSH protocol factory: host key, portal, the algorithms we offer, connection limits."""
 
     protocol = _Transport
     services = {b"ssh-userauth": _UserAuth, b"ssh-connection": _Connection}
+    noisy = False  # no "Starting factory <...>" lines
 
-    def __init__(self, host_key: keys.Key, portal: Portal, max_connections: int = MAX_CONNECTIONS):
+    def __init__(self, host_key: keys.Key, portal: Portal, max_connections: int = MAX_CONNECTIONS, *,
+                 max_per_address: int = 0, login_seconds: float = 0, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
         self.publicKeys = {host_key.sshType(): host_key.public()}
         self.privateKeys = {host_key.sshType(): host_key}
         self.portal = portal
         self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.login_seconds = login_seconds
+        self.reactor = reactor
         self.open_connections = 0
+        self.per_address: dict[str, int] = {}
+        self._capped: set[str] = set()  # addresses refused since they last dropped below the cap
 
     def getPrimes(self):
         return None  # fixed groups and elliptic curves only (no moduli file)
 
+    def connection_opened(self, host: str) -> None:
+        self.open_connections += 1
+        self.per_address[host] = self.per_address.get(host, 0) + 1
+
+    def connection_closed(self, host: str) -> None:
+        self.open_connections -= 1
+        left = self.per_address.get(host, 1) - 1
+        if left:
+            self.per_address[host] = left
+        else:
+            self.per_address.pop(host, None)
+        self._capped.discard(host)
+
     def buildProtocol(self, addr):
         if self.open_connections >= self.max_connections:
             log.warn("ssh: refusing a connection from {addr}: {n} open", addr=addr, n=self.open_connections)
+            return None
+        host = getattr(addr, "host", "")
+        if self.max_per_address and self.per_address.get(host, 0) >= self.max_per_address:
+            if host not in self._capped:  # once until it drops below the cap: no log flood
+                self._capped.add(host)
+                log.warn("ssh: {host} holds {n} connections (ssh-max-per-address); closing more from it",
+                         host=host, n=self.per_address[host])
             return None
         t = super().buildProtocol(addr)
         # No CBC, 3DES, MD5/SHA-1 MACs or SHA-1 key exchanges.
@@ -327,6 +390,14 @@ class SessionManager:
                   self.reactor.callLater(timeout + grace, self._fire_drained)]
         d.addBoth(_cancel_timers, timers)
         return d
+
+    def force(self) -> int:
+        """A second signal: SIGTERM every child now (hg rolls back); how many sessions ran."""
+        running = len(self.sessions)
+        self.stopping = True
+        self._terminate_all()
+        self.reactor.callLater(0, self._fire_drained)
+        return running
 
     def _terminate_all(self) -> None:
         log.warn("ssh: {n} session(s) still running; sending SIGTERM", n=len(self.sessions))
@@ -647,7 +718,8 @@ class SshService(Service):
 
     def __init__(self, site: Site, host: str, port: int, reactor=None, *,
                  max_sessions: int = MAX_SESSIONS, max_connections: int = MAX_CONNECTIONS,
-                 drain_timeout: float = DRAIN_TIMEOUT):
+                 drain_timeout: float | None = None, login_seconds: float | None = None,
+                 max_per_address: int | None = None):
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -657,23 +729,49 @@ class SshService(Service):
         self.requested_port = port
         self.reactor = reactor
         self.max_connections = max_connections
-        self.drain_timeout = drain_timeout
+        ui = site.ui
+        self.drain_timeout = ui.configint(b"hosting", b"drain-seconds") if drain_timeout is None else drain_timeout
+        self.login_seconds = ui.configint(b"hosting", b"ssh-login-seconds") if login_seconds is None else login_seconds
+        self.max_per_address = (ui.configint(b"hosting", b"ssh-max-per-address") if max_per_address is None
+                                else max_per_address)
         self.pool = ThreadPool(minthreads=0, maxthreads=4, name="hg-hosting-ssh")
         self.sessions = SessionManager(site, reactor, self.pool, max_sessions)
         self.listening: IListeningPort | None = None
         self.port: int | None = None
 
-    def startService(self) -> None:
+    def privilegedStartService(self) -> None:
+        """Bind the port (CannotListenError before any thread starts)."""
+        super().privilegedStartService()
+        if self.listening is not None:
+            return
         self.site.bind_database()
-        host_key = load_host_key(self.site)
+        self._host_key = load_host_key(self.site)
         portal = Portal(Realm(self.sessions), [KeyChecker(self.sessions.user_for_blob)])
-        ssh_factory = HostingSSHFactory(host_key, portal, self.max_connections)
-        self.pool.start()
+        ssh_factory = HostingSSHFactory(host_key=self._host_key, portal=portal, max_connections=self.max_connections,
+                                        max_per_address=self.max_per_address, login_seconds=self.login_seconds,
+                                        reactor=self.reactor)
         self.listening = self.reactor.listenTCP(self.requested_port, ssh_factory, interface=self.host)
         self.port = self.listening.getHost().port
+
+    def startService(self) -> None:
+        if self.listening is None:
+            self.privilegedStartService()
+        self.pool.start()
         super().startService()
-        log.info("ssh: listening on {host}:{port} (host key {fp})", host=self.host, port=self.port,
-                 fp=fingerprint_of_blob(host_key.public().blob()))
+        log.info("serving SSH on {url} (host key {fp})", url=url_of("ssh", self.host, self.port),
+                 fp=fingerprint_of_blob(self._host_key.public().blob()))
+
+    def abandon(self) -> None:
+        """Undo a start that failed half-way: close the socket, stop the threads."""
+        if self.listening is not None:
+            self.listening.stopListening()
+            self.listening = None
+        if self.pool.started:
+            self.pool.stop()
+
+    def force(self) -> int:
+        """A second signal: end the running sessions now; how many there were."""
+        return self.sessions.force()
 
     def stopService(self) -> defer.Deferred:
         super().stopService()

@@ -67,6 +67,18 @@ In the site ``hgrc``::
   login-throttle-address = 100
   # the most rows the shared login-throttle table keeps
   login-throttle-rows = 100000
+  # seconds a stopping daemon (SIGTERM, SIGINT) waits for requests and SSH
+  # sessions in flight; it stops earlier once none came for about 2 s
+  drain-seconds = 30
+  # seconds an HTTP client has to send a request line and its headers (0: no limit)
+  http-header-seconds = 30
+  # open HTTP connections per client address, per daemon process (0: no limit);
+  # behind a reverse proxy every connection comes from the proxy's address
+  http-max-per-address = 128
+  # seconds an SSH client has from connecting to being authenticated (0: no limit)
+  ssh-login-seconds = 30
+  # open SSH connections per client address (0: no limit)
+  ssh-max-per-address = 16
 
 The site ``hgrc`` must keep ``[extensions] hosting =``, and every repository's
 ``.hg/hgrc`` must include the site ``hgrc``: a process that does not load the

@@ -449,10 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also create this site admin if the site has none (password from"
                         " $HG_HOSTING_ADMIN_PASSWORD, else generated and printed once)")
 
-    p = command("serve", cmd_serve, "run the daemon in the foreground")
-    p.add_argument("--http", default="127.0.0.1:8000", metavar="HOST:PORT")
-    p.add_argument("--ssh", default=None, metavar="HOST:PORT")
-    p.add_argument("--workers", type=int, default=1, metavar="N")
+    p = command("serve", cmd_serve, "run the daemon in the foreground (SIGTERM or SIGINT: drain and stop;"
+                                    " a second one: stop now)")
+    p.add_argument("--http", default=None, metavar="HOST:PORT",
+                   help="serve HTTP here (default: 127.0.0.1:8000 unless --ssh is given)")
+    p.add_argument("--ssh", default=None, metavar="HOST:PORT", help="serve SSH here (off unless given)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="HTTP worker processes (default 1)")
 
     users = actions(command("user", cmd_user, "manage users"))
     p = users.add_parser("add", help="add a user")

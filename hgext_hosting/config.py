@@ -34,6 +34,17 @@ configitem(b"hosting", b"login-throttle-pair", default=10)
 configitem(b"hosting", b"login-throttle-user", default=50)
 configitem(b"hosting", b"login-throttle-address", default=100)
 configitem(b"hosting", b"login-throttle-rows", default=100000)
+#: Seconds a stopping daemon waits for requests and SSH sessions in flight (it stops
+#: earlier once none was in flight for about 2 s).
+configitem(b"hosting", b"drain-seconds", default=30)
+#: Seconds an HTTP client has to send a request line and its headers (0: no limit).
+configitem(b"hosting", b"http-header-seconds", default=30)
+#: Open HTTP connections one client address may hold, per daemon process (0: no limit).
+configitem(b"hosting", b"http-max-per-address", default=128)
+#: Seconds an SSH client has from connecting to being authenticated (0: no limit).
+configitem(b"hosting", b"ssh-login-seconds", default=30)
+#: Open SSH connections one client address may hold (0: no limit).
+configitem(b"hosting", b"ssh-max-per-address", default=16)
 
 _registered = False
 

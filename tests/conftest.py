@@ -170,7 +170,7 @@ class Daemon:
             env={**site.env, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
-        pattern = re.compile(r"serving HTTP on [\d.]+:(\d+)")
+        pattern = re.compile(r"serving HTTP on http://[\d.]+:(\d+)/")
         while time.monotonic() < deadline:
             match = pattern.search(self.log_path.read_text())
             if match:

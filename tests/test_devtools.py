@@ -47,7 +47,7 @@ def make_serve(env: dict[str, str], site: Path, port: int, log: Path, timeout: f
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
-        while f"serving HTTP on 127.0.0.1:{port}" not in log.read_text():
+        while f"serving HTTP on http://127.0.0.1:{port}/" not in log.read_text():
             assert proc.poll() is None, f"make serve exited {proc.returncode}: {log.read_text()}"
             assert time.monotonic() < deadline, f"make serve did not start: {log.read_text()}"
             time.sleep(0.1)
