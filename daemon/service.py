@@ -57,7 +57,7 @@ from hgext_hosting.errors import UserError
 from hgext_hosting.models import Owner, Repository
 
 from .app import HostingApp
-from .auth import Authenticator
+from .auth import Authenticator, Limits, trusted_networks
 from .bodylimit import BoundedRequest
 from .hgwebs import HgwebCache
 from .lifecycle import InFlight, exit_now, url_of
@@ -157,6 +157,10 @@ class Settings:
                 raise UserError(f"[hosting] {key.decode()} must be a number of at least 0")
             return value
 
+        # The login throttle's keys are the Authenticator's; checked here too so that a bad
+        # value stops the master in one line instead of every worker at its start.
+        Limits.from_ui(ui)
+        trusted_networks([e.decode("utf-8", "replace") for e in ui.configlist(b"hosting", b"trusted-proxies")])
         return cls(drain_seconds=number(b"drain-seconds"), header_seconds=number(b"http-header-seconds"),
                    http_max_per_address=number(b"http-max-per-address"),
                    max_request_bytes=number(b"max-request-mb") * 1024 * 1024,

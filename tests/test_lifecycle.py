@@ -423,17 +423,19 @@ def test_serve_that_cannot_listen_exits(world, which):
     assert rest == "" and proc.stdout.read() == "", rest
 
 
-def test_bad_setting_with_workers_is_one_error(world):
-    """A malformed setting the HTTP side reads (``max-request-mb``) stops ``serve --workers 2`` with
-    one error line, before any worker starts (workers used to die on it and be restarted forever)."""
-    daemon = Served(world, "--http", "127.0.0.1:0", "--workers", "2", settings="[hosting]\nmax-request-mb = lots\n")
+@pytest.mark.parametrize("key, value", [("max-request-mb", "lots"), ("login-throttle-pair", "0"),
+                                        ("trusted-proxies", "10.0.0.0/33")])
+def test_bad_setting_with_workers_is_one_error(world, key, value):
+    """A malformed setting the HTTP side reads stops ``serve --workers 2`` with one error line,
+    before any worker starts (workers used to die on it and be restarted forever)."""
+    daemon = Served(world, "--http", "127.0.0.1:0", "--workers", "2", settings=f"[hosting]\n{key} = {value}\n")
     try:
         code = daemon.wait(30)
     finally:
         daemon.kill()
     log = daemon.log()
     assert code != 0, log
-    assert re.fullmatch(r"error: cannot start the daemon: .*max-request-mb.*\n", log), log
+    assert re.fullmatch(rf"error: (cannot start the daemon: )?.*{key}.*\n", log), log
 
 
 # -- 3 and 4. SSH alone; what the log says --------------------------------------------------------
