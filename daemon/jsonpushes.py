@@ -47,7 +47,7 @@ from mercurial.utils import dateutil
 from hgext_hosting import pushlog
 from hgext_hosting.models import Push, PushChangeset
 
-from .web import HTTPError, Request, respond, respond_json
+from .web import MAX_PAGE, HTTPError, Request, respond, respond_json
 
 PAGE_SIZE = 10
 #: Longer revisions are refused before Mercurial sees them.
@@ -179,8 +179,8 @@ def query(req: Request, repository_id: int, revisions: Revisions, rest: list[str
     else:
         # As Mozilla: without a start bound, the last pushes by page; the end bound is ignored.
         page = int(rest[0]) if rest else req.page_arg("node")
-        if not 1 <= page <= 1_000_000:
-            raise HTTPError(400, "the page must be from 1 to 1000000")
+        if not 1 <= page <= MAX_PAGE:
+            raise HTTPError(400, f"the page must be an integer from 1 to {MAX_PAGE}")
         rows = (Push.select()
                 .where((Push.repository == repository_id) & (Push.state == "done") & has_changesets())
                 .order_by(Push.push_id.desc()).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE))
