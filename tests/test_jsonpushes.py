@@ -32,6 +32,7 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import test_postgresql
 from conftest import Daemon, commit, site_handle
 from pushhelpers import cli_all
 
@@ -354,3 +355,47 @@ def test_readers_cost_does_not_grow_with_the_history(tmp_path):
         if many["hsteps"] > 1.5 * one["hsteps"] + 20:
             problems.append(f"{name}: {many['hsteps'] * 100} steps against {one['hsteps'] * 100}")
     assert not problems, "\n".join(problems)
+
+
+# -- the same on PostgreSQL ---------------------------------------------------------------------
+
+postgres_url = test_postgresql.postgres_url
+pg_site = test_postgresql.pg_site
+
+
+def test_json_pushes_and_pages_on_postgresql(pg_site, tmp_path):
+    """On PostgreSQL: json-pushes by revision names, ranges and dates, the bookmark-only push left out, JSON errors, the push log page and pushloghtml."""
+    site = pg_site
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/pg")
+    repo = str(site.repo_path("alice/pg"))
+    wc = tmp_path / "wc"
+    site.hg("init", str(wc))
+    first = commit(site.hg, wc, "a", "a\n")
+    site.hg("push", "-q", repo, cwd=wc, user="alice")
+    second = commit(site.hg, wc, "b", "b\n")
+    site.hg("push", "-q", repo, cwd=wc, user="alice")
+    site.hg("bookmark", "-q", "-r", first, "mark", cwd=wc)
+    site.hg("push", "-q", "-B", "mark", repo, cwd=wc, user="alice", check=False)
+    daemon = Daemon(site)
+    try:
+        def get(query: str, path: str = "json-pushes", status: int = 200):
+            code, headers, body = fetch(f"{daemon.url}/alice/pg/{path}{query}")
+            assert code == status, (query, code, body)
+            return json.loads(body) if headers["Content-Type"].startswith("application/json") else body.decode()
+
+        doc = get("?version=2")
+        assert doc["lastpushid"] == 3 and sorted(doc["pushes"]) == ["1", "2"]
+        assert doc["pushes"]["2"]["changesets"] == [second]
+        assert sorted(get("?changeset=tip")) == ["2"] and sorted(get("?changeset=mark")) == ["1"]
+        assert sorted(get("?fromchange=0&tochange=tip")) == ["2"]
+        assert sorted(get("?startdate=2000-01-01&enddate=2999-01-01")) == ["1", "2"]
+        assert get("?changeset=nope", status=404) == {"error": "unknown revision 'nope'"}
+        assert get("?version=2", path="json-pushes/2") == {"lastpushid": 3, "pushes": {}}
+        page = get("", path="pushlog")
+        assert "(3 pushes)" in page and "bookmark mark" in page and second[:12] in page
+        page = get(f"?fromchange={first}&tochange={second}", path="pushloghtml")
+        assert second[:12] in page and first[:12] + "</a>" not in page
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log(), daemon.log()[-3000:]
