@@ -68,7 +68,7 @@ def jp(tmp_path_factory):
     site.cli("init")
     for name in ("alice", "bob", "dave"):
         site.add_user(name)
-    site.cli("repo", "create", "alice/jp")
+    cli_all(site, ["repo", "create", "alice/jp"], ["repo", "create", "alice/empty"])
     cli_all(site, ["grant", "alice/jp", "bob", "write"], ["grant", "alice/jp", "dave", "write"])
     wc = root / "wc"
     site.hg("init", str(wc))
@@ -200,6 +200,17 @@ def test_errors_are_json(jp, query, status, message):
     assert list(doc) == ["error"] and doc["error"]
     if message is not None:
         assert doc["error"] == message
+
+
+def test_empty_repository_and_full_with_any_value(jp):
+    """As test-empty-repo.t: an empty repository answers ``{}`` and ``{"lastpushid": 0, "pushes": {}}``; ``full`` counts whatever its value (``full=0`` too); a ``fromchange`` no push holds starts at 0."""
+    code, _, body = fetch(f"{jp.daemon.url}/alice/empty/json-pushes")
+    assert code == 200 and json.loads(body) == {}
+    code, _, body = fetch(f"{jp.daemon.url}/alice/empty/json-pushes?version=2")
+    assert code == 200 and json.loads(body) == {"lastpushid": 0, "pushes": {}}
+    for value in ("full", "full=0", "full=1"):
+        assert jp.get(f"?{value}&startID=3")["4"]["changesets"][0]["desc"] == "fourth", value
+    assert jp.ids("?fromchange=null&endID=2") == ["1", "2"]
 
 
 def test_page_in_the_path(jp):
