@@ -270,8 +270,10 @@ class Pages:
         """The push log, newest first, by pages of :data:`PUSHES_PER_PAGE`.
 
         Push ids are contiguous per repository (a rolled-back push's id is reused), so
-        the highest done id is the number of pushes and page N starts at that id
-        minus (N-1) pages: an index probe and a range, whatever the history's length.
+        the highest done id is the number of pushes and page N holds the ids from
+        that id minus (N-1) pages down: an index probe and a range, whatever the
+        history's length.  (Only ``check --repair`` leaves gaps, dropping pushes a
+        strip emptied: the count then includes them and their pages show fewer rows.)
         """
         page = req.page_arg()
         total = pushlog.last_push_id(row)

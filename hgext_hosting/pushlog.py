@@ -113,10 +113,16 @@ def recent_pushes(repo: Repository | int, limit: int | None = None, offset: int 
 
 
 def pushes_up_to(repo: Repository | int, highest: int, limit: int) -> list[PushView]:
-    """At most ``limit`` ``done`` pushes with ids up to ``highest``, newest first (keyset paging)."""
+    """The ``done`` pushes with ids from ``highest - limit + 1`` to ``highest``, newest first.
+
+    A window of ids, not of rows: the push log's pages (ids are contiguous, so a
+    window holds ``limit`` pushes; where ``check --repair`` dropped an emptied
+    push, its page shows one fewer and no page repeats another's).
+    """
     query = (
         Push.select()
-        .where((Push.repository == repo) & (Push.state == "done") & (Push.push_id <= highest))
+        .where((Push.repository == repo) & (Push.state == "done") & (Push.push_id <= highest)
+               & (Push.push_id > highest - limit))
         .order_by(Push.push_id.desc())
         .limit(limit)
     )

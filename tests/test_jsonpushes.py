@@ -22,6 +22,7 @@ reader on a one-push repository and on one with 200,000 push records.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -410,3 +411,32 @@ def test_json_pushes_and_pages_on_postgresql(pg_site, tmp_path):
     finally:
         daemon.stop()
     assert "Traceback" not in daemon.log(), daemon.log()[-3000:]
+
+
+def test_push_log_pages_are_windows_of_ids(tmp_path):
+    """Page N of the push log holds push ids top-20(N-1) down to top-20N+1: 45 pushes make 3 pages; with push 30 dropped (``check --repair`` after a strip) page 1 shows 19, and no page repeats another's push."""
+    site = site_handle(tmp_path)
+    site.cli("init")
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/gaps")
+    db_path = next(site.root.glob("*.db"))
+    with sqlite3.connect(db_path) as db:
+        ((repository_id,),) = db.execute("SELECT id FROM repository WHERE name = 'gaps'")
+    fill_pushes(db_path, repository_id, 45)
+    with sqlite3.connect(db_path) as db:
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("DELETE FROM push WHERE push_id = 30")
+    daemon = Daemon(site)
+    try:
+        seen = []
+        for page, count in ((1, 19), (2, 20), (3, 5)):
+            status, _, body = fetch(f"{daemon.url}/alice/gaps/pushlog?page={page}")
+            text = body.decode()
+            assert status == 200 and f"page {page} of 3" in text
+            ids = [int(x) for x in re.findall(r"<tr>\s*<td>(\d+)</td>", text)]
+            assert len(ids) == count, (page, ids)
+            seen += ids
+        assert sorted(seen) == [i for i in range(1, 46) if i != 30]
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log()
