@@ -116,7 +116,8 @@ class BackupResult:
         s = self.stats
         return [
             *(f"settled: {what}" for what in self.settled),
-            f"backed up the {self.database} database and {len(self.repositories)} repositories"
+            f"backed up the {self.database} database and {len(self.repositories)}"
+            f" {'repository' if len(self.repositories) == 1 else 'repositories'}"
             f" ({s.files} files: {s.linked} hardlinked, {s.copied_bytes / 1e6:.1f} MB copied) to {self.dest}",
             f"pushes waited {self.pause_seconds:.2f} s",
         ]

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HG, Daemon, SiteHandle, commit
-from pushhelpers import cli_all, db_pushes
+from conftest import HG, Daemon, SiteHandle, commit, site_handle
+from pushhelpers import cli_all, db_pushes, run_all
 
 REPOS = [f"alice/r{i}" for i in range(10)]
 #: Changesets each concurrent pusher pushes, one push each.
@@ -63,14 +63,14 @@ def test_backup_during_ten_concurrent_pushes_restores_clean(site: SiteHandle, tm
     """
     site.add_user("alice", "alice-pw")
     cli_all(site, *(["repo", "create", full] for full in REPOS))
-    scripts = []
-    for i, full in enumerate(REPOS):
-        wc = tmp_path / f"wc{i}"
-        site.hg("init", str(wc))
-        for n in range(PUSHES_EACH):
-            commit(site.hg, wc, f"f{n}", f"{full} {n}\n" * 200)
-        url = str(site.repo_path(full))
-        scripts.append(" && ".join(f"hg push -q -r {n} {url}" for n in range(PUSHES_EACH)))
+    source = tmp_path / "source"
+    site.hg("init", str(source))
+    for n in range(PUSHES_EACH):
+        commit(site.hg, source, f"f{n}", f"{n}\n" * 2000)
+    run_all([[HG, "clone", "-q", "-U", str(source), str(tmp_path / f"wc{i}")] for i in range(len(REPOS))],
+            site.env)
+    scripts = [" && ".join(f"hg push -q -r {n} {site.repo_path(full)}" for n in range(PUSHES_EACH))
+               for full in REPOS]
     procs = [subprocess.Popen(["sh", "-c", script], cwd=tmp_path / f"wc{i}", text=True,
                               env={**site.env, "HG_HOSTING_USER": "alice"},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -233,3 +233,70 @@ def test_backup_and_restore_refuse_in_one_line(site: SiteHandle, tmp_path: Path)
         holder.rollback()
         holder.close()
     assert "locked" in line and not (tmp_path / "locked").exists()
+
+
+def _pause(out: str) -> float:
+    return float(out.rsplit("pushes waited ", 1)[1].split()[0])
+
+
+def test_backup_of_the_generated_corpus(big_site: SiteHandle, tmp_path: Path):
+    """3,000 changesets, hardlinked and copied: both restore to sound sites; the pauses are printed.
+
+    No timing is asserted (shared machines); ``-s`` shows how long pushes waited each way.
+    """
+    site = big_site
+    linked = site.cli("backup", str(tmp_path / "linked")).stdout
+    copied = site.cli("backup", "--copy", str(tmp_path / "copied")).stdout
+    print(f"\ncorpus backup, hardlinks: {linked}corpus backup, copies: {copied}")
+    assert " 0 hardlinked" in copied and " 0 hardlinked" not in linked
+    assert _pause(linked) >= 0 and _pause(copied) >= 0
+    restored = _restored(site, tmp_path / "restored")
+    site.cli("restore", "--copy", str(tmp_path / "linked"), str(restored.root))
+    _assert_sound(restored, ["alice/big"])
+    store = restored.repo_path("alice/big") / ".hg" / "store"
+    assert all(p.stat().st_nlink == 1 for p in store.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def pg_cluster():
+    import pgcluster
+
+    with pgcluster.cluster() as cluster:
+        yield cluster
+
+
+def test_a_postgresql_site_backs_up_with_pg_dump_and_restores_into_an_empty_database(
+        pg_cluster, tmp_path: Path):
+    """pg_dump of the snapshot, restored with --database into an empty database: check clean, same log."""
+    from hgext_hosting.site import SITE_HGRC_TEMPLATE
+
+    live_url = pg_cluster.createdb("live")
+    site = site_handle(tmp_path)
+    site.root.mkdir()
+    (site.root / "hgrc").write_text(SITE_HGRC_TEMPLATE.replace("\ndatabase =\n", f"\ndatabase = {live_url}\n"))
+    site.cli("init")
+    site.add_user("alice")
+    cli_all(site, ["repo", "create", "alice/a"], ["repo", "create", "alice/b"])
+    wc = tmp_path / "wc"
+    site.hg("init", str(wc))
+    nodes = [commit(site.hg, wc, f"f{n}", f"{n}\n") for n in range(2)]
+    site.hg("push", "-q", "-r", "0", str(site.repo_path("alice/a")), cwd=wc, user="alice")
+    site.hg("push", "-q", str(site.repo_path("alice/a")), cwd=wc, user="alice")
+    site.hg("push", "-q", str(site.repo_path("alice/b")), cwd=wc, user="alice")
+
+    dest = tmp_path / "backup"
+    site.cli("backup", str(dest))
+    assert (dest / "hosting.pgdump").is_file() and not (dest / "hosting.db").exists()
+    assert "--database" in site.refuse("restore", str(dest), str(tmp_path / "r0"))
+    assert "is not empty" in site.refuse("restore", str(dest), str(tmp_path / "r0"), "--database", live_url)
+    assert not (tmp_path / "r0").exists()
+
+    restored_url = pg_cluster.createdb("restored")
+    restored = SiteHandle(tmp_path / "restored", site.env)
+    out = site.cli("restore", str(dest), str(restored.root), "--database", restored_url).stdout
+    assert "ok: the database and the repositories agree" in out, out
+    assert f"database = {restored_url}" in (restored.root / "hgrc").read_text()
+    _assert_sound(restored, ["alice/a", "alice/b"])
+    for full in ("alice/a", "alice/b"):
+        assert restored.cli_json("pushlog", full) == site.cli_json("pushlog", full)
+    assert [p["changesets"] for p in restored.cli_json("pushlog", "alice/a")] == [[nodes[1]], [nodes[0]]]
