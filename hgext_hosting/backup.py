@@ -217,6 +217,8 @@ class _Locks:
         self.ui = _hg_ui(site)
         self.ui.setconfig(b"hosting", b"auto-recover", b"false", b"backup")
         self.timeout = self.ui.configint(b"hosting", b"lock-timeout")
+        # hg's own "waiting for lock ..." would make a refusal two lines; the pause is printed at the end.
+        self.ui.setconfig(b"ui", b"timeout.warn", b"%d" % (self.timeout + 1), b"backup")
         self.stack = contextlib.ExitStack()
         self.held: dict[Path, object] = {}  # path -> the locked repository
         self.started: float | None = None

@@ -300,3 +300,26 @@ def test_a_postgresql_site_backs_up_with_pg_dump_and_restores_into_an_empty_data
     for full in ("alice/a", "alice/b"):
         assert restored.cli_json("pushlog", full) == site.cli_json("pushlog", full)
     assert [p["changesets"] for p in restored.cli_json("pushlog", "alice/a")] == [[nodes[1]], [nodes[0]]]
+
+
+def test_a_repository_locked_past_lock_timeout_stops_the_backup(site: SiteHandle, tmp_path: Path):
+    """A push holding its lock longer than [hosting] lock-timeout: one error line, nothing left in DEST."""
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/demo")
+    (site.root / "hgrc").write_text((site.root / "hgrc").read_text().replace(
+        "[hosting]\n", "[hosting]\nlock-timeout = 1\n", 1))
+    wc = tmp_path / "wc"
+    site.hg("init", str(wc))
+    commit(site.hg, wc, "a", "a\n")
+    push = subprocess.Popen(
+        [HG, "push", "-q", str(site.repo_path("alice/demo"))], cwd=wc, text=True,
+        env={**site.env, "HG_HOSTING_USER": "alice", "HG_HOSTING_FAULTS": "pushlog-after-commit=sleep:8"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: _pending_rows(site) == 1, "the pending record")
+        line = site.refuse("backup", str(tmp_path / "backup"))
+    finally:
+        assert push.wait(60) == 0, push.communicate()
+    assert line == ("error: alice/demo stayed locked for more than 1 s ([hosting] lock-timeout);"
+                    " no backup was made"), line
+    assert not (tmp_path / "backup").exists()
