@@ -323,3 +323,21 @@ def test_a_repository_locked_past_lock_timeout_stops_the_backup(site: SiteHandle
     assert line == ("error: alice/demo stayed locked for more than 1 s ([hosting] lock-timeout);"
                     " no backup was made"), line
     assert not (tmp_path / "backup").exists()
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ("[hosting]\ndatabase = sqlite:////live/hosting.db\nbusy-timeout = 5\n",
+     "[hosting]\ndatabase = NEW\nbusy-timeout = 5\n"),
+    ("[hosting]\ndatabase = postgresql://a\n  continued\n[web]\nx = 1\n",
+     "[hosting]\ndatabase = NEW\n[web]\nx = 1\n"),
+    ("[hosting]\nbusy-timeout = 5\n[web]\nx = 1\n", "[hosting]\nbusy-timeout = 5\ndatabase = NEW\n[web]\nx = 1\n"),
+    ("[web]\nx = 1", "[web]\nx = 1\n\n[hosting]\ndatabase = NEW\n"),
+])
+def test_restore_points_the_hgrc_at_the_restored_database(tmp_path: Path, before: str, after: str):
+    """The restored hgrc names the restored database, never the one the backup came from."""
+    from hgext_hosting.backup import set_database_url
+
+    hgrc = tmp_path / "hgrc"
+    hgrc.write_text(before)
+    set_database_url(hgrc, "NEW")
+    assert hgrc.read_text() == after
