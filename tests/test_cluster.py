@@ -173,6 +173,7 @@ def cluster(tmp_path_factory, postgres_url):  # noqa: F811 - test_postgresql's f
     site.add_user("alice", PASSWORD)
     site.add_user("bob", "bob-cluster-pw")
     c = Cluster(site, work)
+    c.postgres_url = postgres_url
     try:
         yield c
     finally:
@@ -387,13 +388,53 @@ def test_kill_9_during_pushes(cluster: Cluster, tmp_path: Path):
     assert len(failed) <= len(jobs) - 1, [r.stderr for r in failed]
     for r in failed:
         assert "Traceback" not in r.stderr and "abort:" in r.stderr, r.stderr
+    # The pushes that followed to the same repository settled what the killed one left.
+    assert not _unsettled(cluster, repos)
     cluster.restart(index)
     wait_for(lambda: cluster.haproxy.states().get(f"web{index + 1}") == "UP", "the restarted daemon up")
+    print(f"kill -9: {len(failed)} of {len(jobs)} pushes failed")
+
+    # A lone push killed mid-transaction, nothing after it: the daemon's next start settles it.
+    alone = "alice/kill-alone"
+    site.cli("repo", "create", alone)
+    site.hg("push", "-q", "-r", "0", str(site.repo_path(alone)), cwd=source, user="alice")
+    inflight.unlink(missing_ok=True)
+    (work / "slow").touch()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pushes = pool.submit(_push_all, cluster, source, [(alone, "b0")])
+            pids = {d.proc.pid: i for i, d in enumerate(cluster.daemons)}
+            index = wait_for(lambda: victim() is not None and (victim(),), "the lone push in its transaction")[0]
+            cluster.daemons[index].proc.send_signal(signal.SIGKILL)
+            cluster.daemons[index].proc.wait()
+            (result,) = pushes.result(timeout=300)
+    finally:
+        (work / "slow").unlink(missing_ok=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert _unsettled(cluster, [alone])
+    cluster.restart(index)
+    assert not _unsettled(cluster, [alone])
+    assert "recovering an interrupted transaction" in cluster.daemons[index].log(), cluster.daemons[index].log()
+    wait_for(lambda: cluster.haproxy.states().get(f"web{index + 1}") == "UP", "the restarted daemon up")
+    repos.append(alone)
     for repo in repos:
         assert_consistent(site, repo)
     site.cli("check")
     landed = sum(len(site.cli_json("pushlog", repo)) for repo in repos)
     assert landed >= 3 + len(jobs) - len(failed)
+
+
+def _unsettled(cluster: Cluster, repos: list[str]) -> list[str]:
+    """The repositories with an interrupted transaction or a ``pending`` push record."""
+    import psycopg2
+
+    left = [r for r in repos if (cluster.site.repo_path(r) / ".hg" / "store" / "journal").exists()]
+    with psycopg2.connect(cluster.postgres_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM push WHERE state = 'pending'")
+        if cur.fetchone()[0]:
+            left.append("pending records")
+    conn.close()
+    return left
 
 
 # -- rolling restart --------------------------------------------------------------------------
