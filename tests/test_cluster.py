@@ -455,30 +455,39 @@ def test_rolling_restart_fails_no_client_command(cluster: Cluster, tmp_path: Pat
     commands = [0]
     pushes = [0]
 
-    def client():
+    def attempt(argv: list[str], cwd=None) -> bool:
+        proc = site.hg(*argv, cwd=cwd, check=False)
+        commands[0] += 1
+        if proc.returncode != 0:
+            failures.append(f"hg {' '.join(argv)}: {proc.stderr}")
+        return proc.returncode == 0
+
+    def cloner():  # full clones and identify, one after the other
         n = 0
         while not stop.is_set():
             n += 1
-            for argv, cwd in (
-                (["clone", "-q", url, str(tmp_path / f"c{n}")], None),
-                (["pull", "-q", url], wc),
-                (["update", "-q", "tip"], wc),
-            ):
-                proc = site.hg(*argv, cwd=cwd, check=False)
-                commands[0] += 1
-                if proc.returncode != 0:
-                    failures.append(f"hg {' '.join(argv)}: {proc.stderr}")
+            attempt(["clone", "-U", "-q", url, str(tmp_path / f"c{n}")])
             shutil.rmtree(tmp_path / f"c{n}", ignore_errors=True)
+            attempt(["identify", url])
+
+    def puller():
+        reader = tmp_path / "reader"
+        if not attempt(["clone", "-q", url, str(reader)]):
+            return
+        while not stop.is_set():
+            attempt(["pull", "-q", "-u", url], cwd=reader)
+
+    def pusher():
+        n = 0
+        while not stop.is_set():
+            n += 1
             commit(site.hg, wc, "f", f"{n}\n")
-            proc = site.hg("push", "-q", cluster.push_url(repo), cwd=wc, check=False)
-            commands[0] += 1
-            if proc.returncode != 0:
-                failures.append(f"hg push: {proc.stderr}")
-            else:
+            if attempt(["push", "-q", cluster.push_url(repo)], cwd=wc):
                 pushes[0] += 1
 
-    thread = threading.Thread(target=client)
-    thread.start()
+    threads = [threading.Thread(target=t) for t in (cloner, puller, pusher)]
+    for thread in threads:
+        thread.start()
     try:
         for i in range(DAEMONS):
             before = commands[0]
@@ -492,7 +501,8 @@ def test_rolling_restart_fails_no_client_command(cluster: Cluster, tmp_path: Pat
         wait_for(lambda: commands[0] >= before + 2, "the client to run", timeout=120)
     finally:
         stop.set()
-        thread.join(300)
+        for thread in threads:
+            thread.join(300)
     assert not failures, failures
     assert pushes[0] >= DAEMONS
     assert pushlog_ids(site, repo) == list(range(1, pushes[0] + 1))
