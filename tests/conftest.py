@@ -253,3 +253,29 @@ class RssPeak:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A database in a throwaway PostgreSQL cluster (:mod:`pgcluster`), one cluster per test module."""
+    import pgcluster
+
+    with pgcluster.cluster() as cluster:
+        yield cluster.createdb("hosting")
+
+
+@pytest.fixture
+def pg_site(tmp_path: Path, postgres_url: str) -> SiteHandle:
+    """A new site whose hgrc names ``postgres_url`` (``init`` then creates no SQLite file)."""
+    from hgext_hosting.site import SITE_HGRC_TEMPLATE
+
+    site = site_handle(tmp_path)
+    site.root.mkdir()
+    (site.root / "hgrc").write_text(
+        SITE_HGRC_TEMPLATE.replace("\ndatabase =\n", f"\ndatabase = {postgres_url}\n"))
+    site.cli("init")
+    assert not (site.root / "hosting.db").exists()
+    return site
+

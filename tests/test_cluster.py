@@ -1,7 +1,7 @@
 """Several daemons on one site and one PostgreSQL, behind HAProxy (docs/deploy.md).
 
 One module-scoped cluster serves every test: a throwaway PostgreSQL
-(test_postgresql's fixture), a site whose hgrc names it, three
+(conftest's ``postgres_url``), a site whose hgrc names it, three
 ``hg-hosting serve`` processes on fixed free loopback ports, and HAProxy
 (Debian's ``haproxy``) run in the foreground from ``contrib/haproxy.cfg.in``
 with those ports filled in.  The tests drive the real ``hg`` client:
@@ -37,7 +37,6 @@ from pathlib import Path
 import pytest
 from conftest import HG, Daemon, SiteHandle, commit, run, site_handle
 from test_auth import basic, cookies, form_login, request
-from test_postgresql import postgres_url  # noqa: F401 - the module's PostgreSQL fixture
 
 from hgext_hosting.site import SITE_HGRC_TEMPLATE
 
@@ -153,7 +152,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, postgres_url):  # noqa: F811 - test_postgresql's fixture
+def cluster(tmp_path_factory, postgres_url):
     work = tmp_path_factory.mktemp("cluster")
     site = site_handle(work)
     site.root.mkdir()

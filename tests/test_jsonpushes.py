@@ -33,7 +33,6 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import test_postgresql
 from conftest import Daemon, commit, site_handle
 from pushhelpers import cli_all
 
@@ -370,10 +369,6 @@ def test_readers_cost_does_not_grow_with_the_history(tmp_path):
 
 
 # -- the same on PostgreSQL ---------------------------------------------------------------------
-
-postgres_url = test_postgresql.postgres_url
-pg_site = test_postgresql.pg_site
-
 
 def test_json_pushes_and_pages_on_postgresql(pg_site, tmp_path):
     """On PostgreSQL: json-pushes by revision names, ranges and dates, the bookmark-only push left out, JSON errors, the push log page and pushloghtml."""

@@ -9,28 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pgcluster
-import pytest
-from conftest import Daemon, SiteHandle, commit, site_handle
-
-from hgext_hosting.site import SITE_HGRC_TEMPLATE
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    with pgcluster.cluster() as cluster:
-        yield cluster.createdb("hosting")
-
-
-@pytest.fixture
-def pg_site(tmp_path: Path, postgres_url: str) -> SiteHandle:
-    site = site_handle(tmp_path)
-    site.root.mkdir()
-    (site.root / "hgrc").write_text(
-        SITE_HGRC_TEMPLATE.replace("\ndatabase =\n", f"\ndatabase = {postgres_url}\n"))
-    site.cli("init")
-    assert not (site.root / "hosting.db").exists()
-    return site
+from conftest import Daemon, SiteHandle, commit
 
 
 def test_a_site_on_postgresql_checks_and_records_pushes(pg_site: SiteHandle, tmp_path: Path):
