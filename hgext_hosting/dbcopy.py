@@ -142,18 +142,34 @@ def _digest(database: pw.Database, model) -> str:
     return h.hexdigest()
 
 
+#: Fields whose values both drivers read and write alike (ids and foreign keys, text, integers).
+_AS_IS = (pw.IntegerField, pw.CharField, pw.TextField, pw.ForeignKeyField)
+
+
 def _copy_table(src: pw.Database, dst: pw.Database, model) -> int:
     """Insert every row of ``model``'s table from ``src`` into ``dst``, values as the fields convert them."""
     fields = model._meta.sorted_fields
     table = _q(model._meta.table_name)
     columns = ", ".join(_q(f.column_name) for f in fields)
     cursor = src.execute_sql(f"SELECT {columns} FROM {table} ORDER BY {_q(model._meta.primary_key.column_name)}")
-    insert = f"INSERT INTO {table} ({columns}) VALUES ({', '.join([dst.param] * len(fields))})"
+    insert = f"INSERT INTO {table} ({columns}) VALUES "
+    if isinstance(dst, pw.PostgresqlDatabase):  # one statement per batch: executemany is a round trip a row
+        from psycopg2.extras import execute_values
+
+        def write(rows: list[tuple]) -> None:
+            execute_values(dst.cursor(), insert + "%s", rows, page_size=BATCH)
+    else:
+        def write(rows: list[tuple]) -> None:
+            dst.cursor().executemany(insert + f"({', '.join([dst.param] * len(fields))})", rows)
+    convert = [i for i, f in enumerate(fields) if not isinstance(f, _AS_IS)]
     copied = 0
     while batch := cursor.fetchmany(BATCH):
-        rows = [tuple(f.db_value(f.python_value(v)) for f, v in zip(fields, row, strict=True)) for row in batch]
-        dst.cursor().executemany(insert, rows)
-        copied += len(rows)
+        rows = [list(row) for row in batch]
+        for row in rows:
+            for i in convert:  # SQLite's 0/1 and date text become PostgreSQL's booleans and timestamps, and back
+                row[i] = fields[i].db_value(fields[i].python_value(row[i]))
+        write([tuple(row) for row in rows])
+        copied += len(batch)
     return copied
 
 
