@@ -276,6 +276,8 @@ def switched_hgrc(text: bytes, line: int | None, url: str) -> bytes:
     new = b"database = " + url.encode("utf-8") + b"\n"
     lines = text.splitlines(keepends=True)
     if line is not None:
+        while line > 0 and _CONTINUATION.match(lines[line]):
+            line -= 1  # Mercurial names a continued value's last line; the key is above it
         end = line + 1
         while end < len(lines) and _CONTINUATION.match(lines[end]):
             end += 1
@@ -347,6 +349,7 @@ def copy(site: Site, url: str, say: Callable[[str], None]) -> dict[str, int]:
                 for model in tables_in_order():
                     counts[model._meta.table_name] = _copy_table(src, dst, model)
                 _reset_sequences(dst)
+                faults.point("dbcopy-copied")
                 for model in models.ALL_MODELS:
                     name = model._meta.table_name
                     theirs, ours = (_count(src, model), _digest(src, model)), (_count(dst, model), _digest(dst, model))

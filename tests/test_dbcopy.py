@@ -117,6 +117,11 @@ def test_sqlite_to_postgresql_and_back(tmp_path: Path, cluster: Cluster):
     assert "copied 4 rows of push" in out, out
     assert (site.root / "hgrc").read_text() == hgrc_before.replace("\ndatabase =\n", f"\ndatabase = sqlite:///{back}\n")
     assert back.stat().st_mode & 0o077 == 0
+    import psycopg2
+
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:  # the PostgreSQL source is retired too
+        cur.execute("SELECT key, value FROM meta")
+        assert cur.fetchall() == [("moved_to", f"sqlite:///{back}")]
     fifth = _push(site, wc, "g5")
     log = site.cli_json("pushlog", "alice/demo")
     assert [(p["id"], p["changesets"]) for p in log[:2]] == [(5, [fifth]), (4, [fourth])]
@@ -191,3 +196,48 @@ def test_refusals(tmp_path: Path, cluster: Cluster):
         assert "s3cret" not in error and "Traceback" not in error, error
     assert (site.root / "hgrc").read_text() == hgrc
     assert site.cli("check").returncode == 0
+
+
+def test_a_failed_copy_changes_nothing_and_can_run_again(tmp_path: Path):
+    """A copy that fails after writing its rows leaves the target empty, the hgrc and the source as they were."""
+    site, wc, _ = _populated_site(tmp_path)
+    hgrc = (site.root / "hgrc").read_text()
+    target = tmp_path / "new.db"
+    failed = site.cli("db", "copy", f"sqlite:///{target}", check=False, env={"HG_HOSTING_FAULTS": "dbcopy-copied"})
+    assert failed.returncode != 0 and failed.stderr.count("\n") == 1 and failed.stderr.startswith("error: ")
+    assert (site.root / "hgrc").read_text() == hgrc
+    _push(site, wc, "still-here")  # the source was not retired
+    site.cli("db", "copy", f"sqlite:///{target}")
+    assert [p["id"] for p in site.cli_json("pushlog", "alice/demo")] == [4, 3, 2, 1]
+    assert site.cli("check").returncode == 0
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ("[hosting]\n# the URL\ndatabase =\nbusy-timeout = 5000\n",
+     "[hosting]\n# the URL\ndatabase = URL\nbusy-timeout = 5000\n"),
+    ("[hosting]\ndatabase = sqlite:////old\n  continued\n# kept\n[web]\n",
+     "[hosting]\ndatabase = URL\n# kept\n[web]\n"),
+    ("# only a comment\n[hosting]\nbusy-timeout = 1\n", "# only a comment\n[hosting]\ndatabase = URL\nbusy-timeout = 1\n"),
+    ("[web]\nencoding = UTF-8", "[web]\nencoding = UTF-8\n\n[hosting]\ndatabase = URL\n"),
+])
+def test_the_hgrc_switch_rewrites_one_line(tmp_path: Path, before: str, after: str):
+    """The database line is replaced (continuation lines with it) or added; every other byte stays."""
+    from hgext_hosting import dbcopy
+    from hgext_hosting.site import Site
+
+    site = Site(tmp_path)
+    site.hgrc.write_text(before)
+    dbcopy.switch_hgrc(site, dbcopy._database_line(site), "URL")
+    assert site.hgrc.read_text() == after
+
+
+def test_a_database_set_in_an_included_file_is_refused(tmp_path: Path):
+    from hgext_hosting import dbcopy
+    from hgext_hosting.errors import UserError
+    from hgext_hosting.site import Site
+
+    (tmp_path / "db.rc").write_text("[hosting]\ndatabase = sqlite:////x.db\n")
+    site = Site(tmp_path)
+    site.hgrc.write_text("%include db.rc\n")
+    with pytest.raises(UserError, match="db.rc:2"):
+        dbcopy._database_line(site)
