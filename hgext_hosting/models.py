@@ -186,7 +186,13 @@ class Push(BaseModel):
     details = pw.TextField(default="{}")
 
     class Meta:
-        indexes = ((("repository", "push_id"), True),)
+        indexes = (
+            (("repository", "push_id"), True),
+            # The readers' paths (schema step 3): the newest done pushes, ranges of
+            # ids and dates, the highest done id, without walking the history.
+            (("repository", "state", "push_id"), False),
+            (("repository", "state", "date"), False),
+        )
 
     @property
     def extra(self) -> dict:
@@ -304,9 +310,18 @@ def _v2_session_epochs_and_login_throttle() -> None:
     db.create_tables([LoginThrottle], safe=True)
 
 
+def _v3_push_reader_indexes() -> None:
+    """Indexes for the push log's readers (json-pushes, pages): their cost no longer
+    grows with the number of pushes of a repository."""
+    Push._schema.create_indexes(safe=True)
+
+
 #: Step N brings a database from version N-1 to N.  A new database gets every table
 #: as the models define them today, without replaying the steps.
-MIGRATIONS: dict[int, Callable[[], None]] = {2: _v2_session_epochs_and_login_throttle}
+MIGRATIONS: dict[int, Callable[[], None]] = {
+    2: _v2_session_epochs_and_login_throttle,
+    3: _v3_push_reader_indexes,
+}
 
 
 def migrate() -> list[int]:

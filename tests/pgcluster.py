@@ -1,10 +1,8 @@
-"""A throwaway PostgreSQL cluster for tests: Debian's server binaries on a free loopback port.
+"""A throwaway PostgreSQL cluster for tests (Debian's server binaries, which ``.ci/run`` installs).
 
-:func:`running_cluster` runs ``initdb`` and ``pg_ctl start`` in a temporary
-directory (as ``nobody`` when the tests run as root: ``initdb`` refuses root)
-and yields a :class:`Cluster`; the cluster is stopped and removed afterwards.
-Tests skip when the binaries or ``psycopg2`` are missing (``.ci/run``
-installs them).
+:func:`cluster` starts one on a free loopback port, run as ``nobody`` when the
+tests run as root (``initdb`` refuses root), and stops and removes it on the
+way out.  Tests that need none skip when the binaries are missing.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ def _free_port() -> int:
 
 @dataclass
 class Cluster:
-    """A running cluster whose superuser ``hg`` logs in without a password (trust)."""
+    """A running cluster: user ``hg``, trust authentication, on 127.0.0.1:``port``."""
 
     bindir: Path
     port: int
@@ -40,18 +38,18 @@ class Cluster:
     def run(self, *argv: str) -> None:
         subprocess.run([*self.as_user, *argv], check=True, capture_output=True, timeout=120)
 
-    def url(self, dbname: str) -> str:
-        return f"postgresql://hg@127.0.0.1:{self.port}/{dbname}"
-
-    def createdb(self, dbname: str) -> str:
+    def createdb(self, name: str) -> str:
         """Create an empty database; return its URL."""
-        self.run(str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "hg", dbname)
-        return self.url(dbname)
+        self.run(str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "hg", name)
+        return self.url(name)
+
+    def url(self, name: str) -> str:
+        return f"postgresql://hg@127.0.0.1:{self.port}/{name}"
 
 
 @contextlib.contextmanager
-def running_cluster() -> Iterator[Cluster]:
-    """A started cluster for the ``with`` block, stopped and removed after it."""
+def cluster() -> Iterator[Cluster]:
+    """Start a cluster (pytest.skip when PostgreSQL or psycopg2 is missing); stop it afterwards."""
     binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not binaries:
         pytest.skip("PostgreSQL server binaries are not installed (.ci/run installs them)")
@@ -62,13 +60,13 @@ def running_cluster() -> Iterator[Cluster]:
     if os.geteuid() == 0:
         shutil.chown(root, "nobody")
         as_user = ["runuser", "-u", "nobody", "--"]
-    cluster = Cluster(bindir, _free_port(), as_user)
+    handle = Cluster(bindir, _free_port(), as_user)
     data = root / "data"
-    cluster.run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "hg", "--no-sync")
-    cluster.run(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-                f"-F -k {root} -p {cluster.port} -c listen_addresses=127.0.0.1", "start")
+    handle.run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "hg", "--no-sync")
+    handle.run(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+               f"-F -k {root} -p {handle.port} -c listen_addresses=127.0.0.1", "start")
     try:
-        yield cluster
+        yield handle
     finally:
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60)

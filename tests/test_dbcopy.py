@@ -15,9 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import pgcluster
 import pytest
 from conftest import HG_HOSTING, Daemon, SiteHandle, commit, site_handle
-from pgcluster import Cluster, running_cluster
+from pgcluster import Cluster
 
 #: The administrator's own text in the site hgrc, which the switch must keep.
 ADMIN_TEXT = "\n# Our own notes: the database moves to PostgreSQL in May.\n[ui]\nusername = ops\n"
@@ -25,7 +26,7 @@ ADMIN_TEXT = "\n# Our own notes: the database moves to PostgreSQL in May.\n[ui]\
 
 @pytest.fixture(scope="module")
 def cluster():
-    with running_cluster() as c:
+    with pgcluster.cluster() as c:
         yield c
 
 

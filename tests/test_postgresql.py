@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pgcluster
 import pytest
 from conftest import Daemon, SiteHandle, commit, site_handle
-from pgcluster import running_cluster
 
 from hgext_hosting.site import SITE_HGRC_TEMPLATE
 
 
 @pytest.fixture(scope="module")
 def postgres_url():
-    with running_cluster() as cluster:
+    with pgcluster.cluster() as cluster:
         yield cluster.createdb("hosting")
 
 
