@@ -20,11 +20,11 @@ or PostgreSQL to PostgreSQL, while the site keeps serving.  In order:
    administrator's other text stays; a temporary file renamed over it).  From
    here every new ``hg`` process (local and SSH pushes) and CLI command uses
    the target.
-5. Still under the lock, the source is *retired*: its ``schema_version`` goes
-   and ``meta.moved_to`` names the target (password hidden).  A writer that
-   waited for the lock, or a daemon started before the switch, then finds no
-   schema and refuses its push ("the site database has moved to ..."), rather
-   than recording it where nobody looks.  The source is otherwise kept as it
+5. In the same source transaction, committed after the switch, the source is
+   *retired*: its ``schema_version`` goes and ``meta.moved_to`` names the
+   target (password hidden).  A writer that waited for the lock, or a daemon
+   started before the switch, then finds no schema and refuses its push ("the
+   site database has moved to ..."), rather than recording it where nobody looks.  The source is otherwise kept as it
    was; removing it is the administrator's call.
 
 Running daemons keep the database they opened until restarted: reads show the
@@ -341,7 +341,9 @@ def copy(site: Site, url: str, say: Callable[[str], None]) -> dict[str, int]:
             models.migrate()
         started = time.monotonic()
         with locked_source(src):
-            say(f"locked the source database {redact(source_url)}: its writers wait until the switch")
+            pushes = _count(src, models.Push)  # the first read: from here the copy sees one state
+            say(f"locked the source database {redact(source_url)} ({pushes} pushes):"
+                " its writers wait until the switch")
             faults.point("dbcopy-locked")
             counts: dict[str, int] = {}
             with dst.atomic():
@@ -360,12 +362,12 @@ def copy(site: Site, url: str, say: Callable[[str], None]) -> dict[str, int]:
                 say(f"copied {n} rows of {name}")
             say("verified: every table has the same row count and ids in both databases")
             try:
+                retire(src, url)  # not committed yet: undone with the lock if the switch fails
                 switch_hgrc(site, line, url)
             except BaseException:
                 _empty(dst)
                 raise
             faults.point("dbcopy-switched")
-            retire(src, url)
         say(f"switched [hosting] database in {site.hgrc} to {redact(url)}"
             f" ({time.monotonic() - started:.2f} s with the source locked)")
         say(f"the old database {redact(source_url)} is retired (pushes to it are refused) and kept as it was")
