@@ -377,6 +377,14 @@ def cmd_check(args, site: Site) -> int:
     return report.exit_status()
 
 
+def cmd_db(args, site: Site) -> int:
+    """``db copy URL``: copy the site database to an empty one and switch the site hgrc to it."""
+    from . import dbcopy
+
+    dbcopy.copy(site, args.url, lambda line: print(line, flush=True))
+    return 0
+
+
 def cmd_backup(args, site: Site) -> int:
     from . import backup
 
@@ -568,6 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check", cmd_check, "compare the database with the repositories")
     p.add_argument("--repair", action="store_true", help="mend every difference found")
 
+    dbs = actions(command("db", cmd_db, "move the site database"))
+    p = dbs.add_parser("copy", help="copy the site database to an empty database at URL, then switch the site"
+                                    " hgrc to it (restart the daemons right after)")
+    p.add_argument("url", metavar="URL", help="postgresql://USER:PASSWORD@HOST/DBNAME or sqlite:////abs/path.db")
     p = command("backup", cmd_backup, "copy the live site (database, repositories, hgrc, secret, host key)"
                                       " into DEST, consistently, while pushes go on")
     p.add_argument("dest", metavar="DEST", help="a new or empty directory outside the site")
