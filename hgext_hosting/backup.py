@@ -70,6 +70,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .dbcopy import set_site_database
 from .errors import UserError
 from .site import Site, SiteError, write_private_file
 
@@ -420,37 +421,6 @@ def read_manifest(src: Path) -> dict:
 # -- restore ----------------------------------------------------------------------------------------
 
 
-def set_database_url(hgrc: Path, value: str) -> None:
-    """Set ``[hosting] database = VALUE`` in a site hgrc (the line replaced, or added)."""
-    lines = hgrc.read_text(encoding="utf-8", errors="surrogateescape").splitlines(keepends=True)
-    out: list[str] = []
-    section = None
-    done = False
-    skipping = False
-    for line in lines:
-        if skipping and line[:1] in (" ", "\t") and line.strip():
-            continue  # a continuation line of the old value
-        skipping = False
-        header = re.match(r"^\[([^\]]+)\]", line)
-        if header:
-            if section == "hosting" and not done:
-                out.append(f"database = {value}\n")
-                done = True
-            section = header.group(1).strip()
-        elif section == "hosting" and re.match(r"^database\s*[=:]", line):
-            if not done:
-                out.append(f"database = {value}\n")
-                done = True
-            skipping = True
-            continue
-        out.append(line)
-    if not done:
-        if section != "hosting":
-            out.append(("" if not out or out[-1].endswith("\n") else "\n") + "\n[hosting]\n")
-        out.append(f"database = {value}\n")
-    hgrc.write_text("".join(out), encoding="utf-8", errors="surrogateescape")
-
-
 def _pg_restore(dump: Path, url: str) -> None:
     """Load a backup's dump into the empty PostgreSQL database at ``url``."""
     import psycopg2
@@ -510,10 +480,10 @@ def restore(src: Path, target: Path, database_url: str | None = None, hardlink: 
         if kind == "sqlite":
             shutil.copyfile(db_file, target / SQLITE_FILE)  # copied, never linked: SQLite writes in place
             os.chmod(target / SQLITE_FILE, 0o600)
-            set_database_url(site.hgrc, "")
+            set_site_database(site, "")
         else:
             _pg_restore(db_file, database_url)
-            set_database_url(site.hgrc, database_url)
+            set_site_database(site, database_url)
         expected = f"sqlite:///{site.db_path}" if kind == "sqlite" else database_url
         try:
             found = site.database_url()

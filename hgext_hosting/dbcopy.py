@@ -323,6 +323,16 @@ def switch_hgrc(site: Site, line: int | None, url: str) -> None:
                         " it was restored")
 
 
+def set_site_database(site: Site, url: str) -> None:
+    """Point the site hgrc's ``[hosting] database`` at ``url`` (empty: the site's SQLite file).
+
+    The one place that edits that line (``db copy`` and ``restore``): the line
+    replaced whole (continuation lines too) or added under ``[hosting]``, the file
+    replaced atomically, and read back through Mercurial.
+    """
+    switch_hgrc(site, _database_line(site), url)
+
+
 # -- the command ---------------------------------------------------------------------------------
 
 

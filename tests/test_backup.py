@@ -338,14 +338,15 @@ def test_a_repository_locked_past_lock_timeout_stops_the_backup(site: SiteHandle
      "[hosting]\ndatabase = NEW\nbusy-timeout = 5\n"),
     ("[hosting]\ndatabase = postgresql://a\n  continued\n[web]\nx = 1\n",
      "[hosting]\ndatabase = NEW\n[web]\nx = 1\n"),
-    ("[hosting]\nbusy-timeout = 5\n[web]\nx = 1\n", "[hosting]\nbusy-timeout = 5\ndatabase = NEW\n[web]\nx = 1\n"),
+    ("[hosting]\nbusy-timeout = 5\n[web]\nx = 1\n", "[hosting]\ndatabase = NEW\nbusy-timeout = 5\n[web]\nx = 1\n"),
     ("[web]\nx = 1", "[web]\nx = 1\n\n[hosting]\ndatabase = NEW\n"),
 ])
 def test_restore_points_the_hgrc_at_the_restored_database(tmp_path: Path, before: str, after: str):
     """The restored hgrc names the restored database, never the one the backup came from."""
-    from hgext_hosting.backup import set_database_url
+    from hgext_hosting.dbcopy import set_site_database
+    from hgext_hosting.site import Site
 
     hgrc = tmp_path / "hgrc"
     hgrc.write_text(before)
-    set_database_url(hgrc, "NEW")
+    set_site_database(Site(tmp_path), "NEW")
     assert hgrc.read_text() == after
