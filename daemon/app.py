@@ -53,7 +53,7 @@ def hosting_permhook(hgweb, req, op) -> None:
     """
     if op in (b"push", b"upload"):
         level = req.rawenv.get(LEVEL_KEY.encode())
-        if level not in (b"write", b"admin", "write", "admin"):
+        if level not in (b"write", b"publish", b"admin", "write", "publish", "admin"):
             raise hgwebcommon.ErrorResponse(hgwebcommon.HTTP_FORBIDDEN, b"write access required")
         problem = hooks.enforcement_problem(hgweb.repo)
         if problem is not None:
@@ -240,7 +240,7 @@ class HostingApp:
                 return respond_json(start_response, jsonpushes.query(req, row.id, unfi))
             model = Repository.select(Repository, Owner).join(Owner).where(Repository.id == row.id).get()
             return self.pages.repo_pages[page](req, start_response, model, facts, level)
-        if wire_command_writes(req) and level not in ("write", "admin"):
+        if wire_command_writes(req) and level not in ("write", "publish", "admin"):
             if req.user is None:
                 raise HTTPError(401, "authorization required to push")
             raise HTTPError(403, policy.may(self.subject(req), "write", facts).reason)

@@ -1,0 +1,319 @@
+"""Evolve, topics and the ``publish`` level, with the real ``hg`` client and hg-evolve on both ends.
+
+A non-publishing repository (``repo create --non-publishing``, ``repo set
+OWNER/NAME publishing=false``) keeps pushed drafts draft and exchanges topics
+and obsolescence markers; a writer may push drafts, amend and prune them, and
+only ``publish`` (or admin, the owner) may make a changeset public.  Every
+push goes through one of three transports: ``stdio`` (``hg serve --stdio`` as
+the daemon's SSH server runs it, through a fake ssh), ``http`` (the daemon,
+hgweb) or ``local`` (the client opens the site repository itself).
+
+Users: alice owns ``alice/demo``; bob holds ``write``, carol ``publish``,
+dave ``publish`` but is on no allow-list.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from conftest import DATE, HG, Daemon, SiteHandle, run
+from pushhelpers import write_fakessh
+
+#: The client side of every test: evolve and topic enabled.
+EVOLVE = ("--config", "extensions.evolve=", "--config", "extensions.topic=")
+PASSWORD = "correct horse battery staple"
+USERS = {"bob": "write", "carol": "publish", "dave": "publish"}
+
+
+class World:
+    """A site with ``alice/demo`` non-publishing, four users, and clients over one transport."""
+
+    def __init__(self, site: SiteHandle, tmp: Path, transport: str, daemon: Daemon | None = None):
+        self.site, self.tmp, self.transport, self.daemon = site, tmp, transport, daemon
+        self.fakessh = write_fakessh(tmp)
+
+    def url(self, user: str, full: str = "alice/demo") -> str:
+        if self.transport == "http":
+            assert self.daemon is not None
+            secret = urllib.parse.quote(PASSWORD, safe="")
+            return f"http://{user}:{secret}@127.0.0.1:{self.daemon.port}/{full}"
+        if self.transport == "stdio":
+            return f"ssh://x/{full}"
+        return str(self.site.repo_path(full))
+
+    def hg(self, user: str, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """The client ``hg`` (evolve and topic on), as ``user`` on every transport."""
+        env = {**self.site.env, "HG_HOSTING_USER": user, "FAKESSH_ROOT": str(self.site.root / "repos"),
+               "HGUSER": f"{user} <{user}@example.org>"}
+        argv = [HG, *EVOLVE, "--config", f"ui.ssh={self.fakessh}", *args]
+        return run(argv, env, cwd=cwd, check=check)
+
+    def clone(self, user: str, name: str, full: str = "alice/demo") -> Path:
+        wc = self.tmp / name
+        self.hg(user, "clone", "-q", self.url(user, full), str(wc))
+        return wc
+
+    def commit(self, user: str, wc: Path, filename: str, content: str, *extra: str) -> str:
+        (wc / filename).write_text(content)
+        self.hg(user, "addremove", "-q", cwd=wc)
+        self.hg(user, "commit", "-q", "-d", DATE, "-m", f"{user}: {filename}", *extra, cwd=wc)
+        return self.node(user, wc, ".")
+
+    def node(self, user: str, wc: Path, rev: str) -> str:
+        return self.hg(user, "log", "-r", rev, "-T", "{node}", cwd=wc).stdout
+
+    def push(self, user: str, wc: Path, *args: str, full: str = "alice/demo") -> subprocess.CompletedProcess:
+        return self.hg(user, "push", *args, self.url(user, full), cwd=wc, check=False)
+
+    # -- the server side, read directly ------------------------------------------------
+
+    def server(self, *args: str, full: str = "alice/demo") -> str:
+        """``hg`` in the site repository itself, with the configuration its .hg/hgrc gives."""
+        return self.site.hg("-R", str(self.site.repo_path(full)), *args).stdout
+
+    def server_log(self, revset: str = "not 0", hidden: bool = False, full: str = "alice/demo") -> list[str]:
+        """``NODE PHASE TOPIC`` lines of the site repository (all but alice's public root by default)."""
+        args = ["log", "-r", revset, "-T", "{node} {phase} {topic}\n"] + (["--hidden"] if hidden else [])
+        return [line.strip() for line in self.server(*args, full=full).splitlines()]
+
+    def pushes(self, full: str = "alice/demo") -> list[dict]:
+        """``hg-hosting pushlog --json``, oldest first."""
+        return list(reversed(self.site.cli_json("pushlog", full)))
+
+    def rows(self) -> list[tuple]:
+        """Every push row, pending ones included (a refusal must leave none)."""
+        conn = sqlite3.connect(self.site.root / "hosting.db")
+        try:
+            return conn.execute("SELECT push_id, user, state, details FROM push ORDER BY id").fetchall()
+        finally:
+            conn.close()
+
+    def state(self) -> tuple:
+        return self.server_log(hidden=True), self.server("debugobsolete"), self.rows()
+
+
+def make_world(site: SiteHandle, tmp: Path, transport: str) -> World:
+    site.add_user("alice", PASSWORD)
+    for user in USERS:
+        site.add_user(user, PASSWORD)
+    site.cli("repo", "create", "alice/demo", "--non-publishing")
+    for user, level in USERS.items():
+        site.cli("grant", "alice/demo", user, level)
+    daemon = Daemon(site) if transport == "http" else None
+    world = World(site, tmp, transport, daemon)
+    root = world.clone("alice", "alice")
+    world.commit("alice", root, "README", "the public root\n")
+    assert world.push("alice", root, "--publish").returncode == 0
+    return world
+
+
+@pytest.fixture(params=["stdio", "http"])
+def world(request, site, tmp_path):
+    w = make_world(site, tmp_path, request.param)
+    yield w
+    if w.daemon is not None:
+        w.daemon.stop()
+        assert "Traceback" not in w.daemon.log(), w.daemon.log()[-3000:]
+
+
+@pytest.fixture
+def stdio_world(site, tmp_path):
+    return make_world(site, tmp_path, "stdio")
+
+
+def assert_refused(proc: subprocess.CompletedProcess, before: tuple, world: World, *needles: str) -> None:
+    """Refused with one line naming every needle; nothing changed on the server."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"the push was accepted:\n{out}"
+    assert any(all(n in line for n in needles) for line in out.splitlines()), out
+    assert "Traceback" not in out, out
+    assert world.state() == before, "the refused push changed the repository or left a row"
+
+
+# -- the CLI --------------------------------------------------------------------------
+
+
+def test_cli_publishing_flag_and_publish_level(site):
+    """``repo create --non-publishing``, ``repo set ... publishing=``, ``grant ... publish``; bad input is one line."""
+    site.add_user("alice")
+    site.add_user("bob")
+    site.cli("repo", "create", "alice/pub")
+    assert "non-publishing" in site.cli("repo", "create", "alice/draft", "--non-publishing").stdout
+    listed = {r["name"]: r["publishing"] for r in site.cli_json("repo", "list")}
+    assert listed == {"alice/pub": True, "alice/draft": False}
+    hgrc = site.repo_path("alice/draft") / ".hg" / "hgrc"
+    phase_setting = ["-R", str(site.repo_path("alice/draft")), "config", "phases.publish"]
+    assert site.hg(*phase_setting).stdout.strip() == "False"
+    assert "%include ../../../../hgrc" in hgrc.read_text()
+
+    site.cli("repo", "set", "alice/draft", "publishing=true")
+    assert site.hg(*phase_setting).stdout.strip() == "True"
+    site.cli("repo", "set", "alice/pub", "publishing=false")
+    assert {r["name"]: r["publishing"] for r in site.cli_json("repo", "list")} == {
+        "alice/pub": False, "alice/draft": True}
+    assert "publishing must be true or false" in site.refuse("repo", "set", "alice/pub", "publishing=maybe")
+    assert "KEY=VALUE" in site.refuse("repo", "set", "alice/pub", "colour=blue")
+
+    site.cli("grant", "alice/pub", "bob", "publish")
+    assert "read, write, publish or admin" in site.refuse("grant", "alice/pub", "bob", "owner")
+
+
+def test_migration_adds_publishing(site):
+    """A version-2 database (before this schema) gets ``repository.publishing`` = true from ``init``."""
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/old")
+    conn = sqlite3.connect(site.root / "hosting.db")
+    conn.execute("ALTER TABLE repository DROP COLUMN publishing")
+    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    assert "schema version 2" in site.refuse("repo", "list")
+    site.cli("init")
+    assert site.cli_json("repo", "list")[0]["publishing"] is True
+
+
+# -- pushes -----------------------------------------------------------------------------
+
+
+def test_amend_and_prune_push_are_recorded_with_markers(world):
+    """A writer pushes a draft, amends it, prunes it: drafts stay draft, markers land and are recorded."""
+    wc = world.clone("bob", "bob")
+    old = world.commit("bob", wc, "a.txt", "one\n")
+    assert world.push("bob", wc).returncode == 0
+    assert world.server_log() == [f"{old} draft"]
+
+    (wc / "a.txt").write_text("one, amended\n")
+    world.hg("bob", "amend", "-q", "-d", DATE, cwd=wc)
+    new = world.node("bob", wc, ".")
+    assert world.push("bob", wc).returncode == 0
+    assert world.server_log() == [f"{new} draft"], "the obsolete predecessor is hidden"
+    assert f"{old} draft" in world.server_log(hidden=True)
+    amend = world.pushes()[-1]
+    assert amend["user"] == "bob" and amend["changesets"] == [new]
+    assert amend["markers"] == [[old, [new]]] and amend["obsoleted"] == [old]
+
+    world.hg("bob", "prune", "-q", "-r", new, cwd=wc)
+    proc = world.push("bob", wc)
+    assert proc.returncode in (0, 1), proc.stderr  # nothing but markers: hg says "no changes found"
+    assert world.server_log() == []
+    prune = world.pushes()[-1]
+    assert prune["changesets"] == [] and prune["markers"] == [[new, []]] and prune["obsoleted"] == [new]
+    assert [p["id"] for p in world.pushes()] == [1, 2, 3, 4]
+
+
+def test_publication_refused_then_allowed(world):
+    """Only ``publish`` makes changesets public, new or existing; a refusal names who, where and which."""
+    wc = world.clone("bob", "bob")
+    node = world.commit("bob", wc, "a.txt", "one\n")
+    before = world.state()
+    proc = world.push("bob", wc, "--publish")
+    assert_refused(proc, before, world, "bob may not publish", "alice/demo", node[:12])
+
+    world.hg("bob", "phase", "--public", "-r", ".", cwd=wc)  # arrives public
+    assert_refused(world.push("bob", wc), before, world, "bob may not publish", "alice/demo", node[:12])
+
+    world.hg("bob", "phase", "--draft", "--force", "-r", ".", cwd=wc)
+    assert world.push("bob", wc).returncode == 0
+    assert world.server_log() == [f"{node} draft"]
+    before = world.state()
+    # bob turns the pushed draft public: a phase-only push, refused
+    world.hg("bob", "phase", "--public", "-r", ".", cwd=wc)
+    assert_refused(world.push("bob", wc), before, world, "bob may not publish", node[:12])
+
+    carol = world.clone("carol", "carol")
+    world.hg("carol", "phase", "--public", "-r", node, cwd=carol)
+    proc = world.push("carol", carol)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert world.server_log() == [f"{node} public"]
+    phase_push = world.pushes()[-1]
+    assert phase_push["user"] == "carol" and phase_push["changesets"] == []
+    assert phase_push["phases"] == [[node, 1, 0]]
+
+
+def test_topic_on_protected_branch(stdio_world):
+    """A writer's topic draft on a protected branch lands; publishing it needs the allow-list and ``publish``."""
+    w = stdio_world
+    w.site.cli("protect", "alice/demo", "default", "--allow", "carol")
+    wc = w.clone("bob", "bob")
+    w.hg("bob", "topic", "-q", "feature", cwd=wc)
+    node = w.commit("bob", wc, "f.txt", "feature\n")
+    assert w.push("bob", wc).returncode == 0, "a topic draft is not on the branch yet"
+    assert w.server_log() == [f"{node} draft feature"]
+
+    w.hg("bob", "topic", "-q", "--clear", cwd=wc)
+    bare = w.commit("bob", wc, "g.txt", "no topic\n")
+    before = w.state()
+    assert_refused(w.push("bob", wc, "-r", bare), before, w, "bob may not push to protected branch 'default'",
+                   bare[:12])
+
+    dave = w.clone("dave", "dave")
+    w.hg("dave", "phase", "--public", "-r", node, cwd=dave)
+    assert_refused(w.push("dave", dave), before, w, "dave may not publish to protected branch 'default'",
+                   "alice/demo", node[:12])
+
+    carol = w.clone("carol", "carol")
+    w.hg("carol", "phase", "--public", "-r", node, cwd=carol)
+    assert w.push("carol", carol).returncode in (0, 1)
+    assert w.server_log() == [f"{node} public"], "published: the topic is gone"
+
+
+def test_markers_reach_another_clone(world):
+    """Markers pushed by one clone are pulled by another, which then hides the predecessor."""
+    bob = world.clone("bob", "bob")
+    old = world.commit("bob", bob, "a.txt", "one\n")
+    assert world.push("bob", bob).returncode == 0
+    carol = world.clone("carol", "carol")
+    assert world.node("carol", carol, "tip") == old
+
+    (bob / "a.txt").write_text("two\n")
+    world.hg("bob", "amend", "-q", "-d", DATE, cwd=bob)
+    new = world.node("bob", bob, ".")
+    assert world.push("bob", bob).returncode == 0
+
+    world.hg("carol", "pull", "-q", world.url("carol"), cwd=carol)
+    world.hg("carol", "update", "-q", "tip", cwd=carol)  # off the obsolete parent: hg then hides it
+    assert world.hg("carol", "log", "-r", "not 0", "-T", "{node}\n", cwd=carol).stdout.split() == [new]
+    assert world.hg("carol", "log", "--hidden", "-r", "obsolete()", "-T", "{node}", cwd=carol).stdout == old
+    markers = world.hg("carol", "debugobsolete", cwd=carol).stdout.splitlines()
+    assert [line.split()[:2] for line in markers] == [[old, new]]
+
+
+def test_concurrent_rewrites_diverge(world):
+    """Two users amend the same draft differently: the server stores both, a third clone sees divergence."""
+    bob = world.clone("bob", "bob")
+    base = world.commit("bob", bob, "a.txt", "base\n")
+    assert world.push("bob", bob).returncode == 0
+    carol = world.clone("carol", "carol")
+
+    (bob / "a.txt").write_text("bob's\n")
+    world.hg("bob", "amend", "-q", "-d", DATE, cwd=bob)
+    (carol / "a.txt").write_text("carol's\n")
+    world.hg("carol", "amend", "-q", "-d", DATE, cwd=carol)
+    assert world.push("bob", bob).returncode == 0
+    proc = world.push("carol", carol, "--force")  # a second head: carol's successor
+    assert proc.returncode == 0, proc.stderr
+
+    divergent = world.server_log("contentdivergent()")
+    assert len(divergent) == 2 and all(line.split()[1] == "draft" for line in divergent)
+    assert world.pushes()[-1]["markers"][0][0] == base
+
+    dave = world.clone("dave", "dave")
+    seen = world.hg("dave", "log", "-r", "contentdivergent()", "-T", "{node}\n", cwd=dave).stdout.split()
+    assert sorted(seen) == sorted(line.split()[0] for line in divergent)
+
+
+def test_publishing_repository_is_unchanged(stdio_world):
+    """In a publishing repository a writer's push still publishes, as before."""
+    w = stdio_world
+    w.site.cli("repo", "create", "alice/pub")
+    w.site.cli("grant", "alice/pub", "bob", "write")
+    wc = w.clone("bob", "pub", full="alice/pub")
+    node = w.commit("bob", wc, "a.txt", "one\n")
+    assert w.push("bob", wc, full="alice/pub").returncode == 0
+    assert w.server("log", "-T", "{node} {phase}", full="alice/pub") == f"{node} public"
+    assert json.loads(json.dumps(w.pushes("alice/pub")[-1]))["changesets"] == [node]
