@@ -317,3 +317,79 @@ def test_publishing_repository_is_unchanged(stdio_world):
     assert w.push("bob", wc, full="alice/pub").returncode == 0
     assert w.server("log", "-T", "{node} {phase}", full="alice/pub") == f"{node} public"
     assert json.loads(json.dumps(w.pushes("alice/pub")[-1]))["changesets"] == [node]
+
+
+# -- pages and hgweb ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_world(site, tmp_path):
+    w = make_world(site, tmp_path, "http")
+    yield w
+    w.daemon.stop()
+    assert "Traceback" not in w.daemon.log(), w.daemon.log()[-3000:]
+
+
+def login(daemon: Daemon, user: str) -> str:
+    """A session cookie from the login form."""
+    import test_auth
+
+    _, headers, _ = test_auth.request(daemon, "GET", "/-/login")
+    token = test_auth.cookies(headers)["hgh_login_csrf"]
+    body = urllib.parse.urlencode({"csrf": token, "user": user, "password": PASSWORD, "next": "/"})
+    status, headers, _ = test_auth.request(daemon, "POST", "/-/login", {
+        "Cookie": f"hgh_login_csrf={token}", "Content-Type": "application/x-www-form-urlencoded",
+    }, body.encode())
+    assert status == 303, status
+    return "hgh_session=" + test_auth.cookies(headers)["hgh_session"]
+
+
+def test_overview_lists_topics_and_hgweb_hides_obsolete(http_world):
+    """The overview lists open topics (heads, authors); hgweb no longer serves an amended predecessor."""
+    import test_auth
+
+    w = http_world
+    wc = w.clone("bob", "bob")
+    w.hg("bob", "topic", "-q", "feature-x", cwd=wc)
+    old = w.commit("bob", wc, "f.txt", "one\n")
+    assert w.push("bob", wc).returncode == 0
+    (wc / "f.txt").write_text("two\n")
+    w.hg("bob", "amend", "-q", "-d", DATE, cwd=wc)
+    new = w.node("bob", wc, ".")
+    assert w.push("bob", wc).returncode == 0
+
+    status, _, body = test_auth.request(w.daemon, "GET", "/alice/demo")
+    page = body.decode()
+    assert status == 200 and "Open topics" in page and "feature-x" in page
+    topics = page.split("Open topics")[1].split("Recent pushes")[0]  # the push log still names old
+    assert new[:12] in topics and old[:12] not in topics and "bob &lt;bob@example.org&gt;" in topics
+    status, _, body = test_auth.request(w.daemon, "GET", "/alice/demo/shortlog")
+    assert status == 200 and new[:12] in body.decode() and old[:12] not in body.decode()
+    assert test_auth.request(w.daemon, "GET", f"/alice/demo/rev/{old}")[0] == 404
+
+
+def test_settings_page_switches_publishing(http_world):
+    """The owner makes the repository publishing on the settings page; the next HTTP push publishes."""
+    import test_auth
+
+    w = http_world
+    cookie = login(w.daemon, "alice")
+    status, _, body = test_auth.request(w.daemon, "GET", "/alice/demo/settings", {"Cookie": cookie})
+    assert status == 200 and '<option value="false" selected>' in body.decode()
+    csrf = body.decode().split('name="csrf" value="')[1].split('"')[0]
+
+    wc = w.clone("bob", "bob")
+    draft = w.commit("bob", wc, "a.txt", "one\n")
+    assert w.push("bob", wc).returncode == 0  # the daemon's hgweb now caches the non-publishing config
+    assert w.server_log() == [f"{draft} draft"]
+
+    form = urllib.parse.urlencode({"csrf": csrf, "action": "settings", "description": "",
+                                   "publishing": "true"}).encode()
+    status, _, body = test_auth.request(w.daemon, "POST", "/alice/demo/settings", {
+        "Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}, form)
+    assert status == 200 and '<option value="true" selected>' in body.decode()
+    assert w.site.cli_json("repo", "list")[0]["publishing"] is True
+
+    public = w.commit("bob", wc, "b.txt", "two\n")
+    assert w.push("bob", wc).returncode == 0
+    assert w.server_log() == [f"{draft} public", f"{public} public"]
