@@ -96,7 +96,7 @@ class PushView:
             "changesets": self.changesets,
             "bookmarks": [{"name": n, "old": o, "new": w} for n, o, w in self.bookmarks],
             **({"phases": self.details["phases"]} if "phases" in self.details else {}),
-            **{key: self.details[key] for key in ("markers", "obsoleted") if key in self.details},
+            **{key: self.details[key] for key in ("markers", "obsoleted", "topics") if key in self.details},
         }
 
 

@@ -9,7 +9,7 @@ record is tied to the hg transaction (``mercurial/transaction.py``) like this:
    ``tr.changes['bookmarks']``, phase moves of existing changesets and new
    obsolescence markers (details ``obsmarkers``: their count; ``markers``:
    ``[predecessor, [successors]]`` each; ``obsoleted``: the changesets they
-   made obsolete here).  Nothing is written yet, so a ``pretxnclose`` hook
+   made obsolete here; ``topics``: the topics of the new changesets).  Nothing is written yet, so a ``pretxnclose`` hook
    (validator ``001-userhooks``) that refuses the push leaves nothing behind.
 2. Finalizer ``txn-hosting`` (sorted after ``000-cl-*`` and the revlog
    finalizers, before ``txnclose-hook``): one short ``BEGIN IMMEDIATE``
@@ -163,6 +163,12 @@ def collect(repo, tr, conn: pushdb.Connection, repository_id: int, user: str, tx
         phases.extend([cl.node(rev).hex(), old, new] for rev in revs if rev < origlen)
     if phases:
         details["phases"] = phases
+    topics: set = set()
+    if unfi.ui.config(b"extensions", b"topic") is not None:  # only there do topics mean anything
+        topics = {cl.changelogrevision(rev).extra.get(b"topic") for rev in range(origlen, len(cl))}
+        topics -= {None, b""}
+    if topics:
+        details["topics"] = sorted(t.decode("utf-8", "replace") for t in topics)
     markers = tr.changes.get(b"obsmarkers") or ()
     if markers:
         details["obsmarkers"] = len(markers)

@@ -363,6 +363,9 @@ def test_overview_lists_topics_and_hgweb_hides_obsolete(http_world):
     assert status == 200 and "Open topics" in page and "feature-x" in page
     topics = page.split("Open topics")[1].split("Recent pushes")[0]  # the push log still names old
     assert new[:12] in topics and old[:12] not in topics and "bob &lt;bob@example.org&gt;" in topics
+    pushes = page.split("Recent pushes")[1]
+    assert "topic feature-x" in pushes and "1 obsolescence marker(s)" in pushes
+    assert w.pushes()[-1]["topics"] == ["feature-x"]
     status, _, body = test_auth.request(w.daemon, "GET", "/alice/demo/shortlog")
     assert status == 200 and new[:12] in body.decode() and old[:12] not in body.decode()
     assert test_auth.request(w.daemon, "GET", f"/alice/demo/rev/{old}")[0] == 404
