@@ -4,9 +4,10 @@ A non-publishing repository (``repo create --non-publishing``, ``repo set
 OWNER/NAME publishing=false``) keeps pushed drafts draft and exchanges topics
 and obsolescence markers; a writer may push drafts, amend and prune them, and
 only ``publish`` (or admin, the owner) may make a changeset public.  Every
-push goes through one of three transports: ``stdio`` (``hg serve --stdio`` as
-the daemon's SSH server runs it, through a fake ssh), ``http`` (the daemon,
-hgweb) or ``local`` (the client opens the site repository itself).
+push goes through one of the transports: ``ssh`` (the daemon's SSH server,
+the real OpenSSH client, each user's registered key), ``stdio`` (the same
+``hg serve --stdio`` child through a fake ssh, cheaper), ``http`` (the
+daemon, hgweb).
 
 Users: alice owns ``alice/demo``; bob holds ``write``, carol ``publish``,
 dave ``publish`` but is on no allow-list.
@@ -15,8 +16,12 @@ dave ``publish`` but is on no allow-list.
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import shutil
 import sqlite3
 import subprocess
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -28,6 +33,8 @@ from pushhelpers import write_fakessh
 EVOLVE = ("--config", "extensions.evolve=", "--config", "extensions.topic=")
 PASSWORD = "correct horse battery staple"
 USERS = {"bob": "write", "carol": "publish", "dave": "publish"}
+SSH = shutil.which("ssh")
+SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
 
 
 class World:
@@ -36,6 +43,24 @@ class World:
     def __init__(self, site: SiteHandle, tmp: Path, transport: str, daemon: Daemon | None = None):
         self.site, self.tmp, self.transport, self.daemon = site, tmp, transport, daemon
         self.fakessh = write_fakessh(tmp)
+        self.ssh_port = 0
+        if transport == "ssh":
+            assert daemon is not None
+            for _ in range(600):
+                found = re.search(r"serving SSH on ssh://[\d.]+:(\d+)", daemon.log())
+                if found:
+                    self.ssh_port = int(found.group(1))
+                    break
+                time.sleep(0.05)
+            assert self.ssh_port, daemon.log()
+
+    def ssh_command(self, user: str) -> str:
+        """The client's ``ui.ssh``: the fake ssh, or OpenSSH with ``user``'s key."""
+        if self.transport != "ssh":
+            return str(self.fakessh)
+        return shlex.join([SSH, "-i", str(self.tmp / "keys" / user), "-F", "/dev/null",
+                           "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                           "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
 
     def url(self, user: str, full: str = "alice/demo") -> str:
         if self.transport == "http":
@@ -44,13 +69,15 @@ class World:
             return f"http://{user}:{secret}@127.0.0.1:{self.daemon.port}/{full}"
         if self.transport == "stdio":
             return f"ssh://x/{full}"
+        if self.transport == "ssh":
+            return f"ssh://hg@127.0.0.1:{self.ssh_port}/{full}"
         return str(self.site.repo_path(full))
 
     def hg(self, user: str, *args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
         """The client ``hg`` (evolve and topic on), as ``user`` on every transport."""
         env = {**self.site.env, "HG_HOSTING_USER": user, "FAKESSH_ROOT": str(self.site.root / "repos"),
                "HGUSER": f"{user} <{user}@example.org>"}
-        argv = [HG, *EVOLVE, "--config", f"ui.ssh={self.fakessh}", *args]
+        argv = [HG, *EVOLVE, "--config", f"ui.ssh={self.ssh_command(user)}", *args]
         return run(argv, env, cwd=cwd, check=check)
 
     def clone(self, user: str, name: str, full: str = "alice/demo") -> Path:
@@ -104,7 +131,18 @@ def make_world(site: SiteHandle, tmp: Path, transport: str) -> World:
     site.cli("repo", "create", "alice/demo", "--non-publishing")
     for user, level in USERS.items():
         site.cli("grant", "alice/demo", user, level)
-    daemon = Daemon(site) if transport == "http" else None
+    if transport == "ssh":
+        keys = tmp / "keys"
+        keys.mkdir()
+        for user in ("alice", *USERS):
+            subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(keys / user)],
+                           check=True, capture_output=True, timeout=60)
+            site.cli("ssh-key", "add", user, str(keys / f"{user}.pub"))
+    daemon = None
+    if transport == "http":
+        daemon = Daemon(site)
+    elif transport == "ssh":
+        daemon = Daemon(site, "--ssh", "127.0.0.1:0")
     world = World(site, tmp, transport, daemon)
     root = world.clone("alice", "alice")
     world.commit("alice", root, "README", "the public root\n")
@@ -112,7 +150,8 @@ def make_world(site: SiteHandle, tmp: Path, transport: str) -> World:
     return world
 
 
-@pytest.fixture(params=["stdio", "http"])
+@pytest.fixture(params=["stdio", "http", pytest.param("ssh", marks=pytest.mark.skipif(
+    not SSH, reason="needs the OpenSSH client"))])
 def world(request, site, tmp_path):
     w = make_world(site, tmp_path, request.param)
     yield w
