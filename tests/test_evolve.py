@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 from conftest import DATE, HG, Daemon, SiteHandle, run
 from pushhelpers import write_fakessh
+from test_postgresql import pg_site, postgres_url  # noqa: F401 - fixtures, for the PostgreSQL test
 
 #: The client side of every test: evolve and topic enabled.
 EVOLVE = ("--config", "extensions.evolve=", "--config", "extensions.topic=")
@@ -435,3 +436,33 @@ def test_settings_page_switches_publishing(http_world):
     public = w.commit("bob", wc, "b.txt", "two\n")
     assert w.push("bob", wc).returncode == 0
     assert w.server_log() == [f"{draft} public", f"{public} public"]
+
+
+def test_on_postgresql(pg_site, postgres_url, tmp_path):  # noqa: F811 - test_postgresql's fixtures
+    """On PostgreSQL: ``init`` adds ``publishing`` to a version-2 database; a writer's draft stays draft
+    and her publication is refused."""
+    import psycopg2
+
+    site = pg_site
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/old")
+    conn = psycopg2.connect(postgres_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute('ALTER TABLE "repository" DROP COLUMN publishing')
+        cur.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    conn.close()
+    site.cli("init")
+    assert site.cli_json("repo", "list")[0]["publishing"] is True
+
+    w = World(site, tmp_path, "stdio")
+    site.add_user("bob")
+    site.cli("repo", "create", "alice/demo", "--non-publishing")
+    site.cli("grant", "alice/demo", "bob", "write")
+    wc = w.clone("bob", "bob")
+    node = w.commit("bob", wc, "a.txt", "one\n")
+    assert w.push("bob", wc).returncode == 0
+    assert w.server_log("all()") == [f"{node} draft"]
+    proc = w.push("bob", wc, "--publish")
+    assert proc.returncode != 0 and "bob may not publish changesets in alice/demo" in proc.stderr
+    assert w.server_log("all()") == [f"{node} draft"]
