@@ -1,7 +1,7 @@
 """One cached hgweb application per repository (not ``hgwebdir``).
 
 ``hgwebdir`` opens a repository and builds an hgweb per request and runs a full
-garbage collection each time (22 ms against 0.2 ms, DESIGN.md §3).  This keeps
+garbage collection each time (22 ms against 0.2 ms, docs/design.md §3).  This keeps
 up to ``capacity`` hgweb applications, least recently used evicted, keyed by
 the repository's id and checked against its path and ``settings_epoch``, which
 every change of its settings bumps: a renamed repository or a new description

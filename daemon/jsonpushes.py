@@ -1,108 +1,193 @@
 """``/OWNER/NAME/json-pushes``: the push log in hg.mozilla.org's format.
 
-Query parameters, as Mozilla's pushlog reads them:
+Query parameters, as Mozilla's pushlog (``hgext/pushlog/feed.py``) reads them:
 
 - range start, exclusive: ``startdate`` | ``fromchange`` (after the push that
-  holds it) | ``startID``; range end, inclusive for ids and changesets:
-  ``enddate`` (exclusive) | ``tochange`` | ``endID``.  Without a range: the
-  last 10 pushes (``node=PAGE`` pages them).
+  holds it; a revision no push holds starts at 0) | ``startID``; range end,
+  inclusive for ids and changesets: ``enddate`` (exclusive) | ``tochange`` |
+  ``endID``.  Without a start (and without ``user``/``changeset``): the last
+  10 pushes, page N as ``json-pushes/N`` or ``?node=N``.
 - ``user`` (repeatable), ``changeset`` (repeatable: pushes holding it),
   ``tipsonly=1`` (only the last changeset of each push), ``full`` (changeset
   details), ``version=1`` (default: ``{id: push}``) or ``2``
   (``{"lastpushid": N, "pushes": {id: push}}``).
+- A revision (``changeset``, ``fromchange``, ``tochange``) is anything
+  Mercurial resolves: a hex prefix, ``tip``, a tag, a branch, a bookmark, a
+  number.  Unknown: 404 ``{"error": "unknown revision 'X'"}``.
+- Dates: ``YYYY-MM-DD[ HH[:MM[:SS]]]`` (an hour alone is HH:00), then every
+  format of Mercurial's ``hg help dates``; both in the server's local time
+  unless the date names its zone.
 
 A push is ``{"changesets": [...], "date": UNIX_SECONDS, "user": NAME}``;
 bookmark moves are added as ``"bookmarks"`` (an extension; Mozilla's tools
-ignore unknown keys).
+ignore unknown keys).  Pushes without changesets (bookmark-only) are left out
+as Mozilla never records them: its clients read ``changesets[-1]``; they stay
+in our pages, CLI and API, and ``lastpushid`` is still the highest push id.
+Errors are JSON too, ``{"error": MESSAGE}`` with the status, since clients
+call ``.json()`` before looking at the status.
+
+Every query walks an index ((repository, state, push_id), (repository,
+state, date), the changeset node): the cost does not grow with the history.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime
+import json
 import re
+import time
+from collections.abc import Callable, Iterable
 
+import peewee as pw
 from mercurial import error as hgerror
+from mercurial.node import hex as hexnode
 from mercurial.utils import dateutil
 
 from hgext_hosting import pushlog
 from hgext_hosting.models import Push, PushChangeset
 
-from .web import HTTPError
+from .web import MAX_PAGE, HTTPError, Request, respond, respond_json
 
 PAGE_SIZE = 10
-_NODE = re.compile(r"[0-9a-fA-F]{4,40}\Z")
+#: Longer revisions are refused before Mercurial sees them.
+MAX_REVISION = 200
+_MOZILLA_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?: (\d{2})(?::(\d{2})(?::(\d{2}))?)?)?\Z")
 
 
 def unix(dt: datetime.datetime) -> int:
     return calendar.timegm(dt.timetuple())
 
 
-def _parse_date(text: str) -> datetime.datetime:
+def parse_date(text: str) -> datetime.datetime:
+    """A UTC datetime (naive, as stored) for a ``startdate``/``enddate``, or HTTPError 400."""
+    text = text.strip()
+    match = _MOZILLA_DATE.match(text)
     try:
-        when, _offset = dateutil.parsedate(text.encode("utf-8"))
-    except (hgerror.ParseError, hgerror.Abort, ValueError, OverflowError):
+        if match:
+            parts = [int(p or 0) for p in match.groups()]
+            when = time.mktime((*parts, 0, 0, -1))
+            datetime.datetime(*parts)  # validates the month, day, hour...
+        else:
+            when, _offset = dateutil.parsedate(text.encode("utf-8"))
+        return datetime.datetime.fromtimestamp(when, datetime.UTC).replace(tzinfo=None)
+    except (hgerror.ParseError, hgerror.Abort, ValueError, OverflowError, OSError):
         raise HTTPError(400, f"cannot parse date {text[:40]!r}") from None
-    return datetime.datetime.fromtimestamp(when, datetime.UTC).replace(tzinfo=None)
 
 
-def _push_holding(repository_id: int, node: str) -> int:
-    if not _NODE.match(node):
-        raise HTTPError(400, f"invalid changeset {node[:40]!r}")
+class Revisions:
+    """Resolves revisions in the repository, opened on the first need."""
+
+    def __init__(self, open_repo: Callable[[], object]):
+        self._open = open_repo
+        self._repo = None
+
+    @property
+    def repo(self):
+        if self._repo is None:
+            self._repo = self._open()
+        return self._repo
+
+    def node(self, rev: str) -> str:
+        """The hex node of ``rev``, or HTTPError 404 ``unknown revision``."""
+        unknown = HTTPError(404, f"unknown revision {rev[:MAX_REVISION]!r}")
+        if not rev or len(rev) > MAX_REVISION or any(ord(c) < 32 for c in rev):
+            raise unknown
+        try:
+            return hexnode(self.repo.lookup(rev.encode("utf-8"))).decode("ascii")
+        except (hgerror.RepoLookupError, hgerror.LookupError, hgerror.Abort, ValueError, TypeError):
+            raise unknown from None
+
+
+def push_holding(repository_id: int, node: str) -> int | None:
+    """The id of the done push that added ``node`` (a full hex node), None if none did."""
     row = (
         Push.select(Push.push_id)
         .join(PushChangeset)
-        .where((Push.repository == repository_id) & (Push.state == "done")
-               & (PushChangeset.node.startswith(node.lower())))
+        .where((PushChangeset.node == node) & (Push.repository == repository_id) & (Push.state == "done"))
         .order_by(Push.push_id)
         .first()
     )
-    if row is None:
-        raise HTTPError(404, f"unknown changeset {node[:40]!r}")
-    return row.push_id
+    return None if row is None else row.push_id
 
 
-def query(req, repository_id: int, unfi) -> dict:
-    """The JSON document for a request (``unfi``: the repository, for ``full``)."""
-    version = req.arg("version", "1")
-    if version not in ("1", "2"):
-        raise HTTPError(400, "version parameter must be 1 or 2")
+def has_changesets() -> pw.Expression:
+    """True for a push that added changesets (an indexed probe per push)."""
+    return pw.fn.EXISTS(PushChangeset.select(pw.SQL("1")).where(PushChangeset.push == Push.id))
+
+
+def range_filter(req: Request, repository_id: int, revisions: Revisions) -> tuple[pw.Expression, bool]:
+    """The ``WHERE`` of a request's range, user and changeset parameters, and whether it
+    selects (a start bound, ``user`` or ``changeset``) rather than pages the last pushes.
+
+    Shared with the ``pushloghtml`` page (:mod:`daemon.pages`).
+    """
     where = (Push.repository == repository_id) & (Push.state == "done")
-    ranged = False
+    selects = True
     if req.arg("startdate") is not None:
-        where &= Push.date > _parse_date(req.arg("startdate"))
-        ranged = True
+        where &= Push.date > parse_date(req.arg("startdate"))
     elif req.arg("fromchange") is not None:
-        where &= Push.push_id > _push_holding(repository_id, req.arg("fromchange"))
-        ranged = True
+        start = push_holding(repository_id, revisions.node(req.arg("fromchange")))
+        where &= Push.push_id > (start or 0)
     elif req.arg("startID") is not None:
         where &= Push.push_id > req.int_arg("startID")
-        ranged = True
+    else:
+        selects = False
     if req.arg("enddate") is not None:
-        where &= Push.date < _parse_date(req.arg("enddate"))
-        ranged = True
+        where &= Push.date < parse_date(req.arg("enddate"))
     elif req.arg("tochange") is not None:
-        where &= Push.push_id <= _push_holding(repository_id, req.arg("tochange"))
-        ranged = True
+        rev = req.arg("tochange")
+        end = push_holding(repository_id, revisions.node(rev))
+        if end is None:
+            raise HTTPError(404, f"revision {rev[:MAX_REVISION]!r} is not in the push log")
+        where &= Push.push_id <= end
     elif req.arg("endID") is not None:
         where &= Push.push_id <= req.int_arg("endID")
-        ranged = True
     users = req.args("user")
     if users:
         where &= Push.user.in_(users)
+        selects = True
     changesets = req.args("changeset")
     if changesets:
-        ids = [_push_holding(repository_id, c) for c in changesets]
-        where &= Push.push_id.in_(ids)
-    rows = Push.select().where(where)
-    if ranged or users or changesets:
-        rows = rows.order_by(Push.push_id)
+        ids = [push_holding(repository_id, revisions.node(c)) for c in changesets]
+        where &= Push.push_id.in_([i for i in ids if i is not None])
+        selects = True
+    return where, selects
+
+
+def serve(req: Request, start_response, repository_id: int, open_repo: Callable[[], object],
+          rest: list[str]) -> Iterable[bytes]:
+    """Answer ``json-pushes[/PAGE]``; errors as ``{"error": ...}`` with their status."""
+    try:
+        return respond_json(start_response, query(req, repository_id, Revisions(open_repo), rest))
+    except HTTPError as e:
+        body = json.dumps({"error": e.reason}) + "\n"  # one line, as the other errors
+        return respond(start_response, e.status, body, "application/json",
+                       headers=[("Access-Control-Allow-Origin", "*")])
+
+
+def query(req: Request, repository_id: int, revisions: Revisions, rest: list[str] = ()) -> dict:
+    """The JSON document for a request (``rest``: the path after ``json-pushes``)."""
+    version = req.arg("version", "1")
+    if version not in ("1", "2"):
+        raise HTTPError(400, "version parameter must be 1 or 2")
+    if len(rest) > 1 or (rest and not rest[0].isdigit()):
+        raise HTTPError(404, "not found")
+    where, selects = range_filter(req, repository_id, revisions)
+    if selects:
+        rows = Push.select().where(where & has_changesets()).order_by(Push.push_id)
     else:
-        page = req.page_arg("node")
-        rows = rows.order_by(Push.push_id.desc()).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE)
+        # As Mozilla: without a start bound, the last pushes by page; the end bound is ignored.
+        page = int(rest[0]) if rest else req.page_arg("node")
+        if not 1 <= page <= MAX_PAGE:
+            raise HTTPError(400, f"the page must be an integer from 1 to {MAX_PAGE}")
+        rows = (Push.select()
+                .where((Push.repository == repository_id) & (Push.state == "done") & has_changesets())
+                .order_by(Push.push_id.desc()).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE))
     views = sorted(pushlog.views(list(rows)), key=lambda v: v.push_id)
     full = "full" in req.query
     tipsonly = req.arg("tipsonly") == "1"
+    unfi = revisions.repo.unfiltered() if full and views else None
     pushes = {}
     for view in views:
         nodes = view.changesets[-1:] if tipsonly else view.changesets
@@ -116,9 +201,7 @@ def query(req, repository_id: int, unfi) -> dict:
         pushes[str(view.push_id)] = entry
     if version == "1":
         return pushes
-    last = (Push.select(Push.push_id).where((Push.repository == repository_id) & (Push.state == "done"))
-            .order_by(Push.push_id.desc()).scalar()) or 0
-    return {"lastpushid": last, "pushes": pushes}
+    return {"lastpushid": pushlog.last_push_id(repository_id), "pushes": pushes}
 
 
 def _full(unfi, node: str) -> dict:

@@ -2,7 +2,8 @@
 
 Pages: ``/`` (repositories the visitor may read, with search), ``/OWNER``,
 ``/OWNER/NAME`` (overview: description, clone URLs, recent pushes, README),
-``/OWNER/NAME/pushlog`` (paged), ``/OWNER/NAME/settings`` (grants, protected
+``/OWNER/NAME/pushlog`` (paged), ``/OWNER/NAME/pushloghtml`` (a range of
+it, with json-pushes' parameters: the links Mozilla's tools print), ``/OWNER/NAME/settings`` (grants, protected
 refs, visibility, description; repository admins only), ``/OWNER/NAME/fork``
 and ``/-/new`` (logged-in users), ``/-/login`` and ``/-/logout``.
 
@@ -33,12 +34,15 @@ from hgext_hosting import names, policy, pushlog, repositories
 from hgext_hosting.errors import UserError
 from hgext_hosting.models import Membership, Owner, Push, Repository
 
+from . import jsonpushes
 from . import readme as readmes
 from .auth import SESSION_COOKIE, Refusal
 from .web import HTTPError, Request, redirect, respond
 
 LOGIN_CSRF_COOKIE = "hgh_login_csrf"
 PUSHES_PER_PAGE = 20
+#: The most pushes ``pushloghtml`` shows of a range.
+RANGE_PUSHES = 500
 REPOS_PER_PAGE = 100
 #: Rendered READMEs kept in memory (one per repository and tip).
 README_CACHE_SIZE = 256
@@ -139,6 +143,7 @@ class Pages:
             "settings": self.settings,
             "fork": self.fork,
             "json-pushes": None,  # served by daemon.jsonpushes through the app
+            "pushloghtml": self.pushloghtml,
         }
 
     # -- rendering ---------------------------------------------------------------
@@ -288,12 +293,39 @@ class Pages:
                            archives=self.archive_suffixes(), topics=topics)
 
     def pushlog(self, req: Request, start_response, row, facts, level):
+        """The push log, newest first, by pages of :data:`PUSHES_PER_PAGE`.
+
+        Push ids are contiguous per repository (a rolled-back push's id is reused), so
+        the highest done id is the number of pushes and page N holds the ids from
+        that id minus (N-1) pages down: an index probe and a range, whatever the
+        history's length.  (Only ``check --repair`` leaves gaps, dropping pushes a
+        strip emptied: the count then includes them and their pages show fewer rows.)
+        """
         page = req.page_arg()
-        total = Push.select().where((Push.repository == row.id) & (Push.state == "done")).count()
+        total = pushlog.last_push_id(row)
         pages = max(1, math.ceil(total / PUSHES_PER_PAGE))
-        pushes = pushlog.recent_pushes(row, PUSHES_PER_PAGE, (page - 1) * PUSHES_PER_PAGE)
+        pushes = pushlog.pushes_up_to(row, total - (page - 1) * PUSHES_PER_PAGE, PUSHES_PER_PAGE)
         return self.render(req, start_response, "pushlog.html", repo=row, level=level, pushes=pushes,
                            page=page, pages=pages, total=total, title=f"{row.full_name}: push log")
+
+    def pushloghtml(self, req: Request, start_response, row, facts, level):
+        """``pushloghtml?fromchange=A&tochange=B`` (Mozilla's links): the pushes of a range.
+
+        Takes json-pushes' parameters (:func:`daemon.jsonpushes.range_filter`); at most
+        :data:`RANGE_PUSHES` pushes, the oldest of the range first; without a start
+        bound, ``user`` or ``changeset``, the push log's first page.
+        """
+        revisions = jsonpushes.Revisions(lambda: self.app._open(row))
+        where, selects = jsonpushes.range_filter(req, row.id, revisions)
+        if not selects:
+            return self.pushlog(req, start_response, row, facts, level)
+        rows = list(Push.select().where(where).order_by(Push.push_id).limit(RANGE_PUSHES + 1))
+        more = len(rows) > RANGE_PUSHES
+        pushes = list(reversed(pushlog.views(rows[:RANGE_PUSHES])))
+        total = pushlog.last_push_id(row)
+        return self.render(req, start_response, "pushlog.html", repo=row, level=level, pushes=pushes,
+                           page=1, pages=1, total=total, ranged=True, more=more,
+                           title=f"{row.full_name}: push log")
 
     def settings(self, req: Request, start_response, row, facts, level):
         self.require_login(req)

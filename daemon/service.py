@@ -364,7 +364,7 @@ class HTTPService(service.Service):
                  threads: int = 32, settings: Settings | None = None, settle: bool = True, reactor=None,
                  label: str = ""):
         # Register Mercurial's bundle2 parts, templates and web commands once, here on
-        # the main thread: doing it lazily in a pool thread races (DESIGN.md §0.5).
+        # the main thread: doing it lazily in a pool thread races (docs/design.md §0.5).
         initialization.init()
         self.site = site
         self.host, self.port = host, port

@@ -28,7 +28,7 @@ How a connection flows (one class per step, in the order they act)::
                    hg -R ABS serve --stdio  a child process with HG_HOSTING_USER=<user>;
                                             its pipes wired to the channel
 
-Why it is built this way (see DESIGN.md §4.7, "Twisted Conch as an embedded SSH server"):
+Why it is built this way (see docs/design.md §4.7, "Twisted Conch as an embedded SSH server"):
 
 - **Our own checker.**  Conch's ``SSHPublicKeyChecker`` matches keys per login
   name and answers "key OK, send a signature" for *any* key.  :class:`KeyChecker`

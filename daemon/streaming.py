@@ -2,7 +2,7 @@
 
 Twisted's ``WSGIResource`` writes every chunk the application yields into the
 transport's buffer at once, so a clone by a client that stalls makes the
-daemon buffer the whole bundle (DESIGN.md §4.2).  :class:`StreamingWSGIResource`
+daemon buffer the whole bundle (docs/design.md §4.2).  :class:`StreamingWSGIResource`
 registers each response as a streaming producer on its request; the transport
 pauses it when its buffer is full, and the WSGI thread then waits before
 handing over the next chunk.  The app iterator is wrapped so that the producer

@@ -404,6 +404,36 @@ def cmd_check(args, site: Site) -> int:
     return report.exit_status()
 
 
+def cmd_db(args, site: Site) -> int:
+    """``db copy URL``: copy the site database to an empty one and switch the site hgrc to it."""
+    from . import dbcopy
+
+    dbcopy.copy(site, args.url, lambda line: print(line, flush=True))
+    return 0
+
+
+def cmd_backup(args, site: Site) -> int:
+    from . import backup
+
+    result = backup.backup(site, Path(args.dest), hardlink=not args.copy)
+    for line in result.lines():
+        print(line)
+    return 0
+
+
+def cmd_restore(args, site: Site) -> int:
+    """Restore SRC into DIR; ``--site`` plays no part (the restored site is DIR)."""
+    from . import backup, check
+
+    restored = backup.restore(Path(args.src), Path(args.dir), database_url=args.database,
+                              hardlink=not args.copy)
+    print(f"restored the backup {args.src} as the site {restored.root}")
+    report = check.run(restored)
+    for line in report.lines():
+        print(line)
+    return report.exit_status()
+
+
 def cmd_ssh_serve(args, site: Site) -> int:
     """OpenSSH forced command: run the client's ``hg -R OWNER/NAME serve --stdio`` as ``args.user``.
 
@@ -578,6 +608,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check", cmd_check, "compare the database with the repositories")
     p.add_argument("--repair", action="store_true", help="mend every difference found")
 
+    dbs = actions(command("db", cmd_db, "move the site database"))
+    p = dbs.add_parser("copy", help="copy the site database to an empty database at URL, then switch the site"
+                                    " hgrc to it (restart the daemons right after)")
+    p.add_argument("url", metavar="URL", help="postgresql://USER:PASSWORD@HOST/DBNAME or sqlite:////abs/path.db")
+    p = command("backup", cmd_backup, "copy the live site (database, repositories, hgrc, secret, host key)"
+                                      " into DEST, consistently, while pushes go on")
+    p.add_argument("dest", metavar="DEST", help="a new or empty directory outside the site")
+    p.add_argument("--copy", action="store_true",
+                   help="copy the repositories' store files instead of hardlinking them")
+    p = command("restore", cmd_restore, "make a working site in DIR from the backup SRC, then check it")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dir", metavar="DIR", help="a new or empty directory")
+    p.add_argument("--database", metavar="URL", default=None,
+                   help="an empty PostgreSQL database to load a PostgreSQL backup into")
+    p.add_argument("--copy", action="store_true", help="copy store files instead of hardlinking them")
+
     p = command("ssh-serve", cmd_ssh_serve,
                 "OpenSSH forced command: serve $SSH_ORIGINAL_COMMAND (hg -R OWNER/NAME serve --stdio) as USER")
     p.add_argument("user", metavar="USER")
@@ -592,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         site = Site(resolve_site_dir(args.site))
-        if args.command not in ("init",):
+        if args.command not in ("init", "restore"):
             site.open()
             for what in repositories.finish_interrupted_moves(site):
                 print(f"recovered: {what}", file=sys.stderr)

@@ -190,7 +190,13 @@ class Push(BaseModel):
     details = pw.TextField(default="{}")
 
     class Meta:
-        indexes = ((("repository", "push_id"), True),)
+        indexes = (
+            (("repository", "push_id"), True),
+            # The readers' paths (schema step 3): the newest done pushes, ranges of
+            # ids and dates, the highest done id, without walking the history.
+            (("repository", "state", "push_id"), False),
+            (("repository", "state", "date"), False),
+        )
 
     @property
     def extra(self) -> dict:
@@ -308,8 +314,10 @@ def _v2_session_epochs_and_login_throttle() -> None:
     db.create_tables([LoginThrottle], safe=True)
 
 
-def _v3_placeholder() -> None:
-    """Step 3 belongs to another branch (indexes); this placeholder keeps the steps contiguous."""
+def _v3_push_reader_indexes() -> None:
+    """Indexes for the push log's readers (json-pushes, pages): their cost no longer
+    grows with the number of pushes of a repository."""
+    Push._schema.create_indexes(safe=True)
 
 
 def _v4_publishing() -> None:
@@ -324,7 +332,7 @@ def _v4_publishing() -> None:
 #: as the models define them today, without replaying the steps.
 MIGRATIONS: dict[int, Callable[[], None]] = {
     2: _v2_session_epochs_and_login_throttle,
-    3: _v3_placeholder,
+    3: _v3_push_reader_indexes,
     4: _v4_publishing,
 }
 

@@ -182,11 +182,27 @@ def schema_version(conn: Connection) -> int:
     return int(rows[0][0]) if rows else 0
 
 
+def moved_to(conn: Connection) -> str | None:
+    """Where ``hg-hosting db copy`` moved this database (``meta.moved_to``), else None."""
+    if conn.is_sqlite():
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    else:
+        sql = "SELECT 1 FROM information_schema.tables WHERE table_name = 'meta'"
+    if not conn.query(sql):
+        return None
+    rows = conn.query("SELECT value FROM meta WHERE key = ?", ("moved_to",))
+    return rows[0][0] if rows else None
+
+
 def require_current_schema(conn: Connection) -> None:
     """Raise SchemaError unless the database has exactly :data:`SCHEMA_VERSION`."""
     found = schema_version(conn)
     if found != SCHEMA_VERSION:
         if found == 0:
+            moved = moved_to(conn)
+            if moved:  # retired by `hg-hosting db copy` (hgext_hosting.dbcopy)
+                raise SchemaError(f"the site database has moved to {moved}; try again"
+                                  " (a daemon started before the move must be restarted)")
             raise SchemaError("the site database has no schema (run 'hg-hosting init')")
         raise SchemaError(
             f"the site database has schema version {found}, this code needs"

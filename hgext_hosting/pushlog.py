@@ -113,6 +113,23 @@ def recent_pushes(repo: Repository | int, limit: int | None = None, offset: int 
     return views(list(query))
 
 
+def pushes_up_to(repo: Repository | int, highest: int, limit: int) -> list[PushView]:
+    """The ``done`` pushes with ids from ``highest - limit + 1`` to ``highest``, newest first.
+
+    A window of ids, not of rows: the push log's pages (ids are contiguous, so a
+    window holds ``limit`` pushes; where ``check --repair`` dropped an emptied
+    push, its page shows one fewer and no page repeats another's).
+    """
+    query = (
+        Push.select()
+        .where((Push.repository == repo) & (Push.state == "done") & (Push.push_id <= highest)
+               & (Push.push_id > highest - limit))
+        .order_by(Push.push_id.desc())
+        .limit(limit)
+    )
+    return views(list(query))
+
+
 def views(pushes: list[Push]) -> list[PushView]:
     """Attach changesets and bookmarks to push rows, in two queries."""
     ids = [p.id for p in pushes]
@@ -154,3 +171,14 @@ def format_push_line(row: dict) -> str:
         parts.append(f"{len(row['markers'])} obsolescence marker(s)")
     return "\t".join(parts)
 
+
+
+def last_push_id(repo: Repository | int) -> int:
+    """The highest ``done`` push id of a repository, 0 without any (one index probe)."""
+    return (
+        Push.select(Push.push_id)
+        .where((Push.repository == repo) & (Push.state == "done"))
+        .order_by(Push.push_id.desc())
+        .limit(1)
+        .scalar()
+    ) or 0

@@ -208,3 +208,74 @@ def daemon(site: SiteHandle):
     yield d
     d.stop()
     assert "Traceback" not in d.log(), d.log()[-3000:]
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def rss_kb(pid: int) -> int:
+    """A process's resident memory (``VmRSS``) in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class RssPeak:
+    """Samples a process's VmRSS every 50 ms in a thread while the ``with`` block runs.
+
+    ``baseline`` is the RSS when the block starts, ``peak`` the highest sample so far.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        import threading
+
+        self.pid, self.interval = pid, interval
+        self.baseline = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_kb(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssPeak:
+        self.baseline = self.peak = rss_kb(self.pid)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A database in a throwaway PostgreSQL cluster (:mod:`pgcluster`), one cluster per test module."""
+    import pgcluster
+
+    with pgcluster.cluster() as cluster:
+        yield cluster.createdb("hosting")
+
+
+@pytest.fixture
+def pg_site(tmp_path: Path, postgres_url: str) -> SiteHandle:
+    """A new site whose hgrc names ``postgres_url`` (``init`` then creates no SQLite file)."""
+    from hgext_hosting.site import SITE_HGRC_TEMPLATE
+
+    site = site_handle(tmp_path)
+    site.root.mkdir()
+    (site.root / "hgrc").write_text(
+        SITE_HGRC_TEMPLATE.replace("\ndatabase =\n", f"\ndatabase = {postgres_url}\n"))
+    site.cli("init")
+    assert not (site.root / "hosting.db").exists()
+    return site
+

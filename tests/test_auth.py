@@ -39,7 +39,6 @@ from pathlib import Path
 
 import pytest
 from conftest import HG_HOSTING, Daemon, SiteHandle, commit, site_handle
-from test_postgresql import pg_site, postgres_url  # noqa: F401 - fixtures, for test_on_postgresql
 
 from daemon.pages import safe_next
 
@@ -399,7 +398,7 @@ def test_init_upgrades_a_version_1_site(tmp_path):
 # -- the same on PostgreSQL ---------------------------------------------------------------------
 
 
-def test_on_postgresql(pg_site, postgres_url, tmp_path):  # noqa: F811 - test_postgresql's fixtures
+def test_on_postgresql(pg_site, postgres_url, tmp_path):
     """On PostgreSQL: ``init`` upgrades a schema-1 database; 30 concurrent wrong passwords from
     one address are checked 10 times (401) and refused 20 times (429); a right token still works
     and records its use; a password change ends the session."""

@@ -16,24 +16,18 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from conftest import HG, Daemon
+from conftest import HG, Daemon, RssPeak
 
 RSS_LIMIT_KB = 150 * 1024
 STALLED = 4
 
 
 
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def getbundle_request(port: int, full: str) -> bytes:
@@ -77,19 +71,10 @@ def test_stalled_clones_keep_memory_bounded(big_site, tmp_path):
     """With 4 clients stalled in a clone of the corpus (larger than the kernel's socket buffers), a normal clone completes, the daemon's RSS stays under 150 MB and the stalled responses are not produced in full; closing them leaves the daemon serving with no traceback."""
     site = big_site
     daemon = Daemon(site)
-    peak = {"kb": 0}
-    sampling = threading.Event()
-
-    def sample() -> None:
-        while not sampling.is_set():
-            peak["kb"] = max(peak["kb"], rss_kb(daemon.proc.pid))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
+    rss = RssPeak(daemon.proc.pid)
     stalled: list[socket.socket] = []
     try:
-        baseline = rss_kb(daemon.proc.pid)
-        sampler.start()
+        rss.__enter__()
         request = getbundle_request(daemon.port, "alice/big")
         stalled = [start_stalled(daemon.port, request) for _ in range(STALLED)]
         dest = tmp_path / "clone"
@@ -97,28 +82,25 @@ def test_stalled_clones_keep_memory_bounded(big_site, tmp_path):
                               env=site.env, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stderr
         time.sleep(2)  # the stalled responses had all that time to fill whatever buffer there is
-        sampling.set()
-        sampler.join()
+        rss.stop()
         log = daemon.log()
 
-        assert peak["kb"] < RSS_LIMIT_KB, f"daemon RSS peaked at {peak['kb']} kB (started at {baseline} kB)"
+        assert rss.peak < RSS_LIMIT_KB, f"daemon RSS peaked at {rss.peak} kB (started at {rss.baseline} kB)"
         clone_count = site.hg("log", "-R", str(dest), "-T", "x").stdout
         assert len(clone_count) == len(site.hg("log", "-R", str(site.repo_path("alice/big")), "-T", "x").stdout)
         finished = finished_getbundles(log)
         normal = [size for agent, size in finished if agent.startswith("mercurial/")]
         assert len(normal) == 1, finished
-        print(f"daemon VmRSS: {baseline} kB at start, peak {peak['kb']} kB; the clone sent {normal[0]} bytes")
+        print(f"daemon VmRSS: {rss.baseline} kB at start, peak {rss.peak} kB; the clone sent {normal[0]} bytes")
         wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
         # otherwise the kernel alone could hold a whole response and prove nothing
         assert normal[0] > wmem_max, f"a clone of {normal[0]} bytes fits in a {wmem_max}-byte send buffer"
         assert not [f for f in finished if f[0] == "stalled-client"], (
             f"the daemon produced the whole bundle for a client that stopped reading: {finished}")
     finally:
-        sampling.set()
+        rss.stop()
         for sock in stalled:
             sock.close()
-        if sampler.is_alive():
-            sampler.join()
 
     # the stalled requests end with their connections; the daemon goes on serving
     with urllib.request.urlopen(f"{daemon.url}/healthz", timeout=30) as response:

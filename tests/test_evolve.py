@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 from conftest import DATE, HG, Daemon, SiteHandle, run
 from pushhelpers import write_fakessh
-from test_postgresql import pg_site, postgres_url  # noqa: F401 - fixtures, for the PostgreSQL test
 
 #: The client side of every test: evolve and topic enabled.
 EVOLVE = ("--config", "extensions.evolve=", "--config", "extensions.topic=")
@@ -438,7 +437,7 @@ def test_settings_page_switches_publishing(http_world):
     assert w.server_log() == [f"{draft} public", f"{public} public"]
 
 
-def test_on_postgresql(pg_site, postgres_url, tmp_path):  # noqa: F811 - test_postgresql's fixtures
+def test_on_postgresql(pg_site, postgres_url, tmp_path):
     """On PostgreSQL: ``init`` adds ``publishing`` to a version-2 database; a writer's draft stays draft
     and her publication is refused."""
     import psycopg2

@@ -33,7 +33,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -301,71 +300,7 @@ def test_protected_branch_refused_over_http(shared):
 # -- json-pushes -----------------------------------------------------------------------------
 
 
-def test_json_pushes(shared):
-    """After pushes by alice (2 changesets), dave (1) and bob (bookmark only), json-pushes answers version 1 and 2, startID/endID (exclusive/inclusive), changeset, fromchange/tochange, user, full, tipsonly and startdate/enddate as hg.mozilla.org does."""
-    site = shared.site
-    wc = shared.path("wc")
-    site.hg("init", str(wc))
-    a1 = commit(site.hg, wc, "a1.txt", "1\n", "first")
-    a2 = commit(site.hg, wc, "a2.txt", "2\n", "second")
-    target = str(site.repo_path("alice/jp"))
-    site.hg("push", "-q", target, cwd=wc, user="alice")
-    d1 = commit(site.hg, wc, "d1.txt", "3\n", "third")
-    site.hg("push", "-q", target, cwd=wc, user="dave")
-    site.hg("bookmark", "-r", a2, "release", cwd=wc)
-    site.hg("push", "-q", "-B", "release", target, cwd=wc, user="bob", check=False)
-
-    def get(query: str = ""):
-        status, headers, body = fetch(f"{shared.daemon.url}/alice/jp/json-pushes{query}")
-        assert status == 200, (query, body)
-        assert headers["Content-Type"].startswith("application/json")
-        return json.loads(body)
-
-    v1 = get()
-    assert sorted(v1) == ["1", "2", "3"]
-    assert v1["1"]["changesets"] == [a1, a2] and v1["1"]["user"] == "alice"
-    assert v1["2"]["changesets"] == [d1] and v1["2"]["user"] == "dave"
-    assert v1["3"]["changesets"] == [] and v1["3"]["user"] == "bob"
-    assert v1["3"]["bookmarks"] == {"release": a2}
-    for push in v1.values():
-        assert isinstance(push["date"], int) and abs(push["date"] - time.time()) < 600
-    v2 = get("?version=2")
-    assert v2 == {"lastpushid": 3, "pushes": v1}
-    assert get("?version=1") == v1
-
-    assert sorted(get("?startID=1&endID=2")) == ["2"]
-    assert sorted(get("?startID=0&endID=3")) == ["1", "2", "3"]
-    assert sorted(get("?startID=2")) == ["3"]
-    assert get("?version=2&startID=3") == {"lastpushid": 3, "pushes": {}}
-    assert sorted(get(f"?changeset={d1}")) == ["2"]
-    assert sorted(get(f"?changeset={a2[:12]}&changeset={d1}")) == ["1", "2"]
-    assert sorted(get(f"?fromchange={a1}&tochange={d1}")) == ["2"]
-    assert sorted(get(f"?fromchange={a2}")) == ["2", "3"]
-    assert sorted(get(f"?tochange={a1}")) == ["1"]
-    assert sorted(get("?user=dave")) == ["2"]
-    assert sorted(get("?user=alice&user=bob")) == ["1", "3"]
-
-    full = get("?full=1&startID=0&endID=1")
-    cs = full["1"]["changesets"]
-    assert [c["node"] for c in cs] == [a1, a2]
-    assert set(cs[1]) >= {"author", "desc", "branch", "parents", "tags", "files", "node"}
-    assert cs[1]["author"] == "test <test@example.org>" and cs[1]["desc"] == "second"
-    assert cs[1]["branch"] == "default" and cs[1]["files"] == ["a2.txt"]
-    assert cs[1]["parents"] == [a1] and cs[0]["parents"] == ["0" * 40]
-    assert cs[0]["tags"] == [] and cs[1]["tags"] == []  # bookmarks are not tags; tip is d1
-
-    tips = get("?tipsonly=1")
-    assert {k: v["changesets"] for k, v in tips.items()} == {"1": [a2], "2": [d1], "3": []}
-
-    fmt = "%Y-%m-%d %H:%M:%S +0000"
-    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).strftime(fmt)
-    in_an_hour = (datetime.now(UTC) + timedelta(hours=1)).strftime(fmt)
-    q = urllib.parse.urlencode
-    assert sorted(get("?" + q({"startdate": hour_ago, "enddate": in_an_hour}))) == ["1", "2", "3"]
-    assert get("?" + q({"startdate": in_an_hour})) == {}
-    assert get("?" + q({"enddate": hour_ago})) == {}
-    assert fetch(f"{shared.daemon.url}/alice/jp/json-pushes?startdate=not+a+date")[0] == 400
-    assert fetch(f"{shared.daemon.url}/alice/jp/json-pushes?version=3")[0] == 400
+# test_json_pushes moved to tests/test_jsonpushes.py (with Mozilla's other expectations).
 
 
 def test_json_pushes_of_private_repository_hidden(shared):

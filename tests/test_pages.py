@@ -21,13 +21,12 @@ import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import HG, HG_HOSTING, Daemon, SiteHandle, site_handle
+from conftest import HG, HG_HOSTING, Daemon, RssPeak, SiteHandle, site_handle
 from pushhelpers import cli_all, run_all
 
 from daemon.readme import MAX_BYTES, README_NAMES
@@ -388,13 +387,6 @@ def test_existing_sites_allow_archives_unless_the_admin_chose(site, tmp_path, se
     assert "Traceback" not in daemon.log()
 
 
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 RSS_LIMIT_KB = 150 * 1024  # as tests/test_daemon_memory.py
 #: Growth allowed while one archive streams (measured: 5 MB for a 30 MB archive).
 RSS_GROWTH_KB = 32 * 1024
@@ -409,47 +401,40 @@ def test_archive_of_a_large_repository_streams(big_site, kind):
     """
     site = big_site
     daemon = Daemon(site)
-    peak = {"kb": 0}
-    sampling = threading.Event()
-
-    def sample() -> None:
-        while not sampling.is_set():
-            peak["kb"] = max(peak["kb"], rss_kb(daemon.proc.pid))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
     try:
-        baseline = rss_kb(daemon.proc.pid)
-        sampler.start()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(60)
-        sock.connect(("127.0.0.1", daemon.port))
-        sock.sendall(f"GET /alice/big/archive/tip.{kind} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-        chunks = []
-        start = time.monotonic()
-        while True:
-            chunk = sock.recv(16384)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            time.sleep(0.002)
-        elapsed = time.monotonic() - start
-        sock.close()
-        sampling.set()
-        sampler.join()
-        head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.0 200 ") or head.startswith(b"HTTP/1.1 200 "), head[:300]
-        print(f"{kind}: {len(body)} bytes in {elapsed:.1f} s; daemon VmRSS {baseline} kB at start,"
-              f" peak {peak['kb']} kB")
+        with RssPeak(daemon.proc.pid) as rss:
+            body, elapsed = slow_download(daemon.port, f"/alice/big/archive/tip.{kind}")
+        print(f"{kind}: {len(body)} bytes in {elapsed:.1f} s; daemon VmRSS {rss.baseline} kB at start,"
+              f" peak {rss.peak} kB")
         files = site.hg("files", "-R", str(site.repo_path("alice/big")), "-r", "tip").stdout.split("\n")
         assert len(archive_members(kind, body)) == len([f for f in files if f])
-        assert peak["kb"] < RSS_LIMIT_KB, f"daemon RSS peaked at {peak['kb']} kB (started at {baseline} kB)"
-        assert peak["kb"] - baseline < RSS_GROWTH_KB, f"daemon RSS grew by {peak['kb'] - baseline} kB"
+        assert rss.peak < RSS_LIMIT_KB, f"daemon RSS peaked at {rss.peak} kB (started at {rss.baseline} kB)"
+        assert rss.peak - rss.baseline < RSS_GROWTH_KB, f"daemon RSS grew by {rss.peak - rss.baseline} kB"
     finally:
-        sampling.set()
         daemon.stop()
     assert "Traceback" not in daemon.log()
+
+
+def slow_download(port: int, path: str) -> tuple[bytes, float]:
+    """GET ``path`` through a 4 KB receive buffer, sleeping 2 ms after every read: (body, seconds)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(60)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+    chunks = []
+    start = time.monotonic()
+    while True:
+        chunk = sock.recv(16384)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        time.sleep(0.002)
+    elapsed = time.monotonic() - start
+    sock.close()
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 ") or head.startswith(b"HTTP/1.1 200 "), head[:300]
+    return body, elapsed
 
 
 # -- 7: private and missing repositories take the same work --------------------------------------

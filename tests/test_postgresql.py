@@ -1,73 +1,15 @@
 """The same site on PostgreSQL: the models, the CLI, the push path and the daemon.
 
-A throwaway PostgreSQL cluster (Debian's server binaries, which ``.ci/run``
-installs) is started for this module on a free loopback port, run as
-``nobody`` when the tests run as root (``initdb`` refuses root).  The site's
+A throwaway PostgreSQL cluster (:mod:`pgcluster`) is started for this module.  The site's
 hgrc names it in ``[hosting] database``; everything else is the real CLI, the
 real ``hg`` client and the real daemon, as on SQLite.
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 from pathlib import Path
 
-import pytest
-from conftest import Daemon, SiteHandle, commit, site_handle
-
-from hgext_hosting.site import SITE_HGRC_TEMPLATE
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    binaries = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not binaries:
-        pytest.skip("PostgreSQL server binaries are not installed (.ci/run installs them)")
-    pytest.importorskip("psycopg2")
-    bindir = Path(binaries[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="hg-hosting-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(root, "nobody")
-        as_user = ["runuser", "-u", "nobody", "--"]
-    port = _free_port()
-    data = root / "data"
-
-    def pg(*argv: str) -> None:
-        subprocess.run([*as_user, *argv], check=True, capture_output=True, timeout=120)
-
-    pg(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "hg", "--no-sync")
-    pg(str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-       f"-F -k {root} -p {port} -c listen_addresses=127.0.0.1", "start")
-    try:
-        pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "hg", "hosting")
-        yield f"postgresql://hg@127.0.0.1:{port}/hosting"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture
-def pg_site(tmp_path: Path, postgres_url: str) -> SiteHandle:
-    site = site_handle(tmp_path)
-    site.root.mkdir()
-    (site.root / "hgrc").write_text(
-        SITE_HGRC_TEMPLATE.replace("\ndatabase =\n", f"\ndatabase = {postgres_url}\n"))
-    site.cli("init")
-    assert not (site.root / "hosting.db").exists()
-    return site
+from conftest import Daemon, SiteHandle, commit
 
 
 def test_a_site_on_postgresql_checks_and_records_pushes(pg_site: SiteHandle, tmp_path: Path):

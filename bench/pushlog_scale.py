@@ -1,0 +1,191 @@
+"""Do the push log's readers cost the same on a million pushes as on one?
+
+Set-up, in a temporary directory: a site with three public repositories,
+``alice/one``, ``alice/twenty`` and ``alice/million``, each receiving the same
+real changeset by an ``hg push`` (push 1); ``alice/twenty`` then gets 19 more
+push records and ``alice/million`` ``--pushes - 1``, inserted directly with SQL
+in one transaction (one fake changeset node each, dates one second apart).
+One daemon serves them.  ``alice/twenty`` fills a push log page (20) as the
+million does, so the ratio to it is the history's cost alone; the ratio to
+``alice/one`` also counts the 20 rows shown instead of 1.
+
+Measurement: for each reader, ``GET`` on the same keep-alive connection,
+the repositories alternated, ``--rounds`` rounds after 50 untimed warm-up
+rounds; client-side wall time per request (``time.perf_counter_ns``).  Printed
+per reader: the median for each repository and the million's ratios.  The readers:
+json-pushes (the last 10; version 2; 10 ids from the middle; 10 seconds of
+dates; ``changeset=tip``), the push log's newest page, page 5,000 and its last
+page, the overview and ``pushloghtml`` over 10 ids.  Then, in-process, the
+CLI/``hg pushlog`` read (``pushlog.recent_pushes(repo, 20)``), same method.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/pushlog_scale.py [--pushes 1000000] [--rounds 300] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import re
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchenv import BIN, isolated_env  # noqa: E402
+
+HG, HG_HOSTING = str(BIN / "hg"), str(BIN / "hg-hosting")
+START = datetime.datetime(2020, 1, 1)
+
+
+def start_daemon(site: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
+    out = open(log, "w")  # noqa: SIM115 - the daemon's log, open for its lifetime
+    proc = subprocess.Popen([HG_HOSTING, "--site", str(site), "serve", "--http", "127.0.0.1:0"],
+                            env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        match = re.search(r"serving HTTP on http://[\d.]+:(\d+)/", log.read_text())
+        if match:
+            return proc, int(match.group(1))
+        if proc.poll() is not None:
+            raise SystemExit(f"the daemon exited: {log.read_text()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("the daemon did not start")
+
+
+def fill(db_path: Path, repository_id: int, count: int) -> None:
+    """Push records 2..count+1 of a repository, one fake changeset each, in one transaction."""
+    db = sqlite3.connect(db_path)
+    with db:
+        db.executemany(
+            'INSERT INTO push (repository_id, push_id, "user", date, state, txnid, details)'
+            " VALUES (?, ?, 'bot', ?, 'done', '', '{}')",
+            ((repository_id, i, str(START + datetime.timedelta(seconds=i))) for i in range(2, count + 2)),
+        )
+        db.execute(
+            "INSERT INTO push_changeset (push_id, position, node)"
+            " SELECT id, 0, printf('%040x', push_id) FROM push WHERE repository_id = ? AND push_id > 1",
+            (repository_id,),
+        )
+    db.close()
+
+
+def readers(pushes: int) -> dict[str, str]:
+    """Reader name -> path under the repository, for a repository of ``pushes`` pushes."""
+    mid = max(0, pushes // 2 - 5)
+    first = START + datetime.timedelta(seconds=mid - 1)
+    last = first + datetime.timedelta(seconds=11)
+    fmt = "%Y-%m-%d+%H:%M:%S+%%2B0000"
+    pages = max(1, -(-pushes // 20))
+    return {
+        "json-pushes": "json-pushes",
+        "json-pushes v2": "json-pushes?version=2",
+        "json-pushes 10 ids": f"json-pushes?version=2&startID={mid}&endID={mid + 10}",
+        "json-pushes 10 s": f"json-pushes?startdate={first.strftime(fmt)}&enddate={last.strftime(fmt)}",
+        "json-pushes changeset=tip": "json-pushes?changeset=tip",
+        "pushlog page 1": "pushlog",
+        "pushlog page 5000": f"pushlog?page={min(5000, pages)}",
+        "pushlog last page": f"pushlog?page={pages}",
+        "overview": "",
+        "pushloghtml 10 ids": f"pushloghtml?startID={mid}&endID={mid + 10}",
+    }
+
+
+def get(conn: http.client.HTTPConnection, path: str) -> int:
+    start = time.perf_counter_ns()
+    conn.request("GET", path)
+    response = conn.getresponse()
+    response.read()
+    if response.status != 200:
+        raise SystemExit(f"{path}: {response.status}")
+    return time.perf_counter_ns() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pushes", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pushlog-scale-"))
+    try:
+        env = isolated_env(work)
+        site = work / "site"
+        cli = [HG_HOSTING, "--site", str(site)]
+        subprocess.run([*cli, "init"], env=env, check=True, capture_output=True)
+        subprocess.run([*cli, "user", "add", "alice", "--email", "alice@example.org"], env=env, check=True,
+                       capture_output=True)
+        wc = work / "wc"
+        subprocess.run([HG, "init", str(wc)], env=env, check=True)
+        (wc / "a").write_text("a\n")
+        subprocess.run([HG, "-R", str(wc), "commit", "-qAm", "a"], env=env, check=True)
+        for name in ("one", "twenty", "million"):
+            subprocess.run([*cli, "repo", "create", f"alice/{name}"], env=env, check=True, capture_output=True)
+            subprocess.run([HG, "-R", str(wc), "push", "-q", str(site / "repos" / "alice" / name)],
+                           env={**env, "HG_HOSTING_USER": "alice"}, check=True)
+        db_path = next(site.glob("*.db"))
+        ids = dict(sqlite3.connect(db_path).execute("SELECT name, id FROM repository"))
+        with sqlite3.connect(db_path) as db:  # the one push dated like the million's first
+            db.execute("UPDATE push SET date = ? WHERE repository_id IN (?, ?)",
+                       (str(START), ids["one"], ids["twenty"]))
+        fill(db_path, ids["twenty"], 19)
+        began = time.monotonic()
+        fill(db_path, ids["million"], args.pushes - 1)
+        print(f"inserted {args.pushes - 1:,} push records in {time.monotonic() - began:.1f} s", flush=True)
+        proc, port = start_daemon(site, env, work / "daemon.log")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            sizes = {"one": 1, "twenty": 20, "million": args.pushes}
+            print(f"{'median ms':28} {'1 push':>9} {'20 pushes':>10} {f'{args.pushes:,} pushes':>16}"
+                  f" {'/1 push':>8} {'/20':>6}")
+            for name in readers(1):
+                paths = {repo: f"/alice/{repo}/{readers(n)[name]}".rstrip("/") for repo, n in sizes.items()}
+                for _ in range(50):
+                    for path in paths.values():
+                        get(conn, path)
+                times: dict[str, list[int]] = {repo: [] for repo in paths}
+                order = list(paths)
+                for i in range(args.rounds):
+                    for repo in order[i % 3:] + order[:i % 3]:
+                        times[repo].append(get(conn, paths[repo]))
+                m = {repo: statistics.median(t) / 1e6 for repo, t in times.items()}
+                print(f"{name:28} {m['one']:9.2f} {m['twenty']:10.2f} {m['million']:16.2f}"
+                      f" {m['million'] / m['one']:8.2f} {m['million'] / m['twenty']:6.2f}", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        probe = (
+            "import statistics, sys, time\n"
+            "from hgext_hosting import pushlog\n"
+            "from hgext_hosting.site import Site\n"
+            "Site(sys.argv[1]).open()\n"
+            "for rid in map(int, sys.argv[2:5]):\n"
+            "    for _ in range(50): pushlog.recent_pushes(rid, 20)\n"
+            "    t = []\n"
+            "    for _ in range(int(sys.argv[5])):\n"
+            "        s = time.perf_counter_ns(); pushlog.recent_pushes(rid, 20); t.append(time.perf_counter_ns() - s)\n"
+            "    print(statistics.median(t) / 1e6)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", probe, str(site), str(ids["one"]), str(ids["twenty"]),
+                              str(ids["million"]), str(args.rounds)], env=env, check=True, capture_output=True,
+                             text=True).stdout
+        m1, m20, m2 = map(float, out.split())
+        print(f"{'recent_pushes(20) in-process':28} {m1:9.2f} {m20:10.2f} {m2:16.2f} {m2 / m1:8.2f} {m2 / m20:6.2f}")
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""json-pushes as Mozilla's tools read it, and the push log's readers at any scale.
+
+The expectations come from hg.mozilla.org's pushlog (mozilla/version-control-tools,
+``hgext/pushlog/feed.py`` and its ``.t`` tests: test-hgweb-user-queries.t,
+test-hgweb-feed.t, test-empty-pushes.t) and from the clients that read it:
+mozregression's ``json_pushes.py`` (``.json()`` on errors, ``changesets[-1]``),
+Treeherder's pushlog ingestion (``json-pushes/?full=1&version=2``, ``lastpushid``)
+and mozci's ``hgmo``.
+
+One site and one daemon for the module (``jp``): ``alice/jp`` holds
+
+1. alice: a1, a2 (default);
+2. dave: d1 (branch ``stable``), t1 (tags a1 ``v1.0``, on stable);
+3. bob: the bookmark ``release`` on a2 only (left out of json-pushes);
+4. alice: e1 (default, the tip).
+
+The scale test runs the daemon's WSGI application in a fresh interpreter and
+counts SQLite virtual-machine steps (deterministic, unlike timings) for each
+reader on a one-push repository and on one with 200,000 push records.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import Daemon, commit, site_handle
+from pushhelpers import cli_all
+
+
+def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+class JP:
+    """The module's site, daemon and nodes."""
+
+    def __init__(self, site, daemon, nodes: dict[str, str]):
+        self.site, self.daemon, self.nodes = site, daemon, nodes
+
+    def get(self, query: str = "", path: str = "json-pushes", status: int = 200):
+        code, headers, body = fetch(f"{self.daemon.url}/alice/jp/{path}{query}")
+        assert code == status, (query, code, body)
+        assert headers["Content-Type"].startswith("application/json"), headers
+        return json.loads(body)
+
+    def ids(self, query: str) -> list[str]:
+        return sorted(self.get(query), key=int)
+
+
+@pytest.fixture(scope="module")
+def jp(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jp")
+    site = site_handle(root)
+    site.cli("init")
+    for name in ("alice", "bob", "dave"):
+        site.add_user(name)
+    cli_all(site, ["repo", "create", "alice/jp"], ["repo", "create", "alice/empty"])
+    cli_all(site, ["grant", "alice/jp", "bob", "write"], ["grant", "alice/jp", "dave", "write"])
+    wc = root / "wc"
+    site.hg("init", str(wc))
+    target = str(site.repo_path("alice/jp"))
+    nodes = {"a1": commit(site.hg, wc, "a1.txt", "1\n", "first")}
+    nodes["a2"] = commit(site.hg, wc, "a2.txt", "2\n", "second")
+    site.hg("push", "-q", target, cwd=wc, user="alice")
+    nodes["d1"] = commit(site.hg, wc, "d1.txt", "3\n", "third", branch="stable")
+    site.hg("tag", "-q", "-d", "2020-01-01 00:00:00 +0000", "-r", nodes["a1"], "v1.0", cwd=wc)
+    nodes["t1"] = site.hg("log", "-r", ".", "-T", "{node}", cwd=wc).stdout
+    site.hg("push", "-q", "--new-branch", target, cwd=wc, user="dave")
+    site.hg("bookmark", "-r", nodes["a2"], "release", cwd=wc)
+    site.hg("push", "-q", "-B", "release", target, cwd=wc, user="bob", check=False)
+    site.hg("update", "-q", "-r", nodes["a2"], cwd=wc)
+    nodes["e1"] = commit(site.hg, wc, "e1.txt", "4\n", "fourth")
+    site.hg("push", "-q", "-f", target, cwd=wc, user="alice")
+    daemon = Daemon(site)
+    yield JP(site, daemon, nodes)
+    daemon.stop()
+    assert "Traceback" not in daemon.log(), daemon.log()[-3000:]
+
+
+def test_setup_recorded_four_pushes(jp):
+    """The fixture's four pushes, the third bookmark-only, are in the CLI's push log."""
+    rows = jp.site.cli_json("pushlog", "alice/jp")
+    assert sorted(r["id"] for r in rows) == [1, 2, 3, 4]
+    third = next(r for r in rows if r["id"] == 3)
+    assert third["changesets"] == [] and third["bookmarks"][0]["name"] == "release"
+
+
+def test_json_pushes(jp):
+    """Versions 1 and 2, startID/endID (exclusive/inclusive), changeset, fromchange/tochange, user, full, tipsonly and startdate/enddate as hg.mozilla.org answers them (moved from test_http, updated: the bookmark-only push is left out, a tochange without a start is ignored as Mozilla does)."""
+    n = jp.nodes
+    v1 = jp.get()
+    assert sorted(v1) == ["1", "2", "4"]
+    assert v1["1"]["changesets"] == [n["a1"], n["a2"]] and v1["1"]["user"] == "alice"
+    assert v1["2"]["changesets"] == [n["d1"], n["t1"]] and v1["2"]["user"] == "dave"
+    assert v1["4"]["changesets"] == [n["e1"]]
+    for push in v1.values():
+        assert isinstance(push["date"], int) and abs(push["date"] - time.time()) < 3600
+    assert jp.get("?version=2") == {"lastpushid": 4, "pushes": v1}
+    assert jp.get("?version=1") == v1
+
+    assert jp.ids("?startID=1&endID=2") == ["2"]
+    assert jp.ids("?startID=0&endID=4") == ["1", "2", "4"]
+    assert jp.ids("?startID=2") == ["4"]
+    assert jp.get("?version=2&startID=4") == {"lastpushid": 4, "pushes": {}}
+    assert jp.ids(f"?changeset={n['d1']}") == ["2"]
+    assert jp.ids(f"?changeset={n['a2'][:12]}&changeset={n['d1']}") == ["1", "2"]
+    assert jp.ids(f"?fromchange={n['a1']}&tochange={n['d1']}") == ["2"]
+    assert jp.ids(f"?fromchange={n['a2']}") == ["2", "4"]
+    assert jp.ids(f"?tochange={n['a1']}") == ["1", "2", "4"]  # no start: the last pushes
+    assert jp.ids("?user=dave") == ["2"]
+    assert jp.ids("?user=alice&user=bob") == ["1", "4"]
+
+    full = jp.get("?full=1&startID=0&endID=1")
+    cs = full["1"]["changesets"]
+    assert [c["node"] for c in cs] == [n["a1"], n["a2"]]
+    assert set(cs[1]) >= {"author", "desc", "branch", "parents", "tags", "files", "node"}
+    assert cs[1]["author"] == "test <test@example.org>" and cs[1]["desc"] == "second"
+    assert cs[1]["branch"] == "default" and cs[1]["files"] == ["a2.txt"]
+    assert cs[1]["parents"] == [n["a1"]] and cs[0]["parents"] == ["0" * 40]
+    assert cs[0]["tags"] == ["v1.0"] and cs[1]["tags"] == []  # bookmarks are not tags
+
+    tips = jp.get("?tipsonly=1")
+    assert {k: v["changesets"] for k, v in tips.items()} == {"1": [n["a2"]], "2": [n["t1"]], "4": [n["e1"]]}
+
+    fmt = "%Y-%m-%d %H:%M:%S +0000"
+    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).strftime(fmt)
+    in_an_hour = (datetime.now(UTC) + timedelta(hours=1)).strftime(fmt)
+    q = urllib.parse.urlencode
+    assert jp.ids("?" + q({"startdate": hour_ago, "enddate": in_an_hour})) == ["1", "2", "4"]
+    assert jp.get("?" + q({"startdate": in_an_hour})) == {}
+    assert jp.get("?" + q({"enddate": hour_ago, "startID": 0})) == {}
+
+
+def test_treeherder_and_mozregression_urls(jp):
+    """Treeherder's ``json-pushes/?full=1&version=2`` (trailing slash) and mozregression's ``fromchange``/``tochange``/``full=1`` answer with the fields they read; every push has ``changesets[-1]``."""
+    doc = jp.get("?full=1&version=2", path="json-pushes/")
+    assert doc["lastpushid"] == 4
+    newest = doc["pushes"][str(max(map(int, doc["pushes"])))]
+    assert newest["changesets"][-1]["node"] == jp.nodes["e1"]
+    for push in doc["pushes"].values():
+        assert push["changesets"][-1]["node"] and push["user"] and push["date"]
+        assert {"author", "desc"} <= set(push["changesets"][-1])
+    moz = jp.get(f"?fromchange={jp.nodes['a2']}&tochange={jp.nodes['e1']}&full=1")
+    assert sorted(moz) == ["2", "4"] and moz["4"]["changesets"][-1]["desc"] == "fourth"
+
+
+def test_bookmark_only_push_left_out(jp):
+    """A push without changesets (bookmark-only) is in no json-pushes answer, whatever the query; ``lastpushid`` stays the highest id; the push log page still shows it."""
+    for query in ("", "?version=2", "?startID=2&endID=3", "?user=bob", "?tipsonly=1", "?full=1"):
+        doc = jp.get(query)
+        pushes = doc["pushes"] if "lastpushid" in doc else doc
+        assert "3" not in pushes, query
+        assert all(p["changesets"] for p in pushes.values()), query
+    assert jp.get("?version=2&user=bob") == {"lastpushid": 4, "pushes": {}}
+    status, _, body = fetch(f"{jp.daemon.url}/alice/jp/pushlog")
+    assert status == 200 and b"bookmark release" in body
+
+
+@pytest.mark.parametrize("rev, pushes", [
+    ("tip", ["4"]), ("v1.0", ["1"]), ("stable", ["2"]), ("release", ["1"]), ("0", ["1"]), ("3", ["2"]),
+    ("default", ["4"]),
+])
+def test_revisions_by_any_name(jp, rev, pushes):
+    """``changeset=`` takes what Mercurial resolves: ``tip``, a tag, a branch (its head), a bookmark, a revision number."""
+    assert jp.ids("?" + urllib.parse.urlencode({"changeset": rev})) == pushes
+
+
+def test_fromchange_tochange_by_name(jp):
+    """``fromchange``/``tochange`` take names too: after the push holding v1.0 (a1, push 1) up to tip's."""
+    assert jp.ids("?fromchange=v1.0&tochange=tip") == ["2", "4"]
+    assert jp.ids("?fromchange=release&tochange=stable") == ["2"]
+
+
+@pytest.mark.parametrize("query, status, message", [
+    ("?changeset=nope", 404, "unknown revision 'nope'"),
+    ("?fromchange=deadbeef", 404, "unknown revision 'deadbeef'"),
+    ("?startID=0&tochange=nope", 404, "unknown revision 'nope'"),
+    ("?version=3", 400, "version parameter must be 1 or 2"),
+    ("?startdate=not+a+date", 400, "cannot parse date 'not a date'"),
+    ("?startID=abc", 400, None),
+    ("?changeset=" + "f" * 300, 404, None),
+])
+def test_errors_are_json(jp, query, status, message):
+    """Errors answer ``application/json`` ``{"error": ...}`` with their status (mozregression calls ``.json()`` before the status); an unknown revision is 404 ``unknown revision 'X'``."""
+    doc = jp.get(query, status=status)
+    assert list(doc) == ["error"] and doc["error"]
+    if message is not None:
+        assert doc["error"] == message
+
+
+def test_empty_repository_and_full_with_any_value(jp):
+    """As test-empty-repo.t: an empty repository answers ``{}`` and ``{"lastpushid": 0, "pushes": {}}``; ``full`` counts whatever its value (``full=0`` too); a ``fromchange`` no push holds starts at 0."""
+    code, _, body = fetch(f"{jp.daemon.url}/alice/empty/json-pushes")
+    assert code == 200 and json.loads(body) == {}
+    code, _, body = fetch(f"{jp.daemon.url}/alice/empty/json-pushes?version=2")
+    assert code == 200 and json.loads(body) == {"lastpushid": 0, "pushes": {}}
+    for value in ("full", "full=0", "full=1"):
+        assert jp.get(f"?{value}&startID=3")["4"]["changesets"][0]["desc"] == "fourth", value
+    assert jp.ids("?fromchange=null&endID=2") == ["1", "2"]
+
+
+def test_page_in_the_path(jp):
+    """``json-pushes/N`` (and ``?node=N``) is page N of the last pushes, 10 a page: page 2 of three pushes is empty, page 1 is the default."""
+    assert jp.get("?version=2", path="json-pushes/2") == {"lastpushid": 4, "pushes": {}}
+    assert jp.get("?node=2") == {}
+    assert jp.get(path="json-pushes/1") == jp.get()
+    assert jp.get(path="json-pushes/x", status=404) == {"error": "not found"}
+
+
+def test_mozilla_dates(jp):
+    """``startdate``/``enddate`` take ``YYYY-MM-DD[ HH[:MM[:SS]]]`` in the server's local time, an hour alone meaning HH:00."""
+    now = time.time()
+    later = time.localtime(now + 7200)
+    earlier = time.localtime(now - 7200)
+    hour = lambda t: time.strftime("%Y-%m-%d %H", t)  # noqa: E731
+    q = urllib.parse.urlencode
+    assert jp.ids("?" + q({"startdate": hour(earlier), "enddate": hour(later)})) == ["1", "2", "4"]
+    assert jp.get("?" + q({"startdate": hour(later)})) == {}
+    assert jp.ids("?" + q({"startdate": time.strftime("%Y-%m-%d %H:%M", earlier)})) == ["1", "2", "4"]
+    assert jp.ids("?" + q({"startdate": time.strftime("%Y-%m-%d", time.localtime(now - 2 * 86400))})) \
+        == ["1", "2", "4"]
+    assert jp.get("?" + q({"startdate": "2020-13-01"}), status=400)["error"].startswith("cannot parse date")
+
+
+def test_pushloghtml_shows_the_range(jp):
+    """``pushloghtml?fromchange=A&tochange=B`` (the links Mozilla's tools print) is our push log page for that range; an unknown revision is 404."""
+    n = jp.nodes
+    status, headers, body = fetch(f"{jp.daemon.url}/alice/jp/pushloghtml?fromchange={n['a2']}&tochange={n['d1']}")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    page = body.decode()
+    assert n["d1"][:12] in page and n["t1"][:12] in page
+    assert n["a1"][:12] not in page and n["e1"][:12] not in page
+    status, _, body = fetch(f"{jp.daemon.url}/alice/jp/pushloghtml")
+    assert status == 200 and n["e1"][:12] in body.decode() and n["a1"][:12] in body.decode()
+    assert fetch(f"{jp.daemon.url}/alice/jp/pushloghtml?fromchange=nope")[0] == 404
+
+
+def test_schema_step_3_adds_the_reader_indexes(tmp_path):
+    """A version-2 site gets the push readers' indexes from ``hg-hosting init`` (schema step 3)."""
+    site = site_handle(tmp_path)
+    site.cli("init")
+    db = sqlite3.connect(next(site.root.glob("*.db")))
+    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'push'")}
+    new = {"push_repository_id_state_push_id", "push_repository_id_state_date"}
+    assert new <= names
+    for name in new:
+        db.execute(f"DROP INDEX {name}")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    assert "schema version 2" in site.refuse("user", "list")
+    site.cli("init")
+    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'push'")}
+    assert new <= names
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [("3",)]
+
+
+# -- the cost does not grow with the history ---------------------------------------------------
+
+#: Run in a fresh interpreter on the site: SQLite VM steps (in hundreds) of each request
+#: through the daemon's WSGI application.
+STEPS_PROBE = """
+import json, sys
+from hgext_hosting import models
+from hgext_hosting.site import Site
+from daemon.app import HostingApp
+from daemon.auth import Authenticator
+from daemon.hgwebs import HgwebCache
+from daemon.pages import Pages
+from daemon.service import daemon_baseui
+
+site = Site(sys.argv[1]).open()
+auth = Authenticator.for_site(site)
+pages = Pages(site, auth)
+baseui = daemon_baseui(site)
+app = HostingApp(site, auth, HgwebCache(baseui), pages, baseui)
+pages.app = app
+connection = models.db.obj.connection()
+steps = [0]
+def count():
+    steps[0] += 1
+    return 0
+connection.set_progress_handler(count, 100)
+result = {}
+for path in sys.argv[2:]:
+    environ = {"REQUEST_METHOD": "GET", "REQUEST_URI": path, "REMOTE_ADDR": "127.0.0.1",
+               "SERVER_NAME": "localhost", "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
+    said = []
+    list(app(environ, lambda status, headers, exc_info=None: said.append(status)))  # warm
+    steps[0] = 0
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: said.append(status)))
+    result[path] = {"status": said[-1], "hsteps": steps[0], "bytes": len(body)}
+print(json.dumps(result))
+"""
+
+BIG = 200_000
+START = datetime(2020, 1, 1)
+
+
+def fill_pushes(db_path, repository_id: int, count: int) -> None:
+    """``count`` done push records, one fake changeset each, in one transaction."""
+    db = sqlite3.connect(db_path)
+    with db:
+        db.executemany(
+            'INSERT INTO push (repository_id, push_id, "user", date, state, txnid, details)'
+            " VALUES (?, ?, 'bot', ?, 'done', '', '{}')",
+            ((repository_id, i, str(START + timedelta(seconds=i))) for i in range(1, count + 1)),
+        )
+        db.execute(
+            "INSERT INTO push_changeset (push_id, position, node)"
+            " SELECT id, 0, printf('%040x', push_id) FROM push WHERE repository_id = ?",
+            (repository_id,),
+        )
+    db.close()
+
+
+def test_readers_cost_does_not_grow_with_the_history(tmp_path):
+    """json-pushes (last pushes, a range of ids, a range of dates, version 2), the push log's newest, a deep and the last page, the overview and pushloghtml run within 1.5x the SQLite steps (+2,000 steps) on a repository of 200,000 pushes as on one of a single push."""
+    site = site_handle(tmp_path)
+    site.cli("init")
+    site.add_user("alice")
+    cli_all(site, ["repo", "create", "alice/small"], ["repo", "create", "alice/big"])
+    db_path = next(site.root.glob("*.db"))
+    db = sqlite3.connect(db_path)
+    ids = dict(db.execute("SELECT name, id FROM repository"))
+    db.close()
+    fill_pushes(db_path, ids["small"], 1)
+    fill_pushes(db_path, ids["big"], BIG)
+    paths = {
+        "json-pushes": "json-pushes",
+        "json-pushes v2": "json-pushes?version=2",
+        "json-pushes ids": "json-pushes?version=2&startID={mid}&endID={mid10}",
+        "json-pushes dates": "json-pushes?startdate=2020-01-01+00:00:00+%2B0000&enddate=2020-01-01+00:00:11+%2B0000",
+        "pushlog": "pushlog",
+        "pushlog deep": "pushlog?page={deep}",
+        "pushlog last": "pushlog?page={last}",
+        "overview": "",
+        "pushloghtml ids": "pushloghtml?startID={mid}&endID={mid10}",
+    }
+    small = {"mid": 0, "mid10": 1, "deep": 1, "last": 1}
+    big = {"mid": BIG // 2, "mid10": BIG // 2 + 10, "deep": BIG // 40, "last": BIG // 20}
+    urls = [f"/alice/small/{p.format(**small)}".rstrip("/") for p in paths.values()]
+    urls += [f"/alice/big/{p.format(**big)}".rstrip("/") for p in paths.values()]
+    proc = subprocess.run([sys.executable, "-c", STEPS_PROBE, str(site.root), *urls], env=site.env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    problems = []
+    for name, small_url, big_url in zip(paths, urls[: len(paths)], urls[len(paths):], strict=True):
+        one, many = result[small_url], result[big_url]
+        print(f"{name}: {one['hsteps'] * 100} steps for 1 push, {many['hsteps'] * 100} for {BIG:,}")
+        assert one["status"].startswith("200") and many["status"].startswith("200"), (name, one, many)
+        if many["hsteps"] > 1.5 * one["hsteps"] + 20:
+            problems.append(f"{name}: {many['hsteps'] * 100} steps against {one['hsteps'] * 100}")
+    assert not problems, "\n".join(problems)
+
+
+# -- the same on PostgreSQL ---------------------------------------------------------------------
+
+def test_json_pushes_and_pages_on_postgresql(pg_site, tmp_path):
+    """On PostgreSQL: json-pushes by revision names, ranges and dates, the bookmark-only push left out, JSON errors, the push log page and pushloghtml."""
+    site = pg_site
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/pg")
+    repo = str(site.repo_path("alice/pg"))
+    wc = tmp_path / "wc"
+    site.hg("init", str(wc))
+    first = commit(site.hg, wc, "a", "a\n")
+    site.hg("push", "-q", repo, cwd=wc, user="alice")
+    second = commit(site.hg, wc, "b", "b\n")
+    site.hg("push", "-q", repo, cwd=wc, user="alice")
+    site.hg("bookmark", "-q", "-r", first, "mark", cwd=wc)
+    site.hg("push", "-q", "-B", "mark", repo, cwd=wc, user="alice", check=False)
+    daemon = Daemon(site)
+    try:
+        def get(query: str, path: str = "json-pushes", status: int = 200):
+            code, headers, body = fetch(f"{daemon.url}/alice/pg/{path}{query}")
+            assert code == status, (query, code, body)
+            return json.loads(body) if headers["Content-Type"].startswith("application/json") else body.decode()
+
+        doc = get("?version=2")
+        assert doc["lastpushid"] == 3 and sorted(doc["pushes"]) == ["1", "2"]
+        assert doc["pushes"]["2"]["changesets"] == [second]
+        assert sorted(get("?changeset=tip")) == ["2"] and sorted(get("?changeset=mark")) == ["1"]
+        assert sorted(get("?fromchange=0&tochange=tip")) == ["2"]
+        assert sorted(get("?startdate=2000-01-01&enddate=2999-01-01")) == ["1", "2"]
+        assert get("?changeset=nope", status=404) == {"error": "unknown revision 'nope'"}
+        assert get("?version=2", path="json-pushes/2") == {"lastpushid": 3, "pushes": {}}
+        page = get("", path="pushlog")
+        assert "(3 pushes)" in page and "bookmark mark" in page and second[:12] in page
+        page = get(f"?fromchange={first}&tochange={second}", path="pushloghtml")
+        assert second[:12] in page and first[:12] + "</a>" not in page
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log(), daemon.log()[-3000:]
+
+
+def test_push_log_pages_are_windows_of_ids(tmp_path):
+    """Page N of the push log holds push ids top-20(N-1) down to top-20N+1: 45 pushes make 3 pages; with push 30 dropped (``check --repair`` after a strip) page 1 shows 19, and no page repeats another's push."""
+    site = site_handle(tmp_path)
+    site.cli("init")
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/gaps")
+    db_path = next(site.root.glob("*.db"))
+    with sqlite3.connect(db_path) as db:
+        ((repository_id,),) = db.execute("SELECT id FROM repository WHERE name = 'gaps'")
+    fill_pushes(db_path, repository_id, 45)
+    with sqlite3.connect(db_path) as db:
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("DELETE FROM push WHERE push_id = 30")
+    daemon = Daemon(site)
+    try:
+        seen = []
+        for page, count in ((1, 19), (2, 20), (3, 5)):
+            status, _, body = fetch(f"{daemon.url}/alice/gaps/pushlog?page={page}")
+            text = body.decode()
+            assert status == 200 and f"page {page} of 3" in text
+            ids = [int(x) for x in re.findall(r"<tr>\s*<td>(\d+)</td>", text)]
+            assert len(ids) == count, (page, ids)
+            seen += ids
+        assert sorted(seen) == [i for i in range(1, 46) if i != 30]
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log()
