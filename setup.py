@@ -18,6 +18,7 @@ setup(
     package_data={"hg_hosting_templates": ["*.html", "static/*", "hgweb/map-*", "hgweb/hosting/*"]},
     install_requires=[
         "mercurial>=7.2,<7.3",
+        "hg-evolve>=12,<13",
         "twisted[conch]>=26.0,<27",
         "peewee>=4.5,<5",
         "jinja2>=3.1,<4",

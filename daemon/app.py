@@ -53,7 +53,7 @@ def hosting_permhook(hgweb, req, op) -> None:
     """
     if op in (b"push", b"upload"):
         level = req.rawenv.get(LEVEL_KEY.encode())
-        if level not in (b"write", b"admin", "write", "admin"):
+        if level not in (b"write", b"publish", b"admin", "write", "publish", "admin"):
             raise hgwebcommon.ErrorResponse(hgwebcommon.HTTP_FORBIDDEN, b"write access required")
         problem = hooks.enforcement_problem(hgweb.repo)
         if problem is not None:
@@ -239,7 +239,7 @@ class HostingApp:
                 return jsonpushes.serve(req, start_response, row.id, lambda: self._open(row), rest[1:])
             model = Repository.select(Repository, Owner).join(Owner).where(Repository.id == row.id).get()
             return self.pages.repo_pages[page](req, start_response, model, facts, level)
-        if wire_command_writes(req) and level not in ("write", "admin"):
+        if wire_command_writes(req) and level not in ("write", "publish", "admin"):
             if req.user is None:
                 raise HTTPError(401, "authorization required to push")
             raise HTTPError(403, policy.may(self.subject(req), "write", facts).reason)

@@ -101,6 +101,31 @@ def safe_next(target: str | None) -> str:
     return encoded
 
 
+def open_topics(repo) -> list[dict]:
+    """The open topics of a repository: its visible drafts that carry a topic.
+
+    ``[{"name", "heads": [{"node", "user", "summary"}], "authors": [...]}]``
+    sorted by name; obsolete changesets are not visible, as in hg.  A topic
+    is in the changeset's extra, so this needs no topic extension.
+    """
+    by_topic: dict[bytes, list[int]] = collections.defaultdict(list)
+    for rev in repo.revs(b"draft()"):
+        topic = repo[rev].extra().get(b"topic")
+        if topic:
+            by_topic[topic].append(rev)
+    topics = []
+    for name, revs in sorted(by_topic.items()):
+        heads = [repo[r] for r in repo.revs(b"heads(%ld)", revs)]
+        topics.append({
+            "name": name.decode("utf-8", "replace"),
+            "heads": [{"node": ctx.hex().decode()[:12], "user": ctx.user().decode("utf-8", "replace"),
+                       "summary": ctx.description().decode("utf-8", "replace").split("\n")[0]}
+                      for ctx in heads],
+            "authors": sorted({repo[r].user().decode("utf-8", "replace") for r in revs}),
+        })
+    return topics
+
+
 class Pages:
     """Page handlers; ``app`` is the :class:`daemon.app.HostingApp` they serve under."""
 
@@ -262,9 +287,10 @@ class Pages:
     def overview(self, req: Request, start_response, row, facts, level):
         pushes = pushlog.recent_pushes(row, 5)
         readme = self._readme(row)
+        topics = [] if row.publishing else open_topics(self.app._open(row))
         return self.render(req, start_response, "repo.html", repo=row, level=level, pushes=pushes,
                            clone_urls=self.clone_urls(req, row), readme=readme, title=row.full_name,
-                           archives=self.archive_suffixes())
+                           archives=self.archive_suffixes(), topics=topics)
 
     def pushlog(self, req: Request, start_response, row, facts, level):
         """The push log, newest first, by pages of :data:`PUSHES_PER_PAGE`.
@@ -338,8 +364,10 @@ class Pages:
             repositories.unprotect(full, req.field("ref"))
             return f"unprotected {req.field('ref')}"
         if action == "settings":
+            publishing = {"true": True, "false": False}.get(req.field("publishing"))  # absent: unchanged
             repositories.set_repo_settings(full, private=req.field("private") == "on",
-                                           description=req.field("description"))
+                                           description=req.field("description"),
+                                           publishing=publishing, site=self.site)
             return "saved"
         raise UserError("unknown action")
 

@@ -22,11 +22,25 @@ changeset on that named branch and any move of that bookmark by a user who is
 not on its allow-list (site admins always may).  A refusal names the user, the
 repository and, for protected refs, the ref and the changeset.
 
+Drafts, topics and evolve
+-------------------------
+
+A repository is publishing (every pushed changeset becomes public) unless it
+was made non-publishing (``hg-hosting repo create --non-publishing``,
+``hg-hosting repo set OWNER/NAME publishing=false``).  Then its ``.hg/hgrc``
+enables hg-evolve's ``evolve`` and ``topic`` and sets ``[phases] publish =
+False`` after the site include: ``write`` may push drafts, amend and prune
+them (obsolescence markers are exchanged both ways), and only the ``publish``
+level (admins and the owner hold it) may push a public changeset or turn a
+draft public.  A draft with a topic may go to a protected branch; publishing
+it there also needs the branch's allow-list.  The push log records the
+markers of a push (predecessors and successors) and what they made obsolete.
+
 The push log
 ------------
 
 Each accepted push is recorded (user, UTC date, changesets in order, bookmark
-moves, phase moves of existing changesets) in the site database, in the same
+moves, phase moves of existing changesets, obsolescence markers) in the site database, in the same
 transaction as the push: the record commits if and only if the push does.  A
 push that only moves a bookmark or a phase is recorded too.  Ids count 1, 2,
 3... per repository without gaps.  ``hg pushlog`` shows the log of the current

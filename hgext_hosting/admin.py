@@ -283,6 +283,7 @@ def _repo_row(repo) -> dict:
         "name": repo.full_name,
         "owner": repo.owner.name,
         "private": repo.private,
+        "publishing": bool(repo.publishing),
         "description": repo.description,
         "created": _iso(repo.created),
     }
@@ -290,8 +291,13 @@ def _repo_row(repo) -> dict:
 
 def cmd_repo(args, site: Site) -> int:
     if args.action == "create":
-        repo = repositories.create_repo(site, args.name, private=args.private, description=args.description or "")
-        print(f"created {repo.full_name}")
+        repo = repositories.create_repo(site, args.name, private=args.private, description=args.description or "",
+                                        publishing=not args.non_publishing)
+        print(f"created {repo.full_name}" + ("" if repo.publishing else " (non-publishing)"))
+    elif args.action == "set":
+        changes = _repo_settings(args.settings)
+        repo = repositories.set_repo_settings(args.name, site=site, **changes)
+        print(f"{repo.full_name}: " + ", ".join(f"{k}={str(v).lower()}" for k, v in changes.items()))
     elif args.action == "remove":
         repositories.remove_repo(site, args.name)
         print(f"removed {args.name}")
@@ -308,6 +314,27 @@ def cmd_repo(args, site: Site) -> int:
                            ("VISIBILITY", lambda r: "private" if r["private"] else "public"),
                            ("CREATED", itemgetter("created")), ("DESCRIPTION", itemgetter("description"))])
     return 0
+
+
+#: ``repo set OWNER/NAME KEY=VALUE``: the keys and how their values are read.
+_REPO_SETTINGS = {"publishing": "bool", "private": "bool", "description": "text"}
+
+
+def _repo_settings(pairs: list[str]) -> dict:
+    """``["publishing=false", ...]`` as keyword arguments of ``set_repo_settings``, or UserError."""
+    changes: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        kind = _REPO_SETTINGS.get(key)
+        if not sep or kind is None:
+            raise UserError(f"expected KEY=VALUE with KEY one of {', '.join(_REPO_SETTINGS)}, got {pair!r}")
+        if kind == "bool":
+            if value.lower() not in ("true", "false"):
+                raise UserError(f"{key} must be true or false, got {value!r}")
+            changes[key] = value.lower() == "true"
+        else:
+            changes[key] = value
+    return changes
 
 
 def cmd_grant(args, site: Site) -> int:
@@ -542,6 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="OWNER/NAME")
     p.add_argument("--private", action="store_true")
     p.add_argument("--description", default="")
+    p.add_argument("--non-publishing", action="store_true",
+                   help="drafts stay drafts; topics and obsolescence markers (hg-evolve) are exchanged")
+    p = repos.add_parser("set", help="change settings: publishing=true|false, private=true|false, description=TEXT")
+    p.add_argument("name", metavar="OWNER/NAME")
+    p.add_argument("settings", nargs="+", metavar="KEY=VALUE")
     listing(repos.add_parser("list", help="list repositories"))
     repos.add_parser("remove", help="remove a repository").add_argument("name", metavar="OWNER/NAME")
     for action, helptext in (("rename", "rename or move a repository"), ("fork", "fork a repository")):
@@ -552,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--user", default=None, help="the forking user (default: the new owner)")
             p.add_argument("--private", action="store_true", help="make the fork private")
 
-    p = command("grant", cmd_grant, "grant LEVEL (read, write, admin) to USER or @TEAM")
+    p = command("grant", cmd_grant, "grant LEVEL (read, write, publish, admin) to USER or @TEAM")
     p.add_argument("repo", metavar="OWNER/NAME")
     p.add_argument("subject", metavar="SUBJECT")
     p.add_argument("level", metavar="LEVEL")

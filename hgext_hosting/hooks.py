@@ -13,8 +13,21 @@ validator ``000-hosting`` (:func:`validate`)
     bookmark-only, phase-only, markers), before the ``001-userhooks``
     validator that runs the administrators' ``pretxnclose`` hooks: refuses,
     per changeset, one on a protected named branch, and a move of a protected
-    bookmark, by a user not on the allow-list; then collects the push and
-    attaches the recorder of :mod:`hgext_hosting.recorder`.
+    bookmark, by a user not on the allow-list; in a non-publishing repository,
+    refuses a publication (:func:`check_publication`) by a user without
+    ``publish``; then collects the push and attaches the recorder of
+    :mod:`hgext_hosting.recorder`.
+
+Publishing and non-publishing repositories (``Repository.publishing``, the
+repository's ``.hg/hgrc`` says ``[phases] publish = False``): in a
+non-publishing one a writer pushes drafts, amends and prunes them
+(obsolescence markers, hg-evolve), and only ``publish`` makes a changeset
+public: a new changeset that arrives public, or a draft turned public.  A draft
+changeset with a topic is not on its named branch until it is published, so a
+protected branch does not refuse it; its publication needs the allow-list.
+The decision follows the database's flag, not hg's ``phases.publish``: a
+repository whose ``.hg/hgrc`` lost the setting publishes every push, and a
+writer's push is then refused rather than published.
 
 Why not ``[hooks]`` entries (pretxnopen, pretxnchangegroup, pretxnclose):
 Mercurial reads every configured hook's priority on every hook call, and a
@@ -41,7 +54,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mercurial import encoding, error
+from mercurial import encoding, error, phases
 from mercurial.node import short
 
 from . import policy, pushdb, recorder
@@ -155,12 +168,25 @@ def require_write(ui, repo, row: pushdb.RepoRow | None = None) -> PushContext:
     return PushContext(conn, row, facts.full_name, subject)
 
 
+def _is_topic_draft(unfi, rev: int) -> bool:
+    """A draft (or secret) changeset with a topic: not on its branch until published."""
+    return (unfi._phasecache.phase(unfi, rev) != phases.public
+            and bool(unfi.changelog.changelogrevision(rev).extra.get(b"topic")))
+
+
 def check_branches(repo, ctx: PushContext, first_rev: int, refs: dict[str, frozenset[str]]) -> None:
-    """Refuse the first new changeset on a protected branch the pusher may not push."""
+    """Refuse the first new changeset on a protected branch the pusher may not push.
+
+    In a non-publishing repository a draft with a topic is let through: its
+    publication is what :func:`check_publication` checks against the allow-list.
+    """
     if not refs:
         return
-    cl = repo.unfiltered().changelog
+    unfi = repo.unfiltered()
+    cl = unfi.changelog
     for rev in range(first_rev, len(cl)):
+        if not ctx.row.publishing and _is_topic_draft(unfi, rev):
+            continue
         branch = cl.branchinfo(rev)[0].decode("utf-8", "replace")
         allow = refs.get(branch)
         if allow is not None and not policy.may_push_ref(ctx.subject, allow):
@@ -184,6 +210,46 @@ def check_bookmarks(tr, ctx: PushContext, refs: dict[str, frozenset[str]]) -> No
         )
 
 
+def published_revs(repo, tr, first_rev: int) -> list[int]:
+    """The revisions this transaction makes public: new public ones, and drafts turned public."""
+    unfi = repo.unfiltered()
+    public = {rev for rev in range(first_rev, len(unfi.changelog))
+              if unfi._phasecache.phase(unfi, rev) == phases.public}
+    for revs, (_old, new) in tr.changes[b"phases"]:
+        if new == phases.public:
+            public.update(rev for rev in revs if rev < first_rev)
+    return sorted(public)
+
+
+def check_publication(repo, tr, ctx: PushContext, first_rev: int, refs: dict[str, frozenset[str]]) -> None:
+    """In a non-publishing repository, refuse a publication without ``publish`` (or the allow-list).
+
+    The message names the user, the repository and the first changeset, as a
+    protected branch's does; nothing of the push lands.
+    """
+    if ctx.row.publishing:
+        return
+    revs = published_revs(repo, tr, first_rev)
+    if not revs:
+        return
+    cl = repo.unfiltered().changelog
+    facts = pushdb.load_repo_facts(ctx.conn, ctx.row)
+    if not policy.may(ctx.subject, "publish", facts):
+        raise abort(
+            f"{ctx.subject.name} may not publish changesets in {ctx.full_name}"
+            f" (changeset {short(cl.node(revs[0])).decode()} would become public)",
+            hint="push drafts only (hg push --draft, or use a topic), or ask for the publish level",
+        )
+    for rev in revs:
+        branch = cl.branchinfo(rev)[0].decode("utf-8", "replace")
+        allow = refs.get(branch)
+        if allow is not None and not policy.may_push_ref(ctx.subject, allow):
+            raise abort(
+                f"{ctx.subject.name} may not publish to protected branch {branch!r}"
+                f" of {ctx.full_name} (changeset {short(cl.node(rev)).decode()})"
+            )
+
+
 # -- wiring ------------------------------------------------------------------------
 
 
@@ -202,8 +268,10 @@ def open_transaction(repo, row: pushdb.RepoRow | None, tr_factory):
 def validate(repo, tr, ctx: PushContext) -> None:
     """The transaction is about to commit: check protected refs, attach the recorder."""
     refs = ctx.refs
-    check_branches(repo, ctx, tr.changes[b"origrepolen"], refs)
+    first_rev = tr.changes[b"origrepolen"]
+    check_branches(repo, ctx, first_rev, refs)
     check_bookmarks(tr, ctx, refs)
+    check_publication(repo, tr, ctx, first_rev, refs)
     txnid = tr.hookargs.get(b"txnid", b"")
     txn = txnid.decode("ascii", "replace") if isinstance(txnid, bytes) else str(txnid)
     pending = recorder.collect(repo, tr, ctx.conn, ctx.row.id, ctx.subject.name, txn)

@@ -89,6 +89,10 @@ class Repository(BaseModel):
     settings_epoch = pw.IntegerField(default=0)
     #: Identity that survives renames; move intents (repositories.py) refer to it.
     uuid = pw.CharField(max_length=32, unique=True, default=lambda: uuid.uuid4().hex)
+    #: Publishing (the default): every pushed changeset becomes public.  Non-publishing:
+    #: drafts stay drafts, topics and obsolescence markers are exchanged, and only the
+    #: ``publish`` level may make a changeset public (hooks.check_publication).
+    publishing = pw.BooleanField(default=True)
 
     class Meta:
         indexes = ((("owner", "name_key"), True),)
@@ -316,11 +320,20 @@ def _v3_push_reader_indexes() -> None:
     Push._schema.create_indexes(safe=True)
 
 
+def _v4_publishing() -> None:
+    """Repositories are publishing (the default) or not (evolve, topics, the ``publish`` level)."""
+    if "publishing" in {c.name for c in db.get_columns("repository")}:
+        return  # a database made by today's models and marked older (the upgrade tests do that)
+    true = "1" if is_sqlite() else "TRUE"
+    db.execute_sql(f'ALTER TABLE "repository" ADD COLUMN "publishing" BOOLEAN NOT NULL DEFAULT {true}')
+
+
 #: Step N brings a database from version N-1 to N.  A new database gets every table
 #: as the models define them today, without replaying the steps.
 MIGRATIONS: dict[int, Callable[[], None]] = {
     2: _v2_session_epochs_and_login_throttle,
     3: _v3_push_reader_indexes,
+    4: _v4_publishing,
 }
 
 

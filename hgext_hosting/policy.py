@@ -2,7 +2,10 @@
 
 The rules (docs/spec.md, *Accounts and permissions*), as :func:`level_of` applies them:
 
-- levels are ordered ``read`` < ``write`` < ``admin``;
+- levels are ordered ``read`` < ``write`` < ``publish`` < ``admin``;
+- ``publish`` matters in a non-publishing repository only: there ``write`` may
+  push drafts, amend and prune them (obsolescence markers), and only ``publish``
+  may push public changesets or turn drafts public (:mod:`hgext_hosting.hooks`);
 - a site admin and the repository's owning user hold ``admin``;
 - members of an owning team hold ``write``;
 - grants to the user, and to every team the user is a member of, add their level;
@@ -29,14 +32,14 @@ from . import names
 if TYPE_CHECKING:
     from .models import Repository
 
-LEVELS = ("read", "write", "admin")
+LEVELS = ("read", "write", "publish", "admin")
 _RANK = {level: rank for rank, level in enumerate(LEVELS, start=1)}
 
 
 def check_level(level: str) -> str:
-    """Return ``level`` if it is one of read/write/admin, else raise ValueError."""
+    """Return ``level`` if it is one of read/write/publish/admin, else raise ValueError."""
     if level not in _RANK:
-        raise ValueError(f"unknown level {level!r}: use read, write or admin")
+        raise ValueError(f"unknown level {level!r}: use read, write, publish or admin")
     return level
 
 
@@ -103,8 +106,9 @@ def may(subject: Subject | None, level: str, repo: RepoFacts) -> Decision:
     who = subject.name if subject else "anonymous"
     if held is None:
         return Decision(False, f"{who} may not read {repo.full_name}")
-    return Decision(False, f"{who} may not {level} to {repo.full_name}" if level == "write"
-                    else f"{who} is not an admin of {repo.full_name}")
+    if level in ("write", "publish"):
+        return Decision(False, f"{who} may not {level} to {repo.full_name}")
+    return Decision(False, f"{who} is not an admin of {repo.full_name}")
 
 
 def may_push_ref(subject: Subject, allow: frozenset[str]) -> bool:

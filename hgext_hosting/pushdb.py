@@ -34,7 +34,7 @@ from . import names
 from .policy import RepoFacts, Subject
 
 #: Bumped with every change of the tables in models.py; models.MIGRATIONS gets a step.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class SchemaError(RuntimeError):
@@ -226,6 +226,8 @@ class RepoRow:
     description: str
     settings_epoch: int
     has_pending: bool  # some push record is not settled (False when not asked: RepoRow.of)
+    #: False: drafts stay drafts and only the ``publish`` level makes changesets public.
+    publishing: bool = True
 
     @property
     def full_name(self) -> str:
@@ -236,23 +238,25 @@ class RepoRow:
         """The RepoRow of a peewee Repository row (its owner loaded)."""
         owner = repo.owner
         return cls(repo.id, owner.name, owner.name_key, owner.is_team, repo.name,
-                   bool(repo.private), repo.description, repo.settings_epoch, False)
+                   bool(repo.private), repo.description, repo.settings_epoch, False,
+                   bool(repo.publishing))
 
 
 def find_repository(conn: Connection, owner: str, name: str) -> RepoRow | None:
     """The repository ``owner/name`` (any case), or None."""
     rows = conn.query(
         "SELECT r.id, o.name, o.name_key, o.kind, r.name, r.private, r.description, r.settings_epoch,"
-        " EXISTS (SELECT 1 FROM push p WHERE p.repository_id = r.id AND p.state = 'pending')"
+        " EXISTS (SELECT 1 FROM push p WHERE p.repository_id = r.id AND p.state = 'pending'),"
+        " r.publishing"
         " FROM repository r JOIN owner o ON o.id = r.owner_id"
         " WHERE o.name_key = ? AND r.name_key = ?",
         (names.key(owner), names.key(name)),
     )
     if not rows:
         return None
-    rid, oname, okey, kind, rname, private, description, epoch, pending = rows[0]
+    rid, oname, okey, kind, rname, private, description, epoch, pending, publishing = rows[0]
     return RepoRow(rid, oname, okey, kind == "team", rname, bool(private), description, epoch,
-                   bool(pending))
+                   bool(pending), bool(publishing))
 
 
 def load_subject(conn: Connection, user_name: str | None) -> Subject | None:

@@ -96,6 +96,7 @@ class PushView:
             "changesets": self.changesets,
             "bookmarks": [{"name": n, "old": o, "new": w} for n, o, w in self.bookmarks],
             **({"phases": self.details["phases"]} if "phases" in self.details else {}),
+            **{key: self.details[key] for key in ("markers", "obsoleted", "topics") if key in self.details},
         }
 
 
@@ -166,6 +167,8 @@ def format_push_line(row: dict) -> str:
         parts.append(f"bookmark {bm['name']} -> {new}")
     if "phases" in row:
         parts.append(f"{len(row['phases'])} phase change(s)")
+    if "markers" in row:
+        parts.append(f"{len(row['markers'])} obsolescence marker(s)")
     return "\t".join(parts)
 
 

@@ -7,7 +7,9 @@ record is tied to the hg transaction (``mercurial/transaction.py``) like this:
    refused anything not allowed.  It collects the push in memory: the new
    changesets ``range(tr.changes['origrepolen'], len(repo))``,
    ``tr.changes['bookmarks']``, phase moves of existing changesets and new
-   obsolescence markers.  Nothing is written yet, so a ``pretxnclose`` hook
+   obsolescence markers (details ``obsmarkers``: their count; ``markers``:
+   ``[predecessor, [successors]]`` each; ``obsoleted``: the changesets they
+   made obsolete here; ``topics``: the topics of the new changesets).  Nothing is written yet, so a ``pretxnclose`` hook
    (validator ``001-userhooks``) that refuses the push leaves nothing behind.
 2. Finalizer ``txn-hosting`` (sorted after ``000-cl-*`` and the revlog
    finalizers, before ``txnclose-hook``): one short ``BEGIN IMMEDIATE``
@@ -43,7 +45,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mercurial import error
+from mercurial import error, obsolete
 
 from . import faults, pushdb
 
@@ -124,6 +126,24 @@ def _describe(e: Exception) -> str:
     return text[:200]
 
 
+def describe_markers(unfi, markers) -> tuple[list[list], list[str]]:
+    """``(markers, obsoleted)`` of a push's new obsolescence markers.
+
+    ``markers``: ``[predecessor, [successors]]`` per marker, in hex, sorted (no
+    successor: a prune).  ``obsoleted``: the predecessors in this repository
+    that are obsolete now (hg hides them); markers may also name changesets the
+    server never had.
+    """
+    described = sorted([prec.hex(), [s.hex() for s in succs]] for prec, succs, *_ in markers)
+    obsolete_revs = obsolete.getrevs(unfi, b"obsolete")
+    index = unfi.changelog.index
+    obsoleted = sorted({
+        prec for prec, _ in described
+        if (rev := index.get_rev(bytes.fromhex(prec))) is not None and rev in obsolete_revs
+    })
+    return described, obsoleted
+
+
 def collect(repo, tr, conn: pushdb.Connection, repository_id: int, user: str, txnid: str) -> PendingPush:
     """What this transaction adds: changesets, bookmark moves, phase moves, markers."""
     unfi = repo.unfiltered()
@@ -143,7 +163,14 @@ def collect(repo, tr, conn: pushdb.Connection, repository_id: int, user: str, tx
         phases.extend([cl.node(rev).hex(), old, new] for rev in revs if rev < origlen)
     if phases:
         details["phases"] = phases
+    topics: set = set()
+    if unfi.ui.config(b"extensions", b"topic") is not None:  # only there do topics mean anything
+        topics = {cl.changelogrevision(rev).extra.get(b"topic") for rev in range(origlen, len(cl))}
+        topics -= {None, b""}
+    if topics:
+        details["topics"] = sorted(t.decode("utf-8", "replace") for t in topics)
     markers = tr.changes.get(b"obsmarkers") or ()
     if markers:
         details["obsmarkers"] = len(markers)
+        details["markers"], details["obsoleted"] = describe_markers(unfi, markers)
     return PendingPush(conn, repository_id, user, txnid, nodes, bookmarks, details)

@@ -211,22 +211,65 @@ def _check_free(owner: Owner, name: str, site: Site, ignore: Repository | None =
     return path
 
 
-def _write_repo_hgrc(path: Path) -> None:
-    (path / ".hg" / "hgrc").write_text(REPO_HGRC)
+#: Appended to the ``.hg/hgrc`` of a repository that exchanges drafts: after the
+#: ``%include`` of the site hgrc, so that the repository's choice wins.
+EVOLVE_HGRC = """
+# Managed by hg-hosting: drafts, topics and obsolescence markers (hg-evolve).
+[extensions]
+evolve =
+topic =
+"""
+
+#: Appended after :data:`EVOLVE_HGRC` in a non-publishing repository.
+NON_PUBLISHING_HGRC = """
+# Managed by hg-hosting: a non-publishing repository (hg-hosting repo set OWNER/NAME publishing=true).
+[phases]
+publish = False
+"""
+
+
+def repo_hgrc(publishing: bool, evolve: bool) -> str:
+    """The ``.hg/hgrc`` of a repository: the site hgrc, then what the repository chose.
+
+    Evolve and topic are enabled per repository, not site-wide: a publishing
+    repository holds only public changesets, which no marker can hide, and its
+    pushes do not pay for loading the extensions (~55 ms a process).  A
+    repository that was non-publishing once keeps them (``evolve``): its
+    markers and drafts stay readable.
+    """
+    text = REPO_HGRC
+    if evolve or not publishing:
+        text += EVOLVE_HGRC
+    if not publishing:
+        text += NON_PUBLISHING_HGRC
+    return text
+
+
+def _write_repo_hgrc(path: Path, publishing: bool = True) -> None:
+    """Write the repository's ``.hg/hgrc`` atomically (a reader never sees half of it)."""
+    hgdir = path / ".hg"
+    evolve = (hgdir / "store" / "obsstore").exists()
+    tmp = hgdir / f"hgrc.{secrets.token_hex(4)}.tmp"
+    tmp.write_text(repo_hgrc(publishing, evolve))
+    os.replace(tmp, hgdir / "hgrc")
 
 
 # -- repositories -----------------------------------------------------------
 
 
-def create_repo(site: Site, full_name: str, private: bool = False, description: str = "") -> Repository:
-    """Create ``OWNER/NAME``: an empty Mercurial repository and its row."""
+def create_repo(site: Site, full_name: str, private: bool = False, description: str = "",
+                publishing: bool = True) -> Repository:
+    """Create ``OWNER/NAME``: an empty Mercurial repository and its row.
+
+    ``publishing=False``: drafts stay drafts (evolve and topic enabled, see :func:`repo_hgrc`).
+    """
     owner_name, name = names.split_repo_name(full_name)
     owner = get_owner(owner_name)
     _check_description(description)
     _check_free(owner, name, site)
     with _staging(site, name) as stage:
         hg.repository(_hg_ui(site), os.fsencode(stage), create=True)
-        _write_repo_hgrc(stage)
+        _write_repo_hgrc(stage, publishing)
 
         new_uuid = uuid.uuid4().hex
 
@@ -234,7 +277,7 @@ def create_repo(site: Site, full_name: str, private: bool = False, description: 
             _check_free(owner, name, site)
             return Repository.create(
                 owner=owner, name=name, name_key=names.key(name),
-                private=private, description=description, uuid=new_uuid,
+                private=private, description=description, uuid=new_uuid, publishing=publishing,
             )
 
         return _move_in_transaction(site, new_uuid, stage, site.repo_path(owner.name, name), insert,
@@ -300,7 +343,7 @@ def fork_repo(
     with _staging(site, name) as stage:
         hg.clone(_hg_ui(site), {}, os.fsencode(repo_dir(site, src_repo)), os.fsencode(stage),
                  pull=False, update=False)
-        _write_repo_hgrc(stage)
+        _write_repo_hgrc(stage, bool(src_repo.publishing))
         copy = hg.repository(_hg_ui(site), os.fsencode(stage)).unfiltered()
         nodes = [copy.changelog.node(rev).hex() for rev in copy]
         bookmarks = {name.decode("utf-8", "replace"): node.hex() for name, node in copy._bookmarks.items()}
@@ -313,6 +356,7 @@ def fork_repo(
             fork = Repository.create(
                 owner=dst_owner, name=name, name_key=names.key(name),
                 private=private, description=src_repo.description, uuid=new_uuid,
+                publishing=src_repo.publishing,
             )
             if nodes or bookmarks:
                 pushdb.insert_push(pushdb.models_connection(), fork.id, forker.name, "fork", "{}",
@@ -330,8 +374,15 @@ def _check_description(description: str) -> None:
         raise UserError("the description is too long or contains NUL characters")
 
 
-def set_repo_settings(full_name: str, private: bool | None = None, description: str | None = None) -> Repository:
-    """Change visibility and description (the daemon's settings page)."""
+def set_repo_settings(full_name: str, private: bool | None = None, description: str | None = None,
+                      publishing: bool | None = None, site: Site | None = None) -> Repository:
+    """Change visibility, description and publishing (the settings page, ``repo set``).
+
+    Changing ``publishing`` rewrites the repository's ``.hg/hgrc`` (``site``
+    is needed then) inside the database transaction: if the file cannot be
+    written, the row is not changed.  The bumped ``settings_epoch`` makes the
+    daemon drop its cached hgweb, which read the old configuration.
+    """
     with write_transaction():
         repo = get_repo(full_name)
         if private is not None:
@@ -339,6 +390,14 @@ def set_repo_settings(full_name: str, private: bool | None = None, description: 
         if description is not None:
             _check_description(description)
             repo.description = description
+        if publishing is not None and publishing != repo.publishing:
+            if site is None:
+                raise UserError("changing publishing needs the site")
+            repo.publishing = publishing
+            path = repo_dir(site, repo)
+            if not (path / ".hg").is_dir():
+                raise UserError(f"{path} is missing (see 'hg-hosting check')")
+            _write_repo_hgrc(path, publishing)
         repo.settings_epoch += 1
         repo.save()
         return repo

@@ -801,7 +801,8 @@ def test_empty_listings_print_the_header_and_json_is_unchanged(site):
     site.cli("token", "create", "alice", "--label", "ci")
     assert site.cli_json("user", "list") == [{"name": "alice", "email": "", "admin": False}]
     assert site.cli_json("team", "list") == [{"name": "devs", "members": []}]
-    assert set(site.cli_json("repo", "list")[0]) == {"name", "owner", "private", "description", "created"}
+    assert set(site.cli_json("repo", "list")[0]) == {"name", "owner", "private", "publishing", "description",
+                                                     "created"}
     assert set(site.cli_json("token", "list", "alice")[0]) == {"label", "created", "last_used"}
 
 

@@ -18,7 +18,7 @@ import pytest
 from hgext_hosting import policy
 from hgext_hosting.policy import LEVELS, RepoFacts, Subject
 
-RANK = {"read": 1, "write": 2, "admin": 3}
+RANK = {"read": 1, "write": 2, "publish": 3, "admin": 4}
 
 
 def user(name: str, admin: bool = False, teams: tuple[str, ...] = ()) -> Subject:
@@ -80,6 +80,9 @@ LEVEL_TABLE = [
     pytest.param(user("bob"), repo(private=True, users={"bob": "read"}), "read", id="user-grant-read"),
     pytest.param(user("bob"), repo(private=True, users={"bob": "write"}), "write", id="user-grant-write"),
     pytest.param(user("bob"), repo(private=True, users={"bob": "admin"}), "admin", id="user-grant-admin"),
+    pytest.param(user("bob"), repo(private=True, users={"bob": "publish"}), "publish", id="user-grant-publish"),
+    pytest.param(user("bob", teams=("devs",)), repo("devs", team_owned=True, teams={"devs": "publish"}),
+                 "publish", id="owning-team-publish-grant-publish"),
     pytest.param(user("Bob"), repo(private=True, users={"bob": "write"}), "write",
                  id="user-grant-any-case"),
     pytest.param(user("bob"), repo(private=True, users={"carol": "admin"}), None,
