@@ -162,7 +162,7 @@ class HostingApp:
             except Malformed as e:
                 raise HTTPError(400, str(e)) from None
             if isinstance(result, Refusal):
-                raise HTTPError(result.status, result.reason)
+                raise HTTPError(result.status, result.reason, self.auth.refusal_headers(result))
             req.user = result
             return
         cookie = req.cookie(SESSION_COOKIE)

@@ -280,6 +280,15 @@ class Authenticator:
         self._lock = threading.Lock()
         self.throttle = throttle or Throttle(secret)
 
+    @property
+    def retry_after(self) -> int:
+        """Seconds a throttled client is told to wait (``Retry-After``): the counting window."""
+        return self.throttle.limits.window
+
+    def refusal_headers(self, refusal: Refusal) -> list[tuple[str, str]]:
+        """The headers a refusal carries: ``Retry-After`` when it is the throttle's 429."""
+        return [("Retry-After", str(self.retry_after))] if refusal.status == 429 else []
+
     @classmethod
     def for_site(cls, site) -> Authenticator:
         """An Authenticator with the site's secret, throttle limits and trusted proxies."""

@@ -425,12 +425,13 @@ class Pages:
                     _cookie(LOGIN_CSRF_COOKIE, "", secure=self._secure(req), max_age=0),
                 ])
             status, error = result.status, result.reason
+            extra = self.auth.refusal_headers(result)
         else:
-            status, error = 200, None
+            status, error, extra = 200, None, []
         token = secrets.token_urlsafe(24)
         return self.render(req, start_response, "login.html", status=status, error=error, next=target,
                            login_csrf=token, title="Log in",
-                           headers=[_cookie(LOGIN_CSRF_COOKIE, token, secure=self._secure(req))])
+                           headers=[_cookie(LOGIN_CSRF_COOKIE, token, secure=self._secure(req)), *extra])
 
     def logout(self, req: Request, start_response):
         if req.session is not None:

@@ -250,6 +250,8 @@ def test_wrong_tokens_throttled_and_table_bounded(auth):
     answers = [status(daemon, CAPS, basic(f"spray{i}", f"hgh_guess{i}"), source="127.0.0.3")
                for i in range(300)]
     assert Counter(answers) == {401: 100, 429: 200}, Counter(answers)
+    code, headers, _ = request(daemon, "GET", CAPS, basic("spray0", "hgh_guess0"), source="127.0.0.3")
+    assert (code, header(headers, "Retry-After")) == (429, "300"), (code, headers)
     rows = db_query(site, "SELECT COUNT(*) FROM login_throttle")[0][0]
     assert rows < 400, rows
     assert status(daemon, CAPS, basic("alice", auth.token), source="127.0.0.3") == 200
@@ -308,7 +310,8 @@ def test_basic_and_login_form_share_one_count(auth):
     source = "127.0.0.7"
     assert [status(daemon, CAPS, basic("frank", f"w{i}"), source=source) for i in range(5)] == [401] * 5
     assert [form_login(daemon, "frank", f"v{i}", source=source)[0] for i in range(5)] == [401] * 5
-    assert form_login(daemon, "frank", PASSWORDS["frank"], source=source)[0] == 429
+    code, headers, _ = form_login(daemon, "frank", PASSWORDS["frank"], source=source)
+    assert (code, header(headers, "Retry-After")) == (429, "300")
     assert status(daemon, CAPS, basic("frank", PASSWORDS["frank"]), source=source) == 429
 
 
