@@ -81,28 +81,6 @@ def wire_command_writes(req: Request) -> bool:
 
 #: :func:`pushdb.find_repository`'s query, shaped to do the same work whether or not the
 #: repository exists: always one row (NULLs when missing), the push table probed either way.
-_FIND_EVENLY = (
-    "SELECT r.id, o.name, o.name_key, o.kind, r.name, r.private, r.description, r.settings_epoch,"
-    " EXISTS (SELECT 1 FROM push p WHERE p.repository_id = COALESCE(r.id, 0) AND p.state = 'pending')"
-    " FROM (SELECT 1) AS one LEFT JOIN owner o ON o.name_key = ?"
-    " LEFT JOIN repository r ON r.owner_id = o.id AND r.name_key = ?"
-)
-
-
-def find_repository_evenly(conn, owner: str, name: str) -> pushdb.RepoRow:
-    """The repository ``owner/name``; when missing, a private one with id 0 (never a row's).
-
-    Unlike :func:`pushdb.find_repository`, the same query, the same rows and the
-    same Python work for a missing repository as for a private one, so that
-    the time of a refusal does not tell them apart (``bench/private_vs_missing.py``).
-    """
-    rid, oname, okey, kind, rname, private, description, epoch, pending = conn.query(
-        _FIND_EVENLY, (names.key(owner), names.key(name)))[0]
-    return pushdb.RepoRow(rid or 0, oname or "", okey or "", kind == "team", rname or "",
-                          True if rid is None else bool(private), description or "", epoch or 0,
-                          bool(pending))
-
-
 def with_safe_headers(start_response):
     """``start_response`` for hgweb: its headers pass through :func:`daemon.web.hgweb_headers`."""
     def start(status, headers, exc_info=None):
@@ -215,7 +193,7 @@ class HostingApp:
         except names.InvalidName:
             raise self.hidden(req) from None
         conn = pushdb.models_connection()
-        row = find_repository_evenly(conn, owner, name)
+        row = pushdb.find_repository_evenly(conn, owner, name)
         # A missing repository takes the same steps as a private one (grants, the
         # requester, the level): by time as by answer, it could be either.
         facts = pushdb.load_repo_facts(conn, row)

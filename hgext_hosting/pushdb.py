@@ -242,13 +242,18 @@ class RepoRow:
                    bool(repo.publishing))
 
 
+#: The columns of a :class:`RepoRow`, in its order; ``{rid}`` names the repository id.
+_REPO_COLUMNS = (
+    "SELECT r.id, o.name, o.name_key, o.kind, r.name, r.private, r.description, r.settings_epoch,"
+    " EXISTS (SELECT 1 FROM push p WHERE p.repository_id = {rid} AND p.state = 'pending'),"
+    " r.publishing"
+)
+
+
 def find_repository(conn: Connection, owner: str, name: str) -> RepoRow | None:
     """The repository ``owner/name`` (any case), or None."""
     rows = conn.query(
-        "SELECT r.id, o.name, o.name_key, o.kind, r.name, r.private, r.description, r.settings_epoch,"
-        " EXISTS (SELECT 1 FROM push p WHERE p.repository_id = r.id AND p.state = 'pending'),"
-        " r.publishing"
-        " FROM repository r JOIN owner o ON o.id = r.owner_id"
+        _REPO_COLUMNS.format(rid="r.id") + " FROM repository r JOIN owner o ON o.id = r.owner_id"
         " WHERE o.name_key = ? AND r.name_key = ?",
         (names.key(owner), names.key(name)),
     )
@@ -257,6 +262,22 @@ def find_repository(conn: Connection, owner: str, name: str) -> RepoRow | None:
     rid, oname, okey, kind, rname, private, description, epoch, pending, publishing = rows[0]
     return RepoRow(rid, oname, okey, kind == "team", rname, bool(private), description, epoch,
                    bool(pending), bool(publishing))
+
+
+def find_repository_evenly(conn: Connection, owner: str, name: str) -> RepoRow:
+    """The repository ``owner/name``; when missing, a private one with id 0 (never a row's).
+
+    Unlike :func:`find_repository`, the same query, the same rows and the same
+    Python work for a missing repository as for a private one, so that the time
+    of the daemon's refusal does not tell them apart (``bench/private_vs_missing.py``).
+    """
+    rid, oname, okey, kind, rname, private, description, epoch, pending, publishing = conn.query(
+        _REPO_COLUMNS.format(rid="COALESCE(r.id, 0)") + " FROM (SELECT 1) AS one"
+        " LEFT JOIN owner o ON o.name_key = ? LEFT JOIN repository r ON r.owner_id = o.id AND r.name_key = ?",
+        (names.key(owner), names.key(name)))[0]
+    return RepoRow(rid or 0, oname or "", okey or "", kind == "team", rname or "",
+                   True if rid is None else bool(private), description or "", epoch or 0,
+                   bool(pending), True if publishing is None else bool(publishing))
 
 
 def load_subject(conn: Connection, user_name: str | None) -> Subject | None:
