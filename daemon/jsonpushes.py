@@ -27,7 +27,8 @@ Evolution, as Mozilla: changesets of a push that are obsolete now (hidden)
 are listed as ``"obsoletechangesets"`` and left out of ``"changesets"`` (a
 push with only hidden ones stays, ``"changesets": []``); with ``full`` a
 changeset with predecessors in the obsstore has ``"precursors": [nodes]``.
-The repository is opened only for ``full`` or a non-publishing repository.
+The repository is opened only for ``full`` or where its obsstore exists
+(non-publishing now or once).
 Errors are JSON too, ``{"error": MESSAGE}`` with the status, since clients
 call ``.json()`` before looking at the status.
 
@@ -43,6 +44,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import peewee as pw
 from mercurial import error as hgerror
@@ -51,7 +53,7 @@ from mercurial.node import hex as hexnode
 from mercurial.utils import dateutil
 
 from hgext_hosting import pushlog
-from hgext_hosting.models import Push, PushChangeset, Repository
+from hgext_hosting.models import Push, PushChangeset
 
 from .web import MAX_PAGE, HTTPError, Request, respond, respond_json
 
@@ -162,18 +164,27 @@ def range_filter(req: Request, repository_id: int, revisions: Revisions) -> tupl
 
 
 def serve(req: Request, start_response, repository_id: int, open_repo: Callable[[], object],
-          rest: list[str]) -> Iterable[bytes]:
-    """Answer ``json-pushes[/PAGE]``; errors as ``{"error": ...}`` with their status."""
+          rest: list[str], obsstore: Path | None = None) -> Iterable[bytes]:
+    """Answer ``json-pushes[/PAGE]``; errors as ``{"error": ...}`` with their status.
+
+    ``obsstore``: the repository's ``.hg/store/obsstore``; where it exists,
+    changesets may be obsolete and hidden (see :func:`query`).
+    """
     try:
-        return respond_json(start_response, query(req, repository_id, Revisions(open_repo), rest))
+        return respond_json(start_response, query(req, repository_id, Revisions(open_repo), rest, obsstore))
     except HTTPError as e:
         body = json.dumps({"error": e.reason}) + "\n"  # one line, as the other errors
         return respond(start_response, e.status, body, "application/json",
                        headers=[("Access-Control-Allow-Origin", "*")])
 
 
-def query(req: Request, repository_id: int, revisions: Revisions, rest: list[str] = ()) -> dict:
-    """The JSON document for a request (``rest``: the path after ``json-pushes``)."""
+def query(req: Request, repository_id: int, revisions: Revisions, rest: list[str] = (),
+          obsstore: Path | None = None) -> dict:
+    """The JSON document for a request (``rest``: the path after ``json-pushes``).
+
+    Without an ``obsstore`` file no changeset is hidden and, unless ``full``
+    asks for details, the repository is not opened.
+    """
     version = req.arg("version", "1")
     if version not in ("1", "2"):
         raise HTTPError(400, "version parameter must be 1 or 2")
@@ -193,8 +204,9 @@ def query(req: Request, repository_id: int, revisions: Revisions, rest: list[str
     views = sorted(pushlog.views(list(rows)), key=lambda v: v.push_id)
     full = "full" in req.query
     tipsonly = req.arg("tipsonly") == "1"
-    # Opening the repository costs: only for details or where changesets may be hidden.
-    opens = bool(views) and (full or not _publishing(repository_id))
+    # Opening the repository costs: only for details or where changesets may be hidden,
+    # i.e. the repository has obsolescence markers (non-publishing now or once).
+    opens = bool(views) and (full or (obsstore is not None and obsstore.exists()))
     unfi = revisions.repo.unfiltered() if opens else None
     hidden = _hidden(unfi) if unfi is not None else None
     pushes = {}
@@ -217,12 +229,6 @@ def query(req: Request, repository_id: int, revisions: Revisions, rest: list[str
     if version == "1":
         return pushes
     return {"lastpushid": pushlog.last_push_id(repository_id), "pushes": pushes}
-
-
-def _publishing(repository_id: int) -> bool:
-    """Whether the repository publishes (its changesets cannot become obsolete and hidden)."""
-    row = Repository.select(Repository.publishing).where(Repository.id == repository_id).first()
-    return row is None or bool(row.publishing)
 
 
 def _hidden(unfi) -> Callable[[str], bool]:

@@ -443,7 +443,7 @@ EVOLVE = ("--config", "extensions.evolve=", "--config", "extensions.topic=")
 
 
 def test_obsolete_changesets_amend_and_prune(tmp_path):
-    """As Mozilla's pushlog: changesets obsolete now (hidden) move from ``changesets`` to ``obsoletechangesets`` (a push left with none still listed, ``changesets: []``); ``full`` adds ``precursors`` to a changeset with predecessors; a marker-only push stays out; a publishing repository is unchanged."""
+    """As Mozilla's pushlog: changesets obsolete now (hidden) move from ``changesets`` to ``obsoletechangesets`` (a push left with none still listed, ``changesets: []``); ``full`` adds ``precursors`` to a changeset with predecessors; a marker-only push stays out; a repository made publishing later still hides them; a publishing repository is unchanged."""
     site = site_handle(tmp_path)
     site.cli("init")
     site.add_user("alice")
@@ -489,6 +489,10 @@ def test_obsolete_changesets_amend_and_prune(tmp_path):
         (changeset,) = full["2"]["changesets"]
         assert changeset["node"] == new and changeset["precursors"] == [old]
         assert changeset["desc"] == "first" and "obsoletechangesets" not in full["2"]
+
+        # Made publishing later, it keeps its markers and hidden changesets (and evolve).
+        site.cli("repo", "set", "alice/evo", "publishing=true")
+        assert get("alice/evo") == v1
 
         published = get("alice/pub", "?full=1")
         assert list(published) == ["1"] and "obsoletechangesets" not in published["1"]
