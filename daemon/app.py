@@ -214,7 +214,8 @@ class HostingApp:
         if req.arg("cmd") is None and (not rest or rest[0] in self.pages.repo_pages):
             page = rest[0] if rest else "overview"
             if page == "json-pushes":
-                return jsonpushes.serve(req, start_response, row.id, lambda: self._open(row), rest[1:])
+                return jsonpushes.serve(req, start_response, row.id, lambda: self._open(row), rest[1:],
+                                        self.repo_path(row) / ".hg" / "store" / "obsstore")
             model = Repository.select(Repository, Owner).join(Owner).where(Repository.id == row.id).get()
             return self.pages.repo_pages[page](req, start_response, model, facts, level)
         if wire_command_writes(req) and level not in ("write", "publish", "admin"):

@@ -23,6 +23,12 @@ bookmark moves are added as ``"bookmarks"`` (an extension; Mozilla's tools
 ignore unknown keys).  Pushes without changesets (bookmark-only) are left out
 as Mozilla never records them: its clients read ``changesets[-1]``; they stay
 in our pages, CLI and API, and ``lastpushid`` is still the highest push id.
+Evolution, as Mozilla: changesets of a push that are obsolete now (hidden)
+are listed as ``"obsoletechangesets"`` and left out of ``"changesets"`` (a
+push with only hidden ones stays, ``"changesets": []``); with ``full`` a
+changeset with predecessors in the obsstore has ``"precursors": [nodes]``.
+The repository is opened only for ``full`` or where its obsstore exists
+(non-publishing now or once).
 Errors are JSON too, ``{"error": MESSAGE}`` with the status, since clients
 call ``.json()`` before looking at the status.
 
@@ -38,9 +44,11 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import peewee as pw
 from mercurial import error as hgerror
+from mercurial import obsolete, repoview
 from mercurial.node import hex as hexnode
 from mercurial.utils import dateutil
 
@@ -156,18 +164,27 @@ def range_filter(req: Request, repository_id: int, revisions: Revisions) -> tupl
 
 
 def serve(req: Request, start_response, repository_id: int, open_repo: Callable[[], object],
-          rest: list[str]) -> Iterable[bytes]:
-    """Answer ``json-pushes[/PAGE]``; errors as ``{"error": ...}`` with their status."""
+          rest: list[str], obsstore: Path | None = None) -> Iterable[bytes]:
+    """Answer ``json-pushes[/PAGE]``; errors as ``{"error": ...}`` with their status.
+
+    ``obsstore``: the repository's ``.hg/store/obsstore``; where it exists,
+    changesets may be obsolete and hidden (see :func:`query`).
+    """
     try:
-        return respond_json(start_response, query(req, repository_id, Revisions(open_repo), rest))
+        return respond_json(start_response, query(req, repository_id, Revisions(open_repo), rest, obsstore))
     except HTTPError as e:
         body = json.dumps({"error": e.reason}) + "\n"  # one line, as the other errors
         return respond(start_response, e.status, body, "application/json",
                        headers=[("Access-Control-Allow-Origin", "*")])
 
 
-def query(req: Request, repository_id: int, revisions: Revisions, rest: list[str] = ()) -> dict:
-    """The JSON document for a request (``rest``: the path after ``json-pushes``)."""
+def query(req: Request, repository_id: int, revisions: Revisions, rest: list[str] = (),
+          obsstore: Path | None = None) -> dict:
+    """The JSON document for a request (``rest``: the path after ``json-pushes``).
+
+    Without an ``obsstore`` file no changeset is hidden and, unless ``full``
+    asks for details, the repository is not opened.
+    """
     version = req.arg("version", "1")
     if version not in ("1", "2"):
         raise HTTPError(400, "version parameter must be 1 or 2")
@@ -187,15 +204,25 @@ def query(req: Request, repository_id: int, revisions: Revisions, rest: list[str
     views = sorted(pushlog.views(list(rows)), key=lambda v: v.push_id)
     full = "full" in req.query
     tipsonly = req.arg("tipsonly") == "1"
-    unfi = revisions.repo.unfiltered() if full and views else None
+    # Opening the repository costs: only for details or where changesets may be hidden,
+    # i.e. the repository has obsolescence markers (non-publishing now or once).
+    opens = bool(views) and (full or (obsstore is not None and obsstore.exists()))
+    unfi = revisions.repo.unfiltered() if opens else None
+    hidden = _hidden(unfi) if unfi is not None else None
     pushes = {}
     for view in views:
-        nodes = view.changesets[-1:] if tipsonly else view.changesets
+        visible, obsolete = view.changesets, []
+        if hidden is not None:
+            visible = [n for n in view.changesets if not hidden(n)]
+            obsolete = [n for n in view.changesets if hidden(n)]
+        nodes = visible[-1:] if tipsonly else visible
         entry = {
             "changesets": [_full(unfi, n) for n in nodes] if full else nodes,
             "date": unix(view.date),
             "user": view.user,
         }
+        if obsolete:
+            entry["obsoletechangesets"] = obsolete
         if view.bookmarks:
             entry["bookmarks"] = {name: new for name, _old, new in view.bookmarks}
         pushes[str(view.push_id)] = entry
@@ -204,13 +231,30 @@ def query(req: Request, repository_id: int, revisions: Revisions, rest: list[str
     return {"lastpushid": pushlog.last_push_id(repository_id), "pushes": pushes}
 
 
+def _hidden(unfi) -> Callable[[str], bool]:
+    """Whether a hex node is hidden now (obsolete, as hg hides it), per node.
+
+    The set of hidden revisions is hg's own (``repoview``, cached with the
+    repository); its cost follows the obsolescence markers, not the push log.
+    A node no longer in the repository (stripped) is not hidden.
+    """
+    hidden_revs = repoview.filterrevs(unfi, b"visible")
+    get_rev = unfi.changelog.index.get_rev
+
+    def hidden(node: str) -> bool:
+        rev = get_rev(bytes.fromhex(node))
+        return rev is not None and rev in hidden_revs
+
+    return hidden
+
+
 def _full(unfi, node: str) -> dict:
     try:
         ctx = unfi[bytes.fromhex(node)]
     except (hgerror.RepoLookupError, hgerror.LookupError, ValueError):
         return {"node": node}
     text = lambda b: b.decode("utf-8", "replace")  # noqa: E731
-    return {
+    entry = {
         "node": node,
         "author": text(ctx.user()),
         "desc": text(ctx.description()),
@@ -219,3 +263,10 @@ def _full(unfi, node: str) -> dict:
         "tags": [text(t) for t in ctx.tags()],
         "files": [text(f) for f in ctx.files()],
     }
+    # As Mozilla: the predecessors the obsstore names for it (markers whose successor it is).
+    if not obsolete.isenabled(unfi, obsolete.createmarkersopt):
+        return entry
+    precursors = [text(hexnode(m[0])) for m in unfi.obsstore.predecessors.get(ctx.node(), ())]
+    if precursors:
+        entry["precursors"] = sorted(set(precursors))
+    return entry

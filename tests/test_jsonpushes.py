@@ -435,3 +435,70 @@ def test_push_log_pages_are_windows_of_ids(tmp_path):
     finally:
         daemon.stop()
     assert "Traceback" not in daemon.log()
+
+
+# -- evolution: obsolete changesets ----------------------------------------------------
+
+EVOLVE = ("--config", "extensions.evolve=", "--config", "extensions.topic=")
+
+
+def test_obsolete_changesets_amend_and_prune(tmp_path):
+    """As Mozilla's pushlog: changesets obsolete now (hidden) move from ``changesets`` to ``obsoletechangesets`` (a push left with none still listed, ``changesets: []``); ``full`` adds ``precursors`` to a changeset with predecessors; a marker-only push stays out; a repository made publishing later still hides them; a publishing repository is unchanged."""
+    site = site_handle(tmp_path)
+    site.cli("init")
+    site.add_user("alice")
+    cli_all(site, ["repo", "create", "alice/evo", "--non-publishing"], ["repo", "create", "alice/pub"])
+    evo, pub = str(site.repo_path("alice/evo")), str(site.repo_path("alice/pub"))
+    hg = lambda *a, **k: site.hg(*EVOLVE, *a, **k)  # noqa: E731
+    wc = tmp_path / "wc"
+    hg("init", str(wc))
+    root = commit(hg, wc, "root.txt", "0\n", "root")
+    old = commit(hg, wc, "c1.txt", "1\n", "first")
+    hg("push", "-q", evo, cwd=wc, user="alice")  # push 1: root, old
+    (wc / "c1.txt").write_text("1 amended\n")
+    hg("amend", "-q", "-d", "2020-01-01 00:00:00 +0000", cwd=wc)
+    new = hg("log", "-r", ".", "-T", "{node}", cwd=wc).stdout
+    hg("push", "-q", evo, cwd=wc, user="alice")  # push 2: new, and the marker old -> new
+    pruned = commit(hg, wc, "c2.txt", "2\n", "second")
+    hg("push", "-q", evo, cwd=wc, user="alice")  # push 3
+    hg("prune", "-q", "-r", pruned, cwd=wc)
+    hg("push", "-q", evo, cwd=wc, user="alice", check=False)  # push 4: the prune marker only
+    # The publishing one, by a client without evolve (a local push would load it on both ends).
+    site.hg("push", "-q", "-r", new, pub, cwd=wc, user="alice")
+    daemon = Daemon(site)
+    try:
+        def get(full: str, query: str = "") -> dict:
+            code, _, body = fetch(f"{daemon.url}/{full}/json-pushes{query}")
+            assert code == 200, body
+            return json.loads(body)
+
+        v1 = get("alice/evo")
+        assert v1 == {
+            "1": {"changesets": [root], "obsoletechangesets": [old], "date": v1["1"]["date"], "user": "alice"},
+            "2": {"changesets": [new], "date": v1["2"]["date"], "user": "alice"},
+            "3": {"changesets": [], "obsoletechangesets": [pruned], "date": v1["3"]["date"], "user": "alice"},
+        }
+        v2 = get("alice/evo", "?version=2")
+        assert v2["lastpushid"] == 4 and v2["pushes"] == v1
+        assert get("alice/evo", "?startID=0&endID=1&tipsonly=1") == {"1": v1["1"]}  # root is the tip shown
+
+        full = get("alice/evo", "?full=1&version=2")["pushes"]
+        assert [c["node"] for c in full["1"]["changesets"]] == [root] and full["1"]["obsoletechangesets"] == [old]
+        assert "precursors" not in full["1"]["changesets"][0]
+        assert full["3"]["changesets"] == [] and full["3"]["obsoletechangesets"] == [pruned]
+        (changeset,) = full["2"]["changesets"]
+        assert changeset["node"] == new and changeset["precursors"] == [old]
+        assert changeset["desc"] == "first" and "obsoletechangesets" not in full["2"]
+
+        # Made publishing later, it keeps its markers and hidden changesets (and evolve).
+        site.cli("repo", "set", "alice/evo", "publishing=true")
+        assert get("alice/evo") == v1
+
+        published = get("alice/pub", "?full=1")
+        assert list(published) == ["1"] and "obsoletechangesets" not in published["1"]
+        assert [c["node"] for c in published["1"]["changesets"]] == [root, new]
+        assert all("precursors" not in c for c in published["1"]["changesets"])
+        assert get("alice/pub")["1"]["changesets"] == [root, new]
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log(), daemon.log()[-3000:]
