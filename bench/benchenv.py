@@ -9,7 +9,10 @@ so that the measured commands are the same on every machine.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -26,3 +29,20 @@ def isolated_env(work: Path) -> dict[str, str]:
                HGUSER="bench <bench@example.org>", LC_ALL="C.UTF-8",
                PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     return env
+
+
+def start_daemon(site: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
+    """``hg-hosting serve`` on an ephemeral loopback port, logging to ``log``: (process, port)."""
+    out = open(log, "w")  # noqa: SIM115 - the daemon's log, open for its lifetime
+    proc = subprocess.Popen([str(BIN / "hg-hosting"), "--site", str(site), "serve", "--http", "127.0.0.1:0"],
+                            env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        match = re.search(r"serving HTTP on http://[\d.]+:(\d+)/", log.read_text())
+        if match:
+            return proc, int(match.group(1))
+        if proc.poll() is not None:
+            raise SystemExit(f"the daemon exited: {log.read_text()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("the daemon did not start")

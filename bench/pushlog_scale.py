@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import http.client
-import re
 import shutil
 import sqlite3
 import statistics
@@ -39,26 +38,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchenv import BIN, isolated_env  # noqa: E402
+from benchenv import BIN, isolated_env, start_daemon  # noqa: E402
 
 HG, HG_HOSTING = str(BIN / "hg"), str(BIN / "hg-hosting")
 START = datetime.datetime(2020, 1, 1)
-
-
-def start_daemon(site: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen, int]:
-    out = open(log, "w")  # noqa: SIM115 - the daemon's log, open for its lifetime
-    proc = subprocess.Popen([HG_HOSTING, "--site", str(site), "serve", "--http", "127.0.0.1:0"],
-                            env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        match = re.search(r"serving HTTP on http://[\d.]+:(\d+)/", log.read_text())
-        if match:
-            return proc, int(match.group(1))
-        if proc.poll() is not None:
-            raise SystemExit(f"the daemon exited: {log.read_text()}")
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("the daemon did not start")
 
 
 def fill(db_path: Path, repository_id: int, count: int) -> None:
