@@ -137,6 +137,21 @@ class StopSignals:
         exit_now(1 if cut else 0)
 
 
+class Abandonable:
+    """For a service that owns a listening port (``listening``) and a thread pool (``pool``)."""
+
+    listening = None
+    pool = None
+
+    def abandon(self) -> None:
+        """Undo a start that failed half-way: close the socket, stop the threads."""
+        if self.listening is not None:
+            self.listening.stopListening()
+            self.listening = None
+        if self.pool.started:
+            self.pool.stop()
+
+
 def url_of(scheme: str, host: str, port: int) -> str:
     """``http://127.0.0.1:8000/``; IPv6 hosts in brackets."""
     return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"

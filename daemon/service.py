@@ -60,7 +60,7 @@ from .app import HostingApp
 from .auth import Authenticator, Limits, trusted_networks
 from .bodylimit import BoundedRequest
 from .hgwebs import HgwebCache
-from .lifecycle import InFlight, exit_now, url_of
+from .lifecycle import Abandonable, InFlight, exit_now, url_of
 from .pages import Pages, templates_dir
 from .streaming import StreamingWSGIResource
 from .web import SECURITY_HEADERS, HTTPError, parse_path
@@ -357,7 +357,7 @@ def daemon_baseui(site):
 JOIN_GRACE = 10.0
 
 
-class HTTPService(service.Service):
+class HTTPService(Abandonable, service.Service):
     """The HTTP side of one process: thread pool, resources, listening port, drain on stop."""
 
     def __init__(self, site, host: str, port: int, *, fd: int | None = None, ssh_address: str | None = None,
@@ -415,14 +415,6 @@ class HTTPService(service.Service):
     def address(self) -> str:
         h = self.listening.getHost()
         return f"{h.host}:{h.port}"
-
-    def abandon(self) -> None:
-        """Undo a start that failed half-way: close the socket, stop the threads."""
-        if self.listening is not None:
-            self.listening.stopListening()
-            self.listening = None
-        if self.pool.started:
-            self.pool.stop()
 
     def force(self) -> int:
         """A second signal: stop waiting, cut every connection; how many requests were in flight."""

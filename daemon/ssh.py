@@ -100,7 +100,7 @@ from hgext_hosting.repositories import repo_dir
 from hgext_hosting.site import Site, write_private_file
 from hgext_hosting.sshkeys import fingerprint_of_blob
 
-from .lifecycle import url_of
+from .lifecycle import Abandonable, url_of
 
 log = Logger()
 
@@ -708,7 +708,7 @@ def _signal_name(number: int) -> bytes:
 # -- the service --------------------------------------------------------------------
 
 
-class SshService(Service):
+class SshService(Abandonable, Service):
     """The SSH server as a Twisted service: listens in ``startService``, drains in ``stopService``.
 
     After ``startService``, :attr:`port` is the bound TCP port (useful with port 0).
@@ -760,14 +760,6 @@ class SshService(Service):
         super().startService()
         log.info("serving SSH on {url} (host key {fp})", url=url_of("ssh", self.host, self.port),
                  fp=fingerprint_of_blob(self._host_key.public().blob()))
-
-    def abandon(self) -> None:
-        """Undo a start that failed half-way: close the socket, stop the threads."""
-        if self.listening is not None:
-            self.listening.stopListening()
-            self.listening = None
-        if self.pool.started:
-            self.pool.stop()
 
     def force(self) -> int:
         """A second signal: end the running sessions now; how many there were."""
