@@ -91,6 +91,7 @@ class PushContext:
     row: pushdb.RepoRow
     full_name: str
     subject: policy.Subject
+    facts: policy.RepoFacts
     _refs: dict[str, frozenset[str]] | None = None
 
     @property
@@ -165,7 +166,7 @@ def require_write(ui, repo, row: pushdb.RepoRow | None = None) -> PushContext:
     decision = policy.may(subject, "write", facts)
     if not decision:
         raise abort(decision.reason)
-    return PushContext(conn, row, facts.full_name, subject)
+    return PushContext(conn, row, facts.full_name, subject, facts)
 
 
 def _is_topic_draft(unfi, rev: int) -> bool:
@@ -187,13 +188,18 @@ def check_branches(repo, ctx: PushContext, first_rev: int, refs: dict[str, froze
     for rev in range(first_rev, len(cl)):
         if not ctx.row.publishing and _is_topic_draft(unfi, rev):
             continue
-        branch = cl.branchinfo(rev)[0].decode("utf-8", "replace")
-        allow = refs.get(branch)
-        if allow is not None and not policy.may_push_ref(ctx.subject, allow):
-            raise abort(
-                f"{ctx.subject.name} may not push to protected branch {branch!r}"
-                f" of {ctx.full_name} (changeset {short(cl.node(rev)).decode()})"
-            )
+        require_branch_allowed(ctx, cl, rev, refs, "push")
+
+
+def require_branch_allowed(ctx: PushContext, cl, rev: int, refs: dict[str, frozenset[str]], verb: str) -> None:
+    """Abort when changeset ``rev`` is on a protected branch whose allow-list lacks the pusher."""
+    branch = cl.branchinfo(rev)[0].decode("utf-8", "replace")
+    allow = refs.get(branch)
+    if allow is not None and not policy.may_push_ref(ctx.subject, allow):
+        raise abort(
+            f"{ctx.subject.name} may not {verb} to protected branch {branch!r}"
+            f" of {ctx.full_name} (changeset {short(cl.node(rev)).decode()})"
+        )
 
 
 def check_bookmarks(tr, ctx: PushContext, refs: dict[str, frozenset[str]]) -> None:
@@ -233,21 +239,14 @@ def check_publication(repo, tr, ctx: PushContext, first_rev: int, refs: dict[str
     if not revs:
         return
     cl = repo.unfiltered().changelog
-    facts = pushdb.load_repo_facts(ctx.conn, ctx.row)
-    if not policy.may(ctx.subject, "publish", facts):
+    if not policy.may(ctx.subject, "publish", ctx.facts):
         raise abort(
             f"{ctx.subject.name} may not publish changesets in {ctx.full_name}"
             f" (changeset {short(cl.node(revs[0])).decode()} would become public)",
             hint="push drafts only (hg push --draft, or use a topic), or ask for the publish level",
         )
     for rev in revs:
-        branch = cl.branchinfo(rev)[0].decode("utf-8", "replace")
-        allow = refs.get(branch)
-        if allow is not None and not policy.may_push_ref(ctx.subject, allow):
-            raise abort(
-                f"{ctx.subject.name} may not publish to protected branch {branch!r}"
-                f" of {ctx.full_name} (changeset {short(cl.node(rev)).decode()})"
-            )
+        require_branch_allowed(ctx, cl, rev, refs, "publish")
 
 
 # -- wiring ------------------------------------------------------------------------
