@@ -287,19 +287,21 @@ def push_count(world: World) -> int:
 #: The site, made through the library in one process (the CLI has its own tests).
 SETUP = """
 import sys
-from hgext_hosting import accounts, repositories
+from hgext_hosting.service import accounts, repos
+from hgext_hosting.service.actors import Actor
 from hgext_hosting.site import Site
 
 root, keys = sys.argv[1], sys.argv[2]
 site = Site(root)
 site.init()
+console = Actor.of_console()
 for user in ("alice", "bob", "carol"):
-    accounts.add_user(user, email=user + "@example.org")
-    accounts.add_ssh_key(user, open(keys + "/" + user + ".pub").read())
-accounts.add_ssh_key("alice", open(keys + "/alice2.pub").read())
-repositories.create_repo(site, "alice/demo", description="public")
-repositories.create_repo(site, "alice/secret", private=True)
-repositories.grant("alice/demo", "bob", "write")
+    accounts.add_user(console, user, email=user + "@example.org")
+    accounts.add_ssh_key(console, user, open(keys + "/" + user + ".pub").read())
+accounts.add_ssh_key(console, "alice", open(keys + "/alice2.pub").read())
+repos.create(site, console, "alice/demo", description="public")
+repos.create(site, console, "alice/secret", private=True)
+repos.grant(console, "alice/demo", "bob", "write")
 """
 
 
