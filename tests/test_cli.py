@@ -247,6 +247,36 @@ def test_init_on_an_existing_site_names_the_admins_and_the_reset_command(tmp_pat
     assert verifies(stored, "reset pw")
 
 
+def test_init_admin_makes_the_first_site_admin(tmp_path, env):
+    """``init --admin root`` on a new site creates the site admin root with a generated password
+    printed once, which is the one stored; with HG_HOSTING_ADMIN_PASSWORD it takes that one
+    and prints none."""
+    handle = SiteHandle(tmp_path / "site", env)
+    lines = handle.cli("init", "--admin", "root").stdout.splitlines()
+    assert "created site admin root" in lines
+    (shown,) = [line.removeprefix("password (shown once): ") for line in lines if line.startswith("password")]
+    assert len(shown) >= 16
+    assert [(u["name"], u["admin"]) for u in handle.cli_json("user", "list")] == [("root", True)]
+    (stored,) = query(handle, "SELECT password_hash FROM owner WHERE name = 'root'")[0]
+    assert verifies(stored, shown)
+
+    other = SiteHandle(tmp_path / "other", env)
+    out = other.cli("init", "--admin", "root", env={"HG_HOSTING_ADMIN_PASSWORD": "chosen pw"}).stdout
+    assert "created site admin root" in out and "password" not in out
+    (stored,) = query(other, "SELECT password_hash FROM owner WHERE name = 'root'")[0]
+    assert verifies(stored, "chosen pw")
+
+
+def test_init_admin_refusals(site):
+    """``init --admin`` with an invalid name, or the name of a user who is not an admin (on a
+    site with no admin), is refused with one error line and creates no user."""
+    site.add_user("alice")
+    assert refused(site, "init", "--admin", "bad name") == \
+        "error: invalid user name 'bad name': use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    assert refused(site, "init", "--admin", "ALICE") == "error: the name 'ALICE' is already taken by a user or team"
+    assert [(u["name"], u["admin"]) for u in site.cli_json("user", "list")] == [("alice", False)]
+
+
 def test_init_without_an_admin_says_how_to_make_one(site):
     """init on a site without a site admin says so and prints the command that makes one."""
     site.cli("user", "add", "alice")
@@ -657,6 +687,78 @@ def test_repo_fork_copies_changesets_and_records_one_push(site, tmp_path):
     assert pushes[0]["changesets"] == source_log
     team_fork = site.cli_json("pushlog", "devs/demo")
     assert [(p["user"], p["changesets"]) for p in team_fork] == [("bob", source_log)]
+
+
+
+def test_repo_fork_private(world):
+    """``repo fork --private`` makes a fork of the public alice/demo private; without it a fork
+    keeps its source's visibility (public stays public, the private alice/other stays private)."""
+    world.cli("repo", "fork", "alice/demo", "bob/fork-private", "--private")
+    world.cli("repo", "fork", "alice/demo", "bob/fork-public")
+    world.cli("repo", "fork", "alice/other", "bob/fork-of-private")
+    listed = {r["name"]: r["private"] for r in world.cli_json("repo", "list")}
+    assert {k: listed[k] for k in ("bob/fork-private", "bob/fork-public", "bob/fork-of-private")} == {
+        "bob/fork-private": True, "bob/fork-public": False, "bob/fork-of-private": True}
+    assert listed["alice/demo"] is False
+
+
+
+def test_check_repair_mends_and_reports(site, tmp_path):
+    """``check`` finds changesets pushed past the extension, a row without its directory and a
+    directory of no owner: exit 1, a ``problem:`` line each, nothing changed.  ``check --repair``
+    records the changesets as one push by (repair), removes the row, moves the directory to
+    lost+found/: exit 0, a ``repaired:`` line each; ``check`` is clean after."""
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/demo")
+    site.cli("repo", "create", "alice/gone")
+    wc = tmp_path / "wc"
+    first = push_new_changesets(site, "alice/demo", wc, "alice", [("a", "1\n")])
+    stray = commit(site.hg, wc, "b", "2\n")
+    site.hg("--config", "extensions.hosting=!", "push", "-q", cwd=wc)  # lands unchecked, unrecorded
+    shutil.rmtree(site.repo_path("alice/gone"))
+    site.hg("init", str(site.root / "repos" / "nobody" / "x"))
+
+    before = snapshot(site)
+    proc = site.cli("check", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"problem: alice/demo: 1 changeset(s) without a push record (first {stray[:12]})",
+        f"problem: alice/gone: in the database but no directory {site.repo_path('alice/gone')}",
+        f"problem: nobody/x: directory {site.root / 'repos' / 'nobody' / 'x'} has no row in the database",
+    ]
+    assert snapshot(site) == before
+
+    proc = site.cli("check", "--repair", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lost = sorted((site.root / "lost+found").iterdir())
+    assert [p.name[:-9] for p in lost] == ["nobody-x"] and (lost[0] / ".hg").is_dir()
+    assert proc.stdout.splitlines()[3:] == [
+        "repaired: alice/demo: recorded 1 changeset(s) as push 2 by (repair)",
+        "repaired: alice/gone: removed the row",
+        f"repaired: nobody/x: no such owner or name; moved to {lost[0]}",
+    ]
+    assert [(p["id"], p["user"], p["changesets"]) for p in site.cli_json("pushlog", "alice/demo")] == [
+        (2, "(repair)", [stray]), (1, "alice", first)]
+    assert [r["name"] for r in site.cli_json("repo", "list")] == ["alice/demo"]
+    assert site.cli("check").stdout == "ok: the database and the repositories agree\n"
+
+
+def test_check_repair_leaves_what_it_may_not_mend(site):
+    """A repository whose .hg/hgrc no longer includes the site hgrc (pushes to it would be
+    neither checked nor recorded) is the administrator's to fix: ``check --repair`` names it,
+    exits 1 and leaves the file as it was."""
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/demo")
+    hgrc = site.repo_path("alice/demo") / ".hg" / "hgrc"
+    hgrc.write_text("[ui]\n")
+    proc = site.cli("check", "--repair", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"problem: alice/demo: .hg/hgrc does not include the site hgrc {site.root / 'hgrc'}"
+        " (add '%include ../../../../hgrc' to it); pushes are neither checked nor recorded",
+        "problem: alice/demo: the hg-hosting extension is not enabled ('hg-hosting init' adds"
+        " '[extensions] hosting =' to the site hgrc); pushes are neither checked nor recorded"]
+    assert hgrc.read_text() == "[ui]\n"
 
 
 # -- grants and protected refs ------------------------------------------------------------
