@@ -761,6 +761,31 @@ def test_check_repair_leaves_what_it_may_not_mend(site):
     assert hgrc.read_text() == "[ui]\n"
 
 
+
+def test_repo_set_private_and_description(world):
+    """``repo set`` makes a repository private with a new description, says what it set, and
+    makes it public again."""
+    world.cli("repo", "create", "alice/settable")
+    out = world.cli("repo", "set", "alice/settable", "private=true", "description=kept quiet").stdout
+    assert out == "alice/settable: private=true, description=kept quiet\n"
+    row = {r["name"]: r for r in world.cli_json("repo", "list")}["alice/settable"]
+    assert (row["private"], row["description"]) == (True, "kept quiet")
+    world.cli("repo", "set", "alice/settable", "private=false")
+    assert {r["name"]: r["private"] for r in world.cli_json("repo", "list")}["alice/settable"] is False
+
+
+def test_pushlog_limit(world, tmp_path):
+    """``pushlog --limit N`` shows the N newest pushes, newest first."""
+    world.cli("repo", "create", "alice/limited")
+    wc = tmp_path / "wc"
+    world.hg("clone", "-q", str(world.repo_path("alice/limited")), str(wc), user="alice")
+    for i in range(3):
+        commit(world.hg, wc, f"f{i}", f"{i}\n")
+        world.hg("push", "-q", cwd=wc, user="alice")
+    assert [p["id"] for p in world.cli_json("pushlog", "alice/limited", "--limit", "2")] == [3, 2]
+    assert [p["id"] for p in world.cli_json("pushlog", "alice/limited")] == [3, 2, 1]
+
+
 # -- grants and protected refs ------------------------------------------------------------
 
 
@@ -1038,7 +1063,24 @@ REFUSALS = [
                  "no repository 'alice/nosuch'", id="protect-unknown-repo"),
     pytest.param(("protect", "alice/demo", "default"), None,
                  "the following arguments are required: --allow (see 'hg-hosting protect --help')", id="protect-without-allow"),
+    pytest.param(("revoke", "alice/demo", "@devs"), None,
+                 "@devs has no grant on alice/demo", id="revoke-without-grant"),
+    pytest.param(("unprotect", "alice/demo", "stable"), None,
+                 "'stable' is not protected in alice/demo", id="unprotect-not-protected"),
+    pytest.param(("unprotect", "alice/nosuch", "default"), None,
+                 "no repository 'alice/nosuch'", id="unprotect-unknown-repo"),
+    # repository settings
+    pytest.param(("repo", "set", "alice/nosuch", "private=true"), None,
+                 "no repository 'alice/nosuch'", id="repo-set-unknown-repo"),
+    pytest.param(("repo", "set", "alice/demo", "private=maybe"), None,
+                 "private must be true or false, got 'maybe'", id="repo-set-bad-value"),
+    pytest.param(("repo", "set", "alice/demo", "colour=blue"), None,
+                 "expected KEY=VALUE with KEY one of publishing, private, description, got 'colour=blue'", id="repo-set-unknown-key"),
     # push log
+    pytest.param(("pushlog", "alice/demo", "--limit", "0"), None,
+                 "--limit must be at least 1", id="pushlog-limit-zero"),
+    pytest.param(("pushlog", "alice/demo", "--limit", "many"), None,
+                 "argument --limit: invalid int value: 'many' (see 'hg-hosting pushlog --help')", id="pushlog-limit-not-a-number"),
     pytest.param(("pushlog", "alice/nosuch"), None,
                  "no repository 'alice/nosuch'", id="pushlog-unknown-repo"),
     # usage errors
