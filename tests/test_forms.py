@@ -1,4 +1,4 @@
-"""The page forms, from outside: fork, settings, new repository, log out.
+"""The page handlers, from outside: fork, settings, new repository, log out, and the read-only pages.
 
 Every form handler of ``daemon/pages.py`` has its success and each of its
 refusals here, through a real daemon and real sessions (the login form), each
@@ -420,3 +420,32 @@ def test_logout(forms):
     assert request(forms.daemon, "GET", "/-/new", {"Cookie": cookie})[::2] == (401, b"log in first\n")
     status, headers, _ = request(forms.daemon, "POST", "/-/logout")
     assert (status, dict(headers)["Location"]) == (303, "/")
+
+
+# -- the read-only pages: index, owner, overview, push log ----------------------------------------
+
+
+def test_read_pages_and_their_refusals(forms):
+    """The index and alice's owner page list what the visitor may read (alice/secret for bob, not
+    for anonymous); the overview and the push log of alice/demo answer 200 with alice's push; a
+    missing owner is 404; alice/secret is 401 for anonymous and 404 for carol, exactly as a
+    missing repository."""
+    for path in ("/", "/alice"):
+        status, _, page = get(forms, path)
+        assert status == 200 and 'href="/alice/demo"' in page and 'href="/alice/secret"' not in page, path
+        status, _, page = get(forms, path, "bob")
+        assert status == 200 and 'href="/alice/secret"' in page, path
+    status, _, page = get(forms, "/devs")
+    assert status == 200 and "alice" in page
+    assert get(forms, "/nobody")[::2] == get(forms, "/bad%20name")[::2] == (404, "not found\n")
+
+    status, _, page = get(forms, "/alice/demo")
+    assert status == 200 and "<h1>" in page
+    status, _, page = get(forms, "/alice/demo/pushlog")
+    assert status == 200 and forms.demo_node[:12] in page and "alice" in page
+    for suffix in ("", "/pushlog", "/settings", "/fork"):
+        assert get(forms, f"/alice/secret{suffix}")[::2] == get(forms, f"/alice/nosuch{suffix}")[::2] \
+            == (401, "authorization required\n"), suffix
+        assert get(forms, f"/alice/secret{suffix}", "carol")[::2] == get(forms, f"/alice/nosuch{suffix}", "carol")[::2] \
+            == (404, "not found\n"), suffix
+    assert get(forms, "/alice/secret/pushlog", "bob")[0] == 200
