@@ -611,12 +611,12 @@ def test_forced_command_clone_push_pull(world):
 
 @needs_ssh
 def test_forced_command_without_write_cannot_push(world):
-    """carol's push through ssh-serve is refused with the reason, and nothing is recorded."""
-    before = push_count(world)
+    """carol's push through ssh-serve is refused with the reason, and neither the repository nor the push records change."""
+    before = (push_count(world), repo_log(world, "alice/demo"))
     proc = run([HG, "push", "-f", "--ssh", forced_ssh(world, "carol"), "ssh://x/alice/demo"], world.site.env,
                cwd=world.seed, check=False)
     assert proc.returncode != 0 and "carol may not write to alice/demo" in proc.stdout + proc.stderr
-    assert push_count(world) == before
+    assert (push_count(world), repo_log(world, "alice/demo")) == before
 
 
 @needs_ssh
