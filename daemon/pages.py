@@ -29,7 +29,7 @@ import jinja2
 from mercurial.hgweb import webutil
 
 from hgext_hosting import pushlog
-from hgext_hosting.errors import NotFound, UserError
+from hgext_hosting.errors import Invalid, NotFound, UserError
 from hgext_hosting.models import Push, Repository
 from hgext_hosting.service import pushes as service_pushes
 from hgext_hosting.service import repos
@@ -335,7 +335,7 @@ class Pages:
             repos.update(self.site, actor, full, private=req.field("private") == "on",
                          description=req.field("description"), publishing=publishing)
             return "saved"
-        raise HTTPError(400, "unknown action")
+        raise Invalid("unknown action", "action")
 
     def fork(self, req: Request, start_response, row, facts, level):
         def make(actor, target: str) -> Repository:

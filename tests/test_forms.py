@@ -17,9 +17,9 @@ their order does not matter.
 
 Pages answer a refusal of the daemon's edge (401, 403, 404, 405) with the
 reason as the one-line plain-text body; a refusal of the operation itself with
-the form again, status 400 and the message in ``<p class="error">``.  The lead
-is changing operation refusals to typed errors: each place where the status
-will then change is marked ``# status: typed-errors``.
+the form again with the message in ``<p class="error">``.  The status
+is the refusal's (``daemon.web.page_status``): 404 for what does not exist,
+403 for what the user may not do, 400 for an invalid or clashing value.
 """
 
 from __future__ import annotations
@@ -244,14 +244,14 @@ def test_fork_form_refusals(forms):
     refused_at_the_edge(forms, post(forms, "/alice/secret/fork", "carol", {"owner": "carol", "name": "x"},
                                     csrf="x"), 404, "not found", before)
     refused_on_the_form(forms, post(forms, fork, "bob", {"owner": "bob", "name": "TAKEN"}),
-                        "repository bob/taken already exists", before)  # status: typed-errors (conflict: 400)
+                        "repository bob/taken already exists", before)  # a conflict: 400 on a form
     refused_on_the_form(forms, post(forms, fork, "bob", {"owner": "alice", "name": "mine-now"}),
-                        "you may not create repositories for 'alice'", before)  # status: typed-errors (403)
+                        "bob may not create repositories for alice", before, status=403)
     refused_on_the_form(forms, post(forms, fork, "bob", {"owner": "devs", "name": "x"}),
-                        "you may not create repositories for 'devs'", before)  # status: typed-errors (403)
+                        "bob may not create repositories for devs", before, status=403)
     refused_on_the_form(forms, post(forms, fork, "bob", {"owner": "bob", "name": "bad name"}),
                         "invalid repository name 'bad name': use 1-64 letters, digits, '.', '_' or '-',"
-                        " starting with a letter or digit", before)  # status: typed-errors (invalid: 400)
+                        " starting with a letter or digit", before)
 
 
 # -- the settings page: /OWNER/NAME/settings ----------------------------------------------------
@@ -338,20 +338,22 @@ def test_settings_refusals(forms):
     cli_all(site, ["grant", full, "bob", "read"], ["protect", full, "default", "--allow", "alice"])
     before = state(forms)
     cases = [
-        ({"action": "grant", "subject": "nobody", "level": "read"}, "no user named 'nobody'"),
-        ({"action": "grant", "subject": "@nosuch", "level": "read"}, "no team named 'nosuch'"),
-        ({"action": "grant", "subject": "bob", "level": "owner"}, "unknown level 'owner': use read, write, publish or admin"),
-        ({"action": "revoke", "subject": "carol"}, f"carol has no grant on {full}"),
-        ({"action": "revoke", "subject": "nobody"}, "no user named 'nobody'"),
-        ({"action": "protect", "ref": "stable", "allow": "nobody"}, "no user named 'nobody'"),
-        ({"action": "protect", "ref": "bad:ref", "allow": "alice"}, "invalid branch or bookmark name 'bad:ref'"),
-        ({"action": "protect", "ref": "stable", "allow": " "}, "protect needs at least one --allow SUBJECT"),
-        ({"action": "unprotect", "ref": "stable"}, f"'stable' is not protected in {full}"),
-        ({"action": "frobnicate"}, "unknown action"),
+        ({"action": "grant", "subject": "nobody", "level": "read"}, 400, "no user named 'nobody'"),
+        ({"action": "grant", "subject": "@nosuch", "level": "read"}, 400, "no team named 'nosuch'"),
+        ({"action": "grant", "subject": "bob", "level": "owner"}, 400,
+         "unknown level 'owner': use read, write, publish or admin"),
+        ({"action": "revoke", "subject": "carol"}, 404, f"carol has no grant on {full}"),
+        ({"action": "revoke", "subject": "nobody"}, 400, "no user named 'nobody'"),
+        ({"action": "protect", "ref": "stable", "allow": "nobody"}, 400, "no user named 'nobody'"),
+        ({"action": "protect", "ref": "bad:ref", "allow": "alice"}, 400, "invalid branch or bookmark name 'bad:ref'"),
+        ({"action": "protect", "ref": "stable", "allow": " "}, 400, "protect needs at least one allowed user or @team"),
+        ({"action": "unprotect", "ref": "stable"}, 404, f"'stable' is not protected in {full}"),
+        ({"action": "frobnicate"}, 400, "unknown action"),
     ]
-    # status: typed-errors (not found / invalid / conflict: still 400, the message on the form)
-    answers = [settings_post(forms, full, fields) for fields, _ in cases]
-    assert [(status, form_error(page, strict=False)) for status, _, page in answers] == [(400, m) for _, m in cases]
+    # what the service refuses: missing -> 404, invalid or clashing -> 400, on the form
+    answers = [settings_post(forms, full, fields) for fields, _, _ in cases]
+    assert [(status, form_error(page, strict=False)) for status, _, page in answers] == [
+        (status, m) for _, status, m in cases]
     assert state(forms) == before, "a refused setting changed the site"
     refused_at_the_edge(forms, settings_post(forms, full, {"action": "revoke", "subject": "bob"}, csrf="stale"),
                         403, "the form has expired (CSRF token mismatch); reload and try again", before)
@@ -387,12 +389,12 @@ def test_new_repository_refusals(forms):
     refused_at_the_edge(forms, post(forms, "/-/new", "carol", carol, csrf="stale"), 403,
                         "the form has expired (CSRF token mismatch); reload and try again", before)
     refused_on_the_form(forms, post(forms, "/-/new", "carol", {"owner": "carol", "name": "EXISTING"}),
-                        "repository carol/existing already exists", before)  # status: typed-errors (conflict: 400)
+                        "repository carol/existing already exists", before)  # a conflict: 400 on a form
     refused_on_the_form(forms, post(forms, "/-/new", "carol", {"owner": "alice", "name": "x"}),
-                        "you may not create repositories for 'alice'", before)  # status: typed-errors (403)
+                        "carol may not create repositories for alice", before, status=403)
     refused_on_the_form(forms, post(forms, "/-/new", "carol", {"owner": "carol", "name": ".hg"}),
                         "invalid repository name '.hg': use 1-64 letters, digits, '.', '_' or '-',"
-                        " starting with a letter or digit", before)  # status: typed-errors (invalid: 400)
+                        " starting with a letter or digit", before)
 
 
 # -- logging out: /-/logout ----------------------------------------------------------------------
