@@ -413,14 +413,14 @@ def _cancel_timers(result, timers):
 
 
 def _user_for_blob(blob: bytes) -> str | None:
-    with models.db.connection_context():
+    with models.database().connection_context():
         user = accounts.user_for_key_blob(blob)
         return user.name if user is not None else None
 
 
 def _authorize(site: Site, user: str, owner: str, name: str) -> Path:
     """The repository's absolute path if ``user`` may read ``owner/name``, else UserError."""
-    with models.db.connection_context():
+    with models.database().connection_context():
         repo = sshcommand.authorize_read(user, owner, name)
         path = repo_dir(site, repo)
     if not (path / ".hg").is_dir():
@@ -744,7 +744,6 @@ class SshService(Abandonable, Service):
         super().privilegedStartService()
         if self.listening is not None:
             return
-        self.site.bind_database()
         self._host_key = load_host_key(self.site)
         portal = Portal(Realm(self.sessions), [KeyChecker(self.sessions.user_for_blob)])
         ssh_factory = HostingSSHFactory(host_key=self._host_key, portal=portal, max_connections=self.max_connections,
@@ -781,8 +780,8 @@ class SshService(Abandonable, Service):
 def make_ssh_service(site: Site, host: str, port: int, reactor=None) -> Service:
     """The SSH server for ``serve --ssh HOST:PORT``; it listens when the service starts.
 
-    ``site`` is normally already open (``site.open()`` binds the database);
-    the service binds it otherwise.  After ``startService()``, ``.port`` is the
+    The models must be bound to the site's database (``make_service`` binds
+    them for the process).  After ``startService()``, ``.port`` is the
     bound port.
     """
     return SshService(site, host, port, reactor)

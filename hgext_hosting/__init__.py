@@ -163,10 +163,10 @@ def _settle_before_transaction(repo, site, owner: str, name: str):
     try:
         row = pushdb.find_repository(site.push_connection(repo.ui), owner, name)
         if row is not None and (row.has_pending or repo.svfs.exists(b"journal")):
-            from . import pushlog  # the rare path: peewee is fine here
+            from . import models, pushlog  # the rare path: peewee is fine here
 
-            site.bind_database()
-            pushlog.settle(repo, row.id)
+            with models.bound(site.database(repo.ui)):
+                pushlog.settle(repo, row.id)
         return row
     except error.Abort:
         raise
@@ -305,14 +305,14 @@ def pushlog_command(ui, repo, limit=10, json=False):
     if located is None:
         raise error.Abort(b"hosting: this repository is not inside an hg-hosting site")
     site, owner, name = located
-    site.bind_database()
-    from .models import Repository
+    from . import models
 
-    row = Repository.find(owner, name)
-    if row is None:
-        raise error.Abort(b"hosting: %s/%s has no row in the site database"
-                          % (owner.encode(), name.encode()))
-    rows = [p.as_json() for p in pushlog.recent_pushes(row, limit if limit > 0 else None)]
+    with models.bound(site.database(repo.ui)):
+        row = models.Repository.find(owner, name)
+        if row is None:
+            raise error.Abort(b"hosting: %s/%s has no row in the site database"
+                              % (owner.encode(), name.encode()))
+        rows = [p.as_json() for p in pushlog.recent_pushes(row, limit if limit > 0 else None)]
     if json:
         ui.write(jsonlib.dumps(rows, indent=2).encode("utf-8") + b"\n")
     else:

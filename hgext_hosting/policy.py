@@ -126,23 +126,23 @@ def may_push_ref(subject: Subject, allow: frozenset[str]) -> bool:
 
 def load_subject(user_name: str | None) -> Subject | None:
     """The Subject for an existing user name (any case), or None."""
-    from . import pushdb
+    from . import models, pushdb
 
-    return pushdb.load_subject(pushdb.models_connection(), user_name)
+    return pushdb.load_subject(models.connection(), user_name)
 
 
 def load_repo_facts(repo: Repository) -> RepoFacts:
     """The RepoFacts of a repository row (its owner loaded)."""
-    from . import pushdb
+    from . import models, pushdb
 
-    return pushdb.load_repo_facts(pushdb.models_connection(), pushdb.RepoRow.of(repo))
+    return pushdb.load_repo_facts(models.connection(), pushdb.RepoRow.of(repo))
 
 
 def load_protected_refs(repo: Repository) -> dict[str, frozenset[str]]:
     """``{ref name: allow-list}`` for a repository (allow-list as :func:`may_push_ref` wants)."""
-    from . import pushdb
+    from . import models, pushdb
 
-    return pushdb.load_protected_refs(pushdb.models_connection(), repo.id)
+    return pushdb.load_protected_refs(models.connection(), repo.id)
 
 
 def readable_repositories(subject: Subject | None):

@@ -34,7 +34,7 @@ from typing import TypeVar
 from mercurial import error as hgerror
 from mercurial import hg
 
-from . import faults, names, policy, pushdb
+from . import faults, models, names, policy, pushdb
 from .accounts import get_owner, get_subject, get_user, subject_label
 from .errors import UserError
 from .models import (
@@ -359,7 +359,7 @@ def fork_repo(
                 publishing=src_repo.publishing,
             )
             if nodes or bookmarks:
-                pushdb.insert_push(pushdb.models_connection(), fork.id, forker.name, "fork", "{}",
+                pushdb.insert_push(models.connection(), fork.id, forker.name, "fork", "{}",
                                    nodes, [(bm, None, node) for bm, node in sorted(bookmarks.items())],
                                    state="done")
             faults.point("repo-fork-before-move")
