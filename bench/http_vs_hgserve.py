@@ -687,10 +687,11 @@ def populate(site_dir: str, bundle: str, count: int) -> int:
     except ImportError:
         request = dispatch.request
 
-    from hgext_hosting import accounts, repositories
+    from hgext_hosting import accounts, models, repositories
     from hgext_hosting.site import Site
 
     site = Site(site_dir).open()
+    models.bind(site.database())
     owners = [f"u{i:02d}" for i in range(MANY_OWNERS)]
     for owner in owners:
         accounts.add_user(owner, email=f"{owner}@example.org")

@@ -6,7 +6,7 @@ a non-zero exit status.  Nothing here prints a traceback to a user: an
 unexpected exception is reported in one line too (``HG_HOSTING_DEBUG=1`` shows
 the traceback).
 
-Listings print aligned columns under a header line (``--json``: SPEC's
+Listings print aligned columns under a header line (``--json``: docs/spec.md's
 arrays).  Passwords never come from argv: ``--password-stdin`` reads stdin,
 ``user passwd`` asks twice on a terminal (else reads stdin), ``user add``
 asks only with ``--password-prompt``.
@@ -46,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _password_from_stdin() -> str:
-    """All of stdin, one trailing newline (``\\n`` or ``\\r\\n``) stripped (SPEC: ``--password-stdin``)."""
+    """All of stdin, one trailing newline (``\\n`` or ``\\r\\n``) stripped (docs/spec.md: ``--password-stdin``)."""
     data = sys.stdin.read()
     if data.endswith("\n"):
         data = data[:-1]
@@ -79,7 +79,7 @@ def _stdin_is_terminal() -> bool:
 def _new_password(args, prompt_by_default: bool) -> str | None:
     """The password a ``user add``/``user passwd`` command was given, or None for none.
 
-    ``--password-stdin`` reads stdin (even a terminal, as SPEC says);
+    ``--password-stdin`` reads stdin (even a terminal, as docs/spec.md says);
     otherwise a terminal is prompted when ``--password-prompt`` asked or
     ``prompt_by_default`` (``passwd``), and ``passwd`` without a terminal reads
     stdin.  ``user add`` without either flag sets no password: it never

@@ -13,6 +13,7 @@ lazy import is still a dependency), without importing anything.  The rules:
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -132,3 +133,19 @@ def test_hgext_hosting_has_no_import_cycle():
 ])
 def test_find_cycle(edges, expected):
     assert find_cycle(edges) == expected
+
+
+def test_importing_the_daemon_changes_nothing_in_mercurial():
+    """hgweb's permission hook is installed by the daemon's factory (``setup_hgweb``), not by an import.
+
+    A fresh interpreter: an import's side effects show only the first time.
+    """
+    probe = ("from mercurial.hgweb import common\n"
+             "before = list(common.permhooks)\n"
+             "import daemon.app, daemon.service, daemon.pages, daemon.cli\n"
+             "assert common.permhooks == before, common.permhooks\n"
+             "daemon.app.setup_hgweb()\n"
+             "daemon.app.setup_hgweb()\n"
+             "assert common.permhooks == [*before, daemon.app.hosting_permhook], common.permhooks\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
