@@ -287,12 +287,13 @@ def push_count(world: World) -> int:
 #: The site, made through the library in one process (the CLI has its own tests).
 SETUP = """
 import sys
-from hgext_hosting import accounts, repositories
+from hgext_hosting import accounts, models, repositories
 from hgext_hosting.site import Site
 
 root, keys = sys.argv[1], sys.argv[2]
 site = Site(root)
 site.init()
+models.bind(site.database())
 for user in ("alice", "bob", "carol"):
     accounts.add_user(user, email=user + "@example.org")
     accounts.add_ssh_key(user, open(keys + "/" + user + ".pub").read())
