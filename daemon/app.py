@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mercurial import hg, wireprotov1server
 from mercurial.hgweb import common as hgwebcommon
 from mercurial.hgweb import webcommands
 from twisted.logger import Logger
 
-from hgext_hosting import hooks, names, policy, pushdb
+from hgext_hosting import hooks, models, names, policy, pushdb
 from hgext_hosting.models import Owner, Repository
 from hgext_hosting.service.actors import Actor
 
@@ -65,8 +67,14 @@ def hosting_permhook(hgweb, req, op) -> None:
                 b" to run 'hg-hosting check')" % (hgweb.reponame or b"this repository"))
 
 
-if hosting_permhook not in hgwebcommon.permhooks:
-    hgwebcommon.permhooks.append(hosting_permhook)
+def setup_hgweb() -> None:
+    """Install :func:`hosting_permhook` in hgweb (a process-wide list); once, whoever calls.
+
+    Called by the daemon's factory (``daemon.service.make_app``), not at import:
+    importing this module changes nothing in Mercurial.
+    """
+    if hosting_permhook not in hgwebcommon.permhooks:
+        hgwebcommon.permhooks.append(hosting_permhook)
 
 
 def wire_command_writes(req: Request) -> bool:
@@ -93,12 +101,15 @@ def with_safe_headers(start_response):
 class HostingApp:
     """Authenticate, route, authorize; hand repository requests to hgweb."""
 
-    def __init__(self, site, authenticator: Authenticator, hgwebs: HgwebCache, pages, baseui):
+    def __init__(self, site, authenticator: Authenticator, hgwebs: HgwebCache, baseui,
+                 pages: Callable[[HostingApp], Any]):
+        """``pages(app)`` builds the pages (:class:`daemon.pages.Pages`), which open
+        repositories and know the requester through this app."""
         self.site = site
         self.auth = authenticator
         self.hgwebs = hgwebs
-        self.pages = pages
         self.baseui = baseui
+        self.pages = pages(self)
         #: Set when the daemon drains for a stop: /healthz answers 503.
         self.draining = False
 
@@ -193,7 +204,7 @@ class HostingApp:
             names.check_name(name)
         except names.InvalidName:
             raise self.hidden(req) from None
-        conn = pushdb.models_connection()
+        conn = models.connection()
         row = pushdb.find_repository_evenly(conn, owner, name)
         # A missing repository takes the same steps as a private one (grants, the
         # requester, the level): by time as by answer, it could be either.
@@ -214,7 +225,7 @@ class HostingApp:
         if req.user is None:
             return None
         if not hasattr(req, "_subject"):
-            req._subject = pushdb.load_subject(pushdb.models_connection(), req.user.name)
+            req._subject = pushdb.load_subject(models.connection(), req.user.name)
         return req._subject
 
     def _repository(self, req: Request, start_response, owner: str, name: str, rest: list[str]):

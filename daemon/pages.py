@@ -129,12 +129,14 @@ def open_topics(repo) -> list[dict]:
 class Pages:
     """Page handlers; ``app`` is the :class:`daemon.app.HostingApp` they serve under."""
 
-    def __init__(self, site, auth, ssh_address: str | None = None):
+    def __init__(self, site, auth, app, ssh_address: str | None = None):
+        """``app``: the :class:`daemon.app.HostingApp` these pages serve under (the requester's
+        subject, repository paths, opened repositories)."""
         self.site = site
         self.auth = auth
         self.ssh_address = ssh_address
         self.env = make_environment()
-        self.app = None
+        self.app = app
         self._readmes: collections.OrderedDict[tuple, tuple[str, str] | None] = collections.OrderedDict()
         self._readmes_lock = threading.Lock()
         self.repo_pages = {

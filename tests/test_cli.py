@@ -912,7 +912,7 @@ def test_listings_print_aligned_columns_under_a_header(site, keygen, tmp_path):
 
 
 def test_empty_listings_print_the_header_and_json_is_unchanged(site):
-    """An empty listing is its header line alone; --json keeps SPEC's objects."""
+    """An empty listing is its header line alone; --json keeps docs/spec.md's objects."""
     site.cli("user", "add", "alice")
     site.cli("repo", "create", "alice/demo")
     assert site.cli("team", "list").stdout == "NAME  MEMBERS\n"
@@ -955,13 +955,13 @@ BAD_NAMES = ["", "-x", ".hg", "foo.hg", "FOO.HG", "a/b", "a b", "x" * 65, "é", 
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=[repr(n)[:20] for n in BAD_NAMES])
 def test_bad_names_are_refused(world, name):
-    """A name outside SPEC.md's rule is refused for a user and a repository, and nothing is created."""
+    """A name outside docs/spec.md's rule is refused for a user and a repository, and nothing is created."""
     refused(world, "user", "add", name)
     refused(world, "repo", "create", f"alice/{name}")
 
 
 def test_good_names_are_accepted(site):
-    """Names at the edges of SPEC.md's rule are accepted."""
+    """Names at the edges of docs/spec.md's rule are accepted."""
     for name in ("x" * 64, "A.b_c-9"):
         site.cli("user", "add", name)
     site.cli("repo", "create", f"{'x' * 64}/{'y' * 64}")

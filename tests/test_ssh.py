@@ -310,6 +310,7 @@ def push_count(world: World) -> int:
 #: The site, made through the library in one process (the CLI has its own tests).
 SETUP = """
 import sys
+from hgext_hosting import models
 from hgext_hosting.service import accounts, repos
 from hgext_hosting.service.actors import Actor
 from hgext_hosting.site import Site
@@ -317,6 +318,7 @@ from hgext_hosting.site import Site
 root, keys = sys.argv[1], sys.argv[2]
 site = Site(root)
 site.init()
+models.bind(site.database())
 console = Actor.of_console()
 for user in ("alice", "bob", "carol"):
     accounts.add_user(console, user, email=user + "@example.org")
