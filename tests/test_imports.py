@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("hgext_hosting", "daemon")
 
 
-
 def module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
