@@ -33,6 +33,7 @@ from hgext_hosting.models import Owner, Repository
 from hgext_hosting.service.actors import Actor
 
 from . import jsonpushes
+from .account_pages import AccountPages
 from .auth import SESSION_COOKIE, Authenticator, Malformed, Refusal
 from .hgwebs import HgwebCache
 from .web import SECURITY_HEADERS, HTTPError, Request, error_body, hgweb_headers, respond, respond_json
@@ -98,6 +99,7 @@ class HostingApp:
         self.auth = authenticator
         self.hgwebs = hgwebs
         self.pages = pages
+        self.account_pages = AccountPages(pages)
         self.baseui = baseui
         #: Set when the daemon drains for a stop: /healthz answers 503.
         self.draining = False
@@ -146,7 +148,7 @@ class HostingApp:
             return
         cookie = req.cookie(SESSION_COOKIE)
         if cookie:
-            session = self.auth.session(cookie)
+            session = self.auth.session(cookie, req.address)
             if session is not None:
                 req.session = session
                 req.user = session.user
@@ -170,6 +172,10 @@ class HostingApp:
             return self.pages.index(req, start_response)
         if seg == ["healthz"]:
             return self.health(req, start_response)
+        if seg[0] == "-" and len(seg) > 1:
+            answer = self.account_pages.route(req, start_response, seg[1:])
+            if answer is not None:
+                return answer
         if seg[0] == "-":
             handler = {"login": self.pages.login, "logout": self.pages.logout,
                        "new": self.pages.new_repo}.get(seg[1] if len(seg) == 2 else "")

@@ -49,6 +49,23 @@ SESSION_COOKIE = "hgh_session"
 SESSION_DAYS = 14
 
 
+#: A session's ``last_seen`` is written at most this often (unless its address changed).
+SESSION_SEEN_RESOLUTION = datetime.timedelta(seconds=60)
+
+
+def touch_session(session: Session, address: str) -> bool:
+    """Record that ``session`` was just used from ``address``, at most once a minute
+    (like :func:`hgext_hosting.accounts.touch_token`); True when a write was made."""
+    now = utcnow()
+    address = address[:64]
+    if (session.last_seen is not None and now - session.last_seen < SESSION_SEEN_RESOLUTION
+            and session.address == address):
+        return False
+    Session.update(last_seen=now, address=address).where(Session.id == session.id).execute()
+    session.last_seen, session.address = now, address
+    return True
+
+
 class Malformed(ValueError):
     """An Authorization header that is not valid HTTP Basic."""
 
@@ -97,15 +114,19 @@ class Limits:
     address: int = 100
     rows: int = 100_000
     known_days: int = 30
+    #: Sign-up attempts (``/-/register``, ``/-/join``) one address may make per window.
+    signup: int = 10
 
     @classmethod
     def from_ui(cls, ui) -> Limits:
-        """The limits of a site hgrc's ``[hosting] login-throttle-*`` keys."""
+        """The limits of a site hgrc's ``[hosting] login-throttle-*`` and ``signup-throttle`` keys."""
         values = {field: ui.configint(b"hosting", b"login-throttle-" + field.encode())
                   for field in ("window", "pair", "user", "address", "rows")}
+        values["signup"] = ui.configint(b"hosting", b"signup-throttle")
         for field, value in values.items():
             if value is None or value < 1:
-                raise UserError(f"[hosting] login-throttle-{field} must be a positive number")
+                key = "signup-throttle" if field == "signup" else f"login-throttle-{field}"
+                raise UserError(f"[hosting] {key} must be a positive number")
         return cls(**values)
 
 
@@ -234,6 +255,28 @@ class Throttle:
                 (rows - self.limits.rows,),
             )
 
+    def allow_signup(self, address: str) -> bool:
+        """Count one sign-up attempt from ``address`` (its /64 for IPv6); False once the
+        address made ``limits.signup`` within the window (then nothing is written)."""
+        digest = self._digest("signup", self._address_key(address))
+        conn = pushdb.models_connection()
+        now = int(time.time())
+        if self._live(conn, [digest], now).get(digest, 0) >= self.limits.signup:
+            return False
+        with conn.write():
+            ((count,),) = conn.query(
+                "INSERT INTO login_throttle (digest, failures, expires) VALUES (?, 1, ?)"
+                " ON CONFLICT (digest) DO UPDATE SET"
+                " failures = CASE WHEN login_throttle.expires <= ? THEN 1"
+                " ELSE login_throttle.failures + 1 END,"
+                " expires = CASE WHEN login_throttle.expires <= ? THEN ?"
+                " ELSE login_throttle.expires END"
+                " RETURNING failures",
+                (digest, now + self.limits.window, now, now, now + self.limits.window),
+            )
+            self._cap(conn)
+        return count <= self.limits.signup
+
     def succeeded(self, attempt: Attempt) -> None:
         """The attempt was right: give its counts back, remember the name's address."""
         conn = pushdb.models_connection()
@@ -320,7 +363,8 @@ class Authenticator:
         else:
             token = ApiToken.select(ApiToken, Owner).join(Owner).where(ApiToken.id == token_id).first()
             user = token.user if token is not None else None
-        if (user is None or user.id != user_id or user.kind != "user" or user.name_key != name_key
+        expired = token is not None and token.expires is not None and token.expires <= utcnow()
+        if (user is None or expired or user.id != user_id or user.kind != "user" or user.name_key != name_key
                 or user.created != created or user.credentials_epoch != epoch):
             with self._lock:
                 self._cache.pop(key, None)
@@ -411,24 +455,28 @@ class Authenticator:
     def _sign(self, sid: str) -> str:
         return hmac.new(self._secret, b"session\0" + sid.encode(), hashlib.sha256).hexdigest()[:32]
 
-    def new_session(self, user: Owner) -> str:
+    def new_session(self, user: Owner, address: str = "") -> str:
         """Create a session and return the cookie value."""
         sid = secrets.token_urlsafe(32)
+        now = utcnow()
         with write_transaction():
             Session.create(
                 digest=hashlib.sha256(sid.encode()).hexdigest(),
                 user=user,
                 csrf=secrets.token_urlsafe(24),
-                expires=utcnow() + datetime.timedelta(days=SESSION_DAYS),
+                expires=now + datetime.timedelta(days=SESSION_DAYS),
                 epoch=user.login_epoch,
+                last_seen=now,
+                address=address[:64],
             )
         return f"{sid}.{self._sign(sid)}"
 
-    def session(self, cookie: str | None) -> Session | None:
+    def session(self, cookie: str | None, address: str | None = None) -> Session | None:
         """The live session a cookie value names, with its user loaded.
 
         Live: not expired, and made under the user's current ``login_epoch``, which
-        a password change, reset, disable or removal bumps.
+        a password change, reset, disable or removal bumps.  With ``address``, the
+        session's ``last_seen`` and ``address`` are refreshed (:func:`touch_session`).
         """
         if not cookie or len(cookie) > 200 or "." not in cookie:
             return None
@@ -442,6 +490,8 @@ class Authenticator:
                    & (Session.epoch == Owner.login_epoch))
             .first()
         )
+        if row is not None and address is not None:
+            touch_session(row, address)
         return row
 
     def end_session(self, session: Session) -> None:

@@ -377,7 +377,7 @@ class Pages:
                 raise HTTPError(403, "the login form has expired; reload and try again")
             result = self.auth.password_login(req.field("user").strip(), req.field("password"), req.address)
             if not isinstance(result, Refusal):
-                cookie = self.auth.new_session(result)
+                cookie = self.auth.new_session(result, req.address)
                 return redirect(start_response, safe_next(req.field("next")), headers=[
                     _cookie(SESSION_COOKIE, cookie, secure=self._secure(req), max_age=14 * 86400),
                     _cookie(LOGIN_CSRF_COOKIE, "", secure=self._secure(req), max_age=0),

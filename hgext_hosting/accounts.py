@@ -91,7 +91,8 @@ def bump_credentials(user: Owner) -> None:
 
 
 def find_token(user_name: str, token: str) -> ApiToken | None:
-    """The token row (its user loaded) when ``token`` is one of the user's, else None.
+    """The token row (its user loaded) when ``token`` is one of the user's and has not
+    expired, else None.
 
     Fast: one SHA-256 and one indexed lookup.
     """
@@ -101,7 +102,8 @@ def find_token(user_name: str, token: str) -> ApiToken | None:
     row = (
         ApiToken.select(ApiToken, Owner)
         .join(Owner)
-        .where((ApiToken.digest == digest) & (Owner.name_key == names.key(user_name)))
+        .where((ApiToken.digest == digest) & (Owner.name_key == names.key(user_name))
+               & (ApiToken.expires.is_null() | (ApiToken.expires > utcnow())))
         .first()
     )
     if row is None or not credentials.digests_equal(row.digest, digest):

@@ -222,7 +222,8 @@ def cmd_user(args, site: Site) -> int:
 
 def cmd_token(args, site: Site) -> int:
     if args.action == "create":
-        print(service_accounts.create_token(CONSOLE, args.user, args.label))
+        expires = service_accounts.parse_expiry(args.expires)
+        print(service_accounts.create_token(CONSOLE, args.user, args.label, expires))
     elif args.action == "revoke":
         service_accounts.revoke_token(CONSOLE, args.user, args.label)
         print(f"revoked token {args.label} of {args.user}")
@@ -237,6 +238,19 @@ def cmd_token(args, site: Site) -> int:
         if any("expires" in r for r in rows):
             columns.append(("EXPIRES", lambda r: r.get("expires") or "never"))
         _emit(args, rows, columns)
+    return 0
+
+
+def cmd_invite(args, site: Site) -> int:
+    """``invite create [--email E]``: print the single-use sign-up link's URL (path, or full
+    with ``[hosting] base-url``)."""
+    token = service_accounts.create_invite(CONSOLE, args.email or "")
+    base = site.ui.config(b"hosting", b"base-url").decode("utf-8", "replace").strip().rstrip("/")
+    print(f"{base}/-/join/{token}")
+    mode = site.ui.config(b"hosting", b"registration").decode("utf-8", "replace").strip()
+    if mode not in ("invite", "open"):
+        print(f"note: [hosting] registration is {mode or 'closed'}: the link works once it is 'invite'",
+              file=sys.stderr)
     return 0
 
 
@@ -535,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = tokens.add_parser("create", help="create a token and print it (shown once)")
     p.add_argument("user")
     p.add_argument("--label", default=None)
+    p.add_argument("--expires", default=None, metavar="YYYY-MM-DD",
+                   help="the token stops working on this day (00:00 UTC); default: never")
     p = tokens.add_parser("list", help="list a user's tokens")
     p.add_argument("user")
     listing(p)
@@ -629,6 +645,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "print authorized_keys lines (forced ssh-serve) for every registered key")
     p.add_argument("account", nargs="?", metavar="ACCOUNT",
                    help="the login account (sshd's %%u); ignored: every key is printed, the key decides the user")
+
+    invites = actions(command("invite", cmd_invite, "invite people to sign up ([hosting] registration = invite)"))
+    p = invites.add_parser("create", help="print a single-use sign-up link /-/join/TOKEN (valid 7 days)")
+    p.add_argument("--email", default=None, help="the address it is meant for (filled in on the form)")
     return parser
 
 

@@ -155,6 +155,8 @@ class ApiToken(BaseModel):
     digest = pw.CharField(max_length=64, unique=True)
     created = pw.DateTimeField(default=utcnow)
     last_used = pw.DateTimeField(null=True)
+    #: When the token stops working (UTC); None: never.
+    expires = pw.DateTimeField(null=True)
 
     class Meta:
         indexes = ((("user", "label"), True),)
@@ -234,6 +236,30 @@ class Session(BaseModel):
     #: The user's ``login_epoch`` when the session was made; a session is live only
     #: while they are equal (:meth:`daemon.auth.Authenticator.session`).
     epoch = pw.IntegerField(default=0)
+    #: The last request seen (refreshed at most once a minute) and the client address it came from.
+    last_seen = pw.DateTimeField(null=True)
+    address = pw.CharField(max_length=64, default="")
+
+
+class SignupToken(BaseModel):
+    """A single-use sign-up link, stored only as its SHA-256 digest.
+
+    ``kind`` is ``invite`` (a site admin's invitation, ``/-/join/TOKEN``;
+    ``email`` the address it was meant for, may be empty) or ``verify`` (an
+    open registration waiting for its address to be confirmed: the account
+    ``name``, ``email`` and ``password_hash`` are created from it when the
+    mailed link is followed).  ``used`` is set when the link is spent.
+    """
+
+    kind = pw.CharField(max_length=8)
+    digest = pw.CharField(max_length=64, unique=True)
+    email = pw.CharField(max_length=254, default="")
+    name = pw.CharField(max_length=64, default="")
+    password_hash = pw.CharField(max_length=255, null=True)
+    created_by = pw.CharField(max_length=64, default="")
+    created = pw.DateTimeField(default=utcnow)
+    expires = pw.DateTimeField(index=True)
+    used = pw.DateTimeField(null=True)
 
 
 class LoginThrottle(BaseModel):
@@ -264,6 +290,7 @@ ALL_MODELS = [
     PushBookmark,
     Session,
     LoginThrottle,
+    SignupToken,
 ]
 
 
@@ -328,12 +355,24 @@ def _v4_publishing() -> None:
     db.execute_sql(f'ALTER TABLE "repository" ADD COLUMN "publishing" BOOLEAN NOT NULL DEFAULT {true}')
 
 
+def _v5_self_service() -> None:
+    """Self-service (issue 12): tokens expire, sessions show when and where they were
+    last seen, and single-use sign-up links (invitations, address checks)."""
+    for table, column, kind in (("api_token", "expires", "TIMESTAMP NULL"),
+                                ("session", "last_seen", "TIMESTAMP NULL"),
+                                ("session", "address", "VARCHAR(64) NOT NULL DEFAULT ''")):
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {kind}')
+    db.create_tables([SignupToken], safe=True)
+
+
 #: Step N brings a database from version N-1 to N.  A new database gets every table
 #: as the models define them today, without replaying the steps.
 MIGRATIONS: dict[int, Callable[[], None]] = {
     2: _v2_session_epochs_and_login_throttle,
     3: _v3_push_reader_indexes,
     4: _v4_publishing,
+    5: _v5_self_service,
 }
 
 

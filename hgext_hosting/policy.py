@@ -147,3 +147,11 @@ def may_administer_site(subject: Subject | None) -> Decision:
         return Decision(True)
     who = subject.name if subject else "anonymous"
     return Decision(False, f"{who} is not a site admin")
+
+
+def may_register(mode: str, invited: bool) -> Decision:
+    """May someone make themselves an account?  ``[hosting] registration``: ``open``
+    lets anyone, ``invite`` those with an invitation, ``closed`` (the default) no one."""
+    if mode == "open" or (mode == "invite" and invited):
+        return Decision(True)
+    return Decision(False, "registration is closed" if mode != "invite" else "sign-up needs an invitation")
