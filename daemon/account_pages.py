@@ -23,11 +23,13 @@ The anonymous forms carry a double-submit CSRF cookie, as the login form does.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 import urllib.parse
 
 from twisted.internet import reactor, threads
 from twisted.logger import Logger
+from twisted.web import http
 
 from hgext_hosting import mail
 from hgext_hosting.errors import Invalid, NotFound, Throttled, UserError
@@ -49,6 +51,16 @@ SETTINGS_TABS = {
 }
 #: No cache may keep a page that shows a secret (a new token) or an account's details.
 NO_STORE = [("Cache-Control", "no-store")]
+
+
+#: The single-use links whose token is in the path: the access log shows them redacted.
+_SECRET_PATHS = re.compile(r"(/-/(?:join|verify|reset)/)[^ \"?]+")
+
+
+def redacted_log_formatter(timestamp: str, request) -> str:
+    """Twisted's combined access-log line, with the token of a sign-up, address-check
+    or reset link (in the request line or the referrer) replaced by ``REDACTED``."""
+    return _SECRET_PATHS.sub(r"\1REDACTED", http.combinedLogFormatter(timestamp, request))
 
 
 def mail_later(site, to: str, subject: str, body: str) -> None:
