@@ -263,3 +263,56 @@ def test_a_version_4_database_gets_step_5(tmp_path):
     assert db_query(site, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
     site.add_user("dave")
     assert site.cli("token", "create", "dave", "--expires", "2030-01-01").stdout.startswith("hgh_")
+
+
+HOSTILE = ["", " ", "\x00", "a\r\nSet-Cookie: x=y", "<script>alert(1)</script>", "x" * 70_000, "é" * 300,
+           "../../etc/passwd", "%00"]
+
+
+@pytest.mark.parametrize("path, fields", [
+    ("/-/settings", {"action": "password", "current": None, "password": None, "confirm": None}),
+    ("/-/settings/keys", {"action": "add", "key": None}),
+    ("/-/settings/keys", {"action": "remove", "fingerprint": None}),
+    ("/-/settings/tokens", {"action": "create", "label": None, "expires": None}),
+    ("/-/settings/tokens", {"action": "revoke", "label": None}),
+    ("/-/settings/sessions", {"action": "end", "session": None}),
+    ("/-/settings", {"action": None}),
+])
+def test_hostile_values_on_every_form_are_refused_on_the_page(world, path, fields):
+    """Each value is refused with a status below 500, escaped on the page, and nothing changes."""
+    cookie = world.login("carol")
+    tables = ("owner", "ssh_key", "api_token")
+    before = [db_query(world.site, f"SELECT * FROM {t} ORDER BY id") for t in tables]
+    for value in HOSTILE:
+        if path.endswith("tokens") and fields["action"] == "create" and not value.strip():
+            continue  # no label: token-N; no expiry: never (both valid)
+        status, headers, page = world.post(cookie, path, **{k: (value if v is None else v) for k, v in fields.items()})
+        assert 400 <= status < 500, (value[:20], status)
+        assert "<script>alert" not in page
+        assert header(headers, "x") is None
+    assert [db_query(world.site, f"SELECT * FROM {t} ORDER BY id") for t in tables] == before
+
+
+def test_an_email_is_checked_like_user_add_and_shown_escaped(world):
+    """The settings form takes what ``user add --email`` takes (one rule), escaped on the page."""
+    cookie = world.login("carol")
+    status, _, page = world.post(cookie, "/-/settings", action="email", email="<script>alert(1)</script>")
+    assert status == 200 and "<script>alert" not in page and "&lt;script&gt;" in page
+    for bad in ("a\r\nBcc: x@example.org", "\x00", "x" * 255):
+        assert world.post(cookie, "/-/settings", action="email", email=bad)[0] == 400
+    assert user_row(world, "carol")[0] == "<script>alert(1)</script>"
+    assert world.post(cookie, "/-/settings", action="email", email="carol@example.org")[0] == 200
+
+
+def test_a_session_is_seen_at_most_once_a_minute_and_from_its_last_address(world):
+    cookie = world.login("carol", source="127.0.0.6")
+    ((sid, seen, address),) = db_query(world.site, "SELECT id, last_seen, address FROM session"
+                                                   " WHERE address = '127.0.0.6'")
+    assert world.get(cookie, "/", source="127.0.0.6")[0] == 200
+    assert db_query(world.site, "SELECT last_seen, address FROM session WHERE id = ?", (sid,)) == [(seen, address)]
+    world.get(cookie, "/", source="127.0.0.7")  # another address: written at once
+    assert db_query(world.site, "SELECT address FROM session WHERE id = ?", (sid,)) == [("127.0.0.7",)]
+    db_query(world.site, "UPDATE session SET last_seen = '2020-01-01 00:00:00' WHERE id = ?", (sid,))
+    world.get(cookie, "/", source="127.0.0.7")
+    ((later,),) = db_query(world.site, "SELECT last_seen FROM session WHERE id = ?", (sid,))
+    assert later > seen
