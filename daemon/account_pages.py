@@ -139,7 +139,8 @@ class AccountPages:
             context["tokens"] = accounts.list_tokens(actor, name)
             context["now"] = utcnow()
         elif tab == "sessions":
-            context["sessions"] = accounts.list_sessions(actor, name)
+            # this session first, then the most recently seen
+            context["sessions"] = sorted(accounts.list_sessions(actor, name), key=lambda s: s.id != req.session.id)
             context["current_session"] = req.session.id
         template, label = SETTINGS_TABS[tab]
         return self.pages.render(req, start_response, template, status=status, headers=NO_STORE,
