@@ -213,10 +213,17 @@ def cmd_user(args, site: Site) -> int:
     elif args.action == "remove":
         service_accounts.remove_user(CONSOLE, args.name)
         print(f"removed user {args.name}")
+    elif args.action == "disable":
+        changed = service_accounts.disable_user(CONSOLE, args.name)
+        print(f"disabled user {args.name}" if changed else f"{args.name} was already disabled")
+    elif args.action == "enable":
+        changed = service_accounts.enable_user(CONSOLE, args.name)
+        print(f"enabled user {args.name}" if changed else f"{args.name} was not disabled")
     else:
-        rows = [{"name": u.name, "email": u.email, "admin": u.is_admin} for u in service_accounts.list_users(CONSOLE)]
+        rows = [{"name": u.name, "email": u.email, "admin": u.is_admin, "disabled": u.disabled}
+                for u in service_accounts.list_users(CONSOLE)]
         _emit(args, rows, [("NAME", itemgetter("name")), ("EMAIL", itemgetter("email")),
-                           ("ADMIN", itemgetter("admin"))])
+                           ("ADMIN", itemgetter("admin")), ("DISABLED", itemgetter("disabled"))])
     return 0
 
 
@@ -529,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-stdin", action="store_true",
                    help="read the password from stdin even on a terminal")
     users.add_parser("remove", help="remove a user").add_argument("name")
+    users.add_parser("disable", help="disable a user: every login ends, no credential works;"
+                                     " nothing is deleted").add_argument("name")
+    users.add_parser("enable", help="enable a disabled user again").add_argument("name")
     listing(users.add_parser("list", help="list users"))
 
     tokens = actions(command("token", cmd_token, "manage API tokens"))

@@ -60,6 +60,9 @@ class Owner(BaseModel):
     #: Bumped when the password changes or the account is reset, disabled or removed:
     #: every browser session carries the value it was made with and dies with it.
     login_epoch = pw.IntegerField(default=0)
+    #: A disabled user cannot log in, use a token or a key, pull or push, from the next
+    #: request on; nothing of theirs is deleted (``hg-hosting user disable|enable``).
+    disabled = pw.BooleanField(default=False)
 
     @property
     def is_team(self) -> bool:
@@ -328,12 +331,21 @@ def _v4_publishing() -> None:
     db.execute_sql(f'ALTER TABLE "repository" ADD COLUMN "publishing" BOOLEAN NOT NULL DEFAULT {true}')
 
 
+def _v5_disabled_users() -> None:
+    """Users can be disabled (and enabled again) without deleting anything of theirs."""
+    if "disabled" in {c.name for c in db.get_columns("owner")}:
+        return  # a database made by today's models and marked older (the upgrade tests do that)
+    false = "0" if is_sqlite() else "FALSE"
+    db.execute_sql(f'ALTER TABLE "owner" ADD COLUMN "disabled" BOOLEAN NOT NULL DEFAULT {false}')
+
+
 #: Step N brings a database from version N-1 to N.  A new database gets every table
 #: as the models define them today, without replaying the steps.
 MIGRATIONS: dict[int, Callable[[], None]] = {
     2: _v2_session_epochs_and_login_throttle,
     3: _v3_push_reader_indexes,
     4: _v4_publishing,
+    5: _v5_disabled_users,
 }
 
 

@@ -9,6 +9,8 @@ names of users are public (they own repositories and push), so no hiding here.
 
 from __future__ import annotations
 
+from peewee import fn as pw_fn
+
 from .. import credentials, names, policy, sshkeys
 from ..accounts import bump_credentials, end_logins, get_team, get_user
 from ..errors import Conflict, Forbidden, Invalid, NotFound
@@ -98,6 +100,80 @@ def remove_user(actor: Actor, name: str) -> None:
 def list_users(actor: Actor) -> list[Owner]:
     _require_site_admin(actor)
     return list(Owner.select().where(Owner.kind == "user").order_by(Owner.name_key))
+
+
+#: The longest search text the users listing takes.
+MAX_SEARCH = 100
+
+
+def search_users(actor: Actor, search: str = "", page: int = 1, per_page: int = 50) -> tuple[list[Owner], int]:
+    """One page of users whose name or email contains ``search`` (any case), and how many match."""
+    _require_site_admin(actor)
+    search = search.strip()[:MAX_SEARCH]
+    query = Owner.select().where(Owner.kind == "user")
+    if search:
+        lowered = search.lower()
+        query = query.where(pw_fn.LOWER(Owner.name).contains(lowered) | pw_fn.LOWER(Owner.email).contains(lowered))
+    total = query.count()
+    return list(query.order_by(Owner.name_key).paginate(page, per_page)), total
+
+
+def _enabled_admins_besides(user: Owner) -> int:
+    return (Owner.select()
+            .where((Owner.kind == "user") & Owner.is_admin & (Owner.disabled == False)  # noqa: E712
+                   & (Owner.id != user.id))
+            .count())
+
+
+def _refuse_unseating(actor: Actor, user: Owner) -> None:
+    """Conflict when taking ``user``'s site admin powers would leave no enabled site admin."""
+    if user.is_admin and not user.disabled:
+        decision = policy.may_unseat_site_admin(actor.subject, user.name, _enabled_admins_besides(user))
+        if not decision:
+            raise Conflict(decision.reason)
+
+
+def disable_user(actor: Actor, name: str) -> bool:
+    """Disable a user: every login ends, and no credential of theirs works until enabled.
+
+    Nothing of theirs is deleted (repositories, grants, tokens, keys, pushes).
+    Refused for the last enabled site admin.  False when already disabled.
+    """
+    _require_site_admin(actor)
+    with write_transaction():
+        user = get_user(name)
+        if user.disabled:
+            return False
+        _refuse_unseating(actor, user)
+        Owner.update(disabled=True).where(Owner.id == user.id).execute()
+        end_logins(user)
+    return True
+
+
+def enable_user(actor: Actor, name: str) -> bool:
+    """Enable a disabled user again, with everything they had; False when not disabled."""
+    _require_site_admin(actor)
+    with write_transaction():
+        user = get_user(name)
+        if not user.disabled:
+            return False
+        Owner.update(disabled=False).where(Owner.id == user.id).execute()
+        bump_credentials(user)
+    return True
+
+
+def set_site_admin(actor: Actor, name: str, admin: bool) -> bool:
+    """Make a user a site admin or not; refused for the last enabled one.  False when unchanged."""
+    _require_site_admin(actor)
+    with write_transaction():
+        user = get_user(name)
+        if bool(user.is_admin) == admin:
+            return False
+        if not admin:
+            _refuse_unseating(actor, user)
+        Owner.update(is_admin=admin).where(Owner.id == user.id).execute()
+        bump_credentials(user)
+    return True
 
 
 def site_admin_names() -> list[str]:
@@ -233,3 +309,4 @@ def remove_ssh_key(actor: Actor, user_name: str, fingerprint: str) -> None:
         )
         if not deleted:
             raise NotFound(f"{user.name} has no key with fingerprint {fingerprint!r}")
+
