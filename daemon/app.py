@@ -33,6 +33,7 @@ from hgext_hosting.models import Owner, Repository
 from hgext_hosting.service.actors import Actor
 
 from . import jsonpushes
+from .admin_pages import AdminPages
 from .auth import SESSION_COOKIE, Authenticator, Malformed, Refusal
 from .hgwebs import HgwebCache
 from .web import SECURITY_HEADERS, HTTPError, Request, error_body, hgweb_headers, respond, respond_json
@@ -98,6 +99,7 @@ class HostingApp:
         self.auth = authenticator
         self.hgwebs = hgwebs
         self.pages = pages
+        self.admin_pages = AdminPages(pages)
         self.baseui = baseui
         #: Set when the daemon drains for a stop: /healthz answers 503.
         self.draining = False
@@ -171,6 +173,8 @@ class HostingApp:
         if seg == ["healthz"]:
             return self.health(req, start_response)
         if seg[0] == "-":
+            if len(seg) == 3 and seg[1] == "reset":
+                return self.admin_pages.reset(req, start_response, seg[2])
             handler = {"login": self.pages.login, "logout": self.pages.logout,
                        "new": self.pages.new_repo}.get(seg[1] if len(seg) == 2 else "")
             if handler is None:

@@ -239,6 +239,19 @@ class Session(BaseModel):
     epoch = pw.IntegerField(default=0)
 
 
+class PasswordReset(BaseModel):
+    """A single-use password reset link: only the SHA-256 digest of its token is kept.
+
+    :func:`hgext_hosting.service.accounts.use_reset_link` deletes it when used;
+    an expired one is never accepted and goes with the user's next link.
+    """
+
+    user = pw.ForeignKeyField(Owner, on_delete="CASCADE", backref="password_resets")
+    digest = pw.CharField(max_length=64, unique=True)
+    created = pw.DateTimeField(default=utcnow)
+    expires = pw.DateTimeField()
+
+
 class LoginThrottle(BaseModel):
     """Failed logins counted per key, shared by every daemon process on the database.
 
@@ -267,6 +280,7 @@ ALL_MODELS = [
     PushBookmark,
     Session,
     LoginThrottle,
+    PasswordReset,
 ]
 
 
@@ -339,6 +353,11 @@ def _v5_disabled_users() -> None:
     db.execute_sql(f'ALTER TABLE "owner" ADD COLUMN "disabled" BOOLEAN NOT NULL DEFAULT {false}')
 
 
+def _v6_password_resets() -> None:
+    """Single-use password reset links (``hg-hosting user reset-link``, ``/-/reset/TOKEN``)."""
+    db.create_tables([PasswordReset], safe=True)
+
+
 #: Step N brings a database from version N-1 to N.  A new database gets every table
 #: as the models define them today, without replaying the steps.
 MIGRATIONS: dict[int, Callable[[], None]] = {
@@ -346,6 +365,7 @@ MIGRATIONS: dict[int, Callable[[], None]] = {
     3: _v3_push_reader_indexes,
     4: _v4_publishing,
     5: _v5_disabled_users,
+    6: _v6_password_resets,
 }
 
 

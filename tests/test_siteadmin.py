@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DATE, HG, Daemon, SiteHandle, run, site_handle
-from test_auth import add_users, basic, db_query, form_login, request
+from test_auth import add_users, basic, cookies, db_query, form_login, request
 from test_ssh import FAKE_SSHD, SSH, SSH_KEYGEN, make_key, parse_authorized_keys_line
 
 from hgext_hosting.pushdb import SCHEMA_VERSION
@@ -211,3 +211,90 @@ def test_init_upgrades_a_version_4_site(tmp_path):
     site.cli("init")
     assert db_query(site, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
     assert [(u["name"], u["disabled"]) for u in site.cli_json("user", "list")] == [("olga", False)]
+
+
+# -- reset links -----------------------------------------------------------------------------
+
+
+def reset_page(world, token: str, cookie: str | None = None, **fields) -> tuple[int, str]:
+    """GET the reset page (its form's cookie kept in ``world.reset_cookie``), or POST ``fields``."""
+    if not fields:
+        status, headers, body = request(world.daemon, "GET", f"/-/reset/{token}")
+        world.reset_cookie = cookies(headers).get("hgh_reset_csrf", "")
+        return status, body.decode()
+    body = urllib.parse.urlencode(fields).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if cookie is not None:
+        headers["Cookie"] = f"hgh_reset_csrf={cookie}"
+    status, _, answer = request(world.daemon, "POST", f"/-/reset/{token}", headers, body)
+    return status, answer.decode()
+
+
+def reset_token(world, user: str) -> str:
+    proc = world.site.cli("user", "reset-link", user)
+    path = proc.stdout.strip()
+    assert re.fullmatch(r"/-/reset/[A-Za-z0-9_-]{43}", path), path
+    assert "[web] baseurl is not set" in proc.stderr
+    return path.rsplit("/", 1)[1]
+
+
+def test_reset_link_sets_the_password_once_and_ends_sessions(world):
+    """A reset link (stored hashed) sets alice's password once: her sessions end, the new password
+    works, the old does not, and the link is then gone (404, like an unknown one)."""
+    cookie = session_cookie_for(world, "alice")
+    token = reset_token(world, "alice")
+    digests = [d for (d,) in db_query(world.site, "SELECT digest FROM password_reset")]
+    assert token not in digests and len(digests) == 1
+    status, page = reset_page(world, token)
+    assert status == 200 and "alice" in page
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    jar = world.reset_cookie
+    assert jar == csrf
+    # a bad password: refused on the page, the link still works
+    status, page = reset_page(world, token, jar, csrf=csrf, password="", confirm="")
+    assert status == 400 and "the password is empty" in page
+    status, page = reset_page(world, token, jar, csrf=csrf, password="a", confirm="b")
+    assert status == 400 and "do not match" in page
+    status, _ = reset_page(world, token, jar, csrf=csrf, password="new-alice-pw", confirm="new-alice-pw")
+    assert status == 303
+    assert b'href="/-/login' in request(world.daemon, "GET", "/", {"Cookie": cookie})[2]  # logged out
+    assert form_login(world.daemon, "alice", "new-alice-pw")[0] == 303
+    assert form_login(world.daemon, "alice", PASSWORDS["alice"])[0] == 401
+    used = reset_page(world, token)
+    unknown = reset_page(world, "x" * 43)
+    assert used == unknown and used[0] == 404
+    assert reset_page(world, token, jar, csrf=csrf, password="again", confirm="again")[0] == 404
+    world.site.cli("user", "passwd", "alice", "--password-stdin", input=PASSWORDS["alice"] + "\n")
+
+
+def test_reset_link_expires_after_24_hours_and_a_new_one_replaces_the_old(world):
+    first = reset_token(world, "alice")
+    second = reset_token(world, "alice")
+    assert reset_page(world, first)[0] == 404  # replaced
+    db_query(world.site, "UPDATE password_reset SET expires = datetime(expires, '-24 hours', '-1 second')")
+    expired = reset_page(world, second)
+    assert expired[0] == 404 and expired == reset_page(world, "y" * 43)
+    assert "unknown, used or expired" in expired[1]
+
+
+def test_reset_link_uses_the_baseurl_and_refuses_unknown_users(world):
+    hgrc = world.site.root / "hgrc"
+    text = hgrc.read_text()
+    try:
+        hgrc.write_text(text + "\n[web]\nbaseurl = https://hg.example.org/\n")
+        proc = world.site.cli("user", "reset-link", "bob")
+        assert re.fullmatch(r"https://hg\.example\.org/-/reset/[A-Za-z0-9_-]{43}\n", proc.stdout), proc.stdout
+        assert proc.stderr == ""
+    finally:
+        hgrc.write_text(text)
+    assert world.site.refuse("user", "reset-link", "nobody") == "error: no user named 'nobody'"
+
+
+def test_reset_form_without_its_csrf_token_changes_nothing(world):
+    token = reset_token(world, "bob")
+    before = db_query(world.site, "SELECT password_hash FROM owner WHERE name = 'bob'")
+    reset_page(world, token)
+    assert reset_page(world, token, None, csrf=world.reset_cookie, password="zzz", confirm="zzz")[0] == 403
+    assert reset_page(world, token, "forged", csrf="forged2", password="zzz", confirm="zzz")[0] == 403
+    assert db_query(world.site, "SELECT password_hash FROM owner WHERE name = 'bob'") == before
+    assert reset_page(world, token)[0] == 200

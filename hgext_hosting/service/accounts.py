@@ -9,12 +9,15 @@ names of users are public (they own repositories and push), so no hiding here.
 
 from __future__ import annotations
 
+import datetime
+import secrets
+
 from peewee import fn as pw_fn
 
 from .. import credentials, names, policy, sshkeys
 from ..accounts import bump_credentials, end_logins, get_team, get_user
 from ..errors import Conflict, Forbidden, Invalid, NotFound
-from ..models import ApiToken, Membership, Owner, Repository, SshKey, write_transaction
+from ..models import ApiToken, Membership, Owner, PasswordReset, Repository, SshKey, utcnow, write_transaction
 from .actors import Actor
 
 #: The longest email address accepted (RFC 5321's path limit).
@@ -174,6 +177,70 @@ def set_site_admin(actor: Actor, name: str, admin: bool) -> bool:
         Owner.update(is_admin=admin).where(Owner.id == user.id).execute()
         bump_credentials(user)
     return True
+
+
+# -- password reset links -----------------------------------------------------------------
+
+#: How long a reset link works.
+RESET_LIFETIME = datetime.timedelta(hours=24)
+#: The one answer for a reset link that is unknown, used or expired: they look alike.
+RESET_GONE = "this password reset link is unknown, used or expired; ask for a new one"
+
+
+def new_reset_token(user: Owner) -> str:
+    """A new single-use reset token for ``user`` (their earlier ones stop working).
+
+    No rule here: the caller decided (a site admin, or ``/-/forgot`` mailing the
+    address on record).  Only the token's digest is stored.
+    """
+    token = secrets.token_urlsafe(32)
+    with write_transaction():
+        PasswordReset.delete().where(PasswordReset.user == user.id).execute()
+        PasswordReset.create(user=user, digest=credentials.token_digest(token),
+                             expires=utcnow() + RESET_LIFETIME)
+    return token
+
+
+def issue_reset_link(actor: Actor, name: str) -> str:
+    """A reset token for the user ``name`` (site admins only); the URL is ``/-/reset/TOKEN``."""
+    _require_site_admin(actor)
+    return new_reset_token(get_user(name))
+
+
+def _reset_row(token: str) -> PasswordReset:
+    if not token or len(token) > 128:
+        raise NotFound(RESET_GONE)
+    row = (PasswordReset.select(PasswordReset, Owner).join(Owner)
+           .where((PasswordReset.digest == credentials.token_digest(token)) & (PasswordReset.expires > utcnow()))
+           .first())
+    if row is None:
+        raise NotFound(RESET_GONE)
+    return row
+
+
+def reset_link_user(token: str) -> Owner:
+    """The user a live reset token is for; NotFound (:data:`RESET_GONE`) otherwise."""
+    return _reset_row(token).user
+
+
+def use_reset_link(token: str, password: str) -> Owner:
+    """Set the password of the reset token's user, once; every session of theirs ends.
+
+    The password is checked like ``user passwd`` (:func:`credentials.check_new_password`);
+    a bad one leaves the link usable.  Two uses at once: one wins, the other is NotFound.
+    """
+    user = _reset_row(token).user
+    pw_hash = credentials.hash_password(password)
+    with write_transaction():
+        used = PasswordReset.delete().where(
+            (PasswordReset.digest == credentials.token_digest(token)) & (PasswordReset.expires > utcnow())
+        ).execute()
+        if not used:
+            raise NotFound(RESET_GONE)
+        PasswordReset.delete().where(PasswordReset.user == user.id).execute()
+        Owner.update(password_hash=pw_hash).where(Owner.id == user.id).execute()
+        end_logins(user)
+    return user
 
 
 def site_admin_names() -> list[str]:
