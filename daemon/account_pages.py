@@ -330,7 +330,7 @@ class AccountPages:
             mail_later(self.site, user.email, "Set a new password",
                        f"Someone (hopefully you) asked to set a new password for {user.name}"
                        f" at {conf.base_url}/.\n\nOpen this link to choose one (it works once, for"
-                       f" {accounts.RESET_HOURS} hours):\n\n  {conf.base_url}/-/reset/{token}\n\n"
+                       f" {int(accounts.RESET_LIFETIME.total_seconds() // 3600)} hours):\n\n  {conf.base_url}/-/reset/{token}\n\n"
                        "If it was not you, ignore this mail: your password is unchanged.\n")
         return self.pages.render(req, start_response, "forgot_sent.html", headers=NO_STORE, email=email,
                                  title="Check your mail")

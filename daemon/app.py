@@ -34,6 +34,7 @@ from hgext_hosting.service.actors import Actor
 
 from . import jsonpushes
 from .account_pages import AccountPages
+from .admin_pages import AdminPages
 from .auth import SESSION_COOKIE, Authenticator, Malformed, Refusal
 from .hgwebs import HgwebCache
 from .web import SECURITY_HEADERS, HTTPError, Request, error_body, hgweb_headers, respond, respond_json
@@ -99,6 +100,7 @@ class HostingApp:
         self.auth = authenticator
         self.hgwebs = hgwebs
         self.pages = pages
+        self.admin_pages = AdminPages(pages)
         self.account_pages = AccountPages(pages)
         self.baseui = baseui
         #: Set when the daemon drains for a stop: /healthz answers 503.
@@ -177,6 +179,8 @@ class HostingApp:
             if answer is not None:
                 return answer
         if seg[0] == "-":
+            if len(seg) == 3 and seg[1] == "reset":
+                return self.admin_pages.reset(req, start_response, seg[2])
             handler = {"login": self.pages.login, "logout": self.pages.logout,
                        "new": self.pages.new_repo}.get(seg[1] if len(seg) == 2 else "")
             if handler is None:

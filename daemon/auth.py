@@ -24,6 +24,12 @@
   out ends the session on the server and every worker process sees it, and a
   password change, reset, disable or removal (which bump the epoch) ends every
   session of the user.
+- **Disabled users** (``hg-hosting user disable``): refused from the next
+  request on, whichever daemon it reaches.  Disabling bumps both epochs, so
+  cached Basic verifications and sessions die; a fresh password or token is
+  answered ``403 this account is disabled`` only once it was verified, so
+  the answer tells nothing to someone without the credential (a wrong one
+  gets the usual 401, and the attempt still counts for the throttle).
 
 All of this runs in WSGI pool threads, never on the reactor.
 """
@@ -80,6 +86,8 @@ class Refusal:
 
 THROTTLED = Refusal(429, "too many failed logins; try again later")
 WRONG = Refusal(401, "wrong user name or password")
+#: Given only for a right password or token: it tells nothing to whoever lacks them.
+DISABLED = Refusal(403, "this account is disabled")
 
 
 def parse_basic(header: str) -> tuple[str, str]:
@@ -364,7 +372,8 @@ class Authenticator:
             token = ApiToken.select(ApiToken, Owner).join(Owner).where(ApiToken.id == token_id).first()
             user = token.user if token is not None else None
         expired = token is not None and token.expires is not None and token.expires <= utcnow()
-        if (user is None or expired or user.id != user_id or user.kind != "user" or user.name_key != name_key
+        if (user is None or user.disabled or expired or user.id != user_id or user.kind != "user"
+                or user.name_key != name_key
                 or user.created != created or user.credentials_epoch != epoch):
             with self._lock:
                 self._cache.pop(key, None)
@@ -398,6 +407,8 @@ class Authenticator:
             return cached
         if is_token:
             token = accounts.find_token(user_name, secret)
+            if token is not None and token.user.disabled:
+                return DISABLED
             if token is not None:
                 accounts.touch_token(token)
                 self._remember(key, token.user, token.id)
@@ -439,6 +450,8 @@ class Authenticator:
         user = accounts.check_password(user_name, password) if user_name else None
         if user is None:
             return WRONG
+        if user.disabled:
+            return DISABLED  # counted as a failure: no probing of a disabled account
         self.throttle.succeeded(attempt)
         self._upgrade_hash(user, password)
         return user
@@ -487,7 +500,7 @@ class Authenticator:
             Session.select(Session, Owner)
             .join(Owner)
             .where((Session.digest == hashlib.sha256(sid.encode()).hexdigest()) & (Session.expires > utcnow())
-                   & (Session.epoch == Owner.login_epoch))
+                   & (Session.epoch == Owner.login_epoch) & (Owner.disabled == False))  # noqa: E712
             .first()
         )
         if row is not None and address is not None:

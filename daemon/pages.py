@@ -151,10 +151,11 @@ class Pages:
     def render(self, req: Request, start_response, template: str, status: int = 200,
                headers: list[tuple[str, str]] | None = None, **context) -> list[bytes]:
         context.setdefault("title", "hg-hosting")
+        # ``path``: where "Log in" comes back to; a page whose URL holds a secret passes "/".
+        context.setdefault("path", urllib.parse.quote("/" + "/".join(req.segments)))
         body = self.env.get_template(template).render(
             user=req.user,
             csrf=req.session.csrf if req.session is not None else "",
-            path=urllib.parse.quote("/" + "/".join(req.segments)),
             **context,
         )
         return respond(start_response, status, body, "text/html; charset=utf-8", headers=headers)

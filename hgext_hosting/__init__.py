@@ -101,11 +101,10 @@ In the site ``hgrc``::
   # with mail set up the address is confirmed by a mailed link first)
   registration = closed
   # outgoing mail (password reset links, address checks): an SMTP relay
-  # HOST:PORT that needs no login, the From address, and the site's public
-  # URL that links in mails start with; mail is off unless all three are set
+  # HOST:PORT that needs no login and the From address; links in mails start
+  # with [web] baseurl (the site's public URL); mail is off unless all three are set
   smtp =
   mail-from =
-  base-url =
 
 The site ``hgrc`` must keep ``[extensions] hosting =``, and every repository's
 ``.hg/hgrc`` must include the site ``hgrc``: a process that does not load the

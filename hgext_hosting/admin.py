@@ -213,11 +213,32 @@ def cmd_user(args, site: Site) -> int:
     elif args.action == "remove":
         service_accounts.remove_user(CONSOLE, args.name)
         print(f"removed user {args.name}")
+    elif args.action == "disable":
+        changed = service_accounts.disable_user(CONSOLE, args.name)
+        print(f"disabled user {args.name}" if changed else f"{args.name} was already disabled")
+    elif args.action == "enable":
+        changed = service_accounts.enable_user(CONSOLE, args.name)
+        print(f"enabled user {args.name}" if changed else f"{args.name} was not disabled")
+    elif args.action == "reset-link":
+        token = service_accounts.issue_reset_link(CONSOLE, args.name)
+        print(_reset_url(site, token))
     else:
-        rows = [{"name": u.name, "email": u.email, "admin": u.is_admin} for u in service_accounts.list_users(CONSOLE)]
+        rows = [{"name": u.name, "email": u.email, "admin": u.is_admin, "disabled": u.disabled}
+                for u in service_accounts.list_users(CONSOLE)]
         _emit(args, rows, [("NAME", itemgetter("name")), ("EMAIL", itemgetter("email")),
-                           ("ADMIN", itemgetter("admin"))])
+                           ("ADMIN", itemgetter("admin")), ("DISABLED", itemgetter("disabled"))])
     return 0
+
+
+def _reset_url(site: Site, token: str) -> str:
+    """``BASEURL/-/reset/TOKEN`` with the site's ``[web] baseurl``; else the path, and a note on stderr."""
+    path = f"/-/reset/{token}"
+    base = site.ui.config(b"web", b"baseurl")
+    if base:
+        return base.decode("utf-8", "replace").rstrip("/") + path
+    print("note: [web] baseurl is not set in the site hgrc; prefix this path with the site's address",
+          file=sys.stderr)
+    return path
 
 
 def cmd_token(args, site: Site) -> int:
@@ -243,9 +264,9 @@ def cmd_token(args, site: Site) -> int:
 
 def cmd_invite(args, site: Site) -> int:
     """``invite create [--email E]``: print the single-use sign-up link's URL (path, or full
-    with ``[hosting] base-url``)."""
+    with ``[web] baseurl``)."""
     token = service_accounts.create_invite(CONSOLE, args.email or "")
-    base = site.ui.config(b"hosting", b"base-url").decode("utf-8", "replace").strip().rstrip("/")
+    base = (site.ui.config(b"web", b"baseurl") or b"").decode("utf-8", "replace").strip().rstrip("/")
     print(f"{base}/-/join/{token}")
     mode = site.ui.config(b"hosting", b"registration").decode("utf-8", "replace").strip()
     if mode not in ("invite", "open"):
@@ -543,6 +564,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-stdin", action="store_true",
                    help="read the password from stdin even on a terminal")
     users.add_parser("remove", help="remove a user").add_argument("name")
+    users.add_parser("disable", help="disable a user: every login ends, no credential works;"
+                                     " nothing is deleted").add_argument("name")
+    users.add_parser("enable", help="enable a disabled user again").add_argument("name")
+    users.add_parser("reset-link", help="print a single-use password reset link (valid 24 hours)"
+                     ).add_argument("name")
     listing(users.add_parser("list", help="list users"))
 
     tokens = actions(command("token", cmd_token, "manage API tokens"))

@@ -41,12 +41,10 @@ configitem(b"hosting", b"signup-throttle", default=10)
 #: ``invite`` (with a site admin's single-use link) or ``open`` (anyone).
 configitem(b"hosting", b"registration", default=b"closed")
 #: Outgoing mail (password resets, address checks): ``HOST:PORT`` of an SMTP server
-#: (plain, no login; empty: no mail) and the ``From`` address.
+#: (plain, no login; empty: no mail) and the ``From`` address.  Links in mails start
+#: with Mercurial's ``[web] baseurl``; mail is off unless all three are set.
 configitem(b"hosting", b"smtp", default=b"")
 configitem(b"hosting", b"mail-from", default=b"")
-#: The site's public URL (``https://hg.example.org``) for links in mails; empty: the
-#: URL the request came to.
-configitem(b"hosting", b"base-url", default=b"")
 #: Seconds a stopping daemon waits for requests and SSH sessions in flight (it stops
 #: earlier once none was in flight for about 2 s).
 configitem(b"hosting", b"drain-seconds", default=30)

@@ -2,7 +2,8 @@
 
 Configured in the site hgrc by ``[hosting] smtp = HOST:PORT`` (a relay that takes
 mail without a login, e.g. the local MTA) and ``[hosting] mail-from``; links in
-mails start with ``[hosting] base-url`` (never the request's ``Host`` header,
+mails start with ``[web] baseurl`` (Mercurial's own key for the site's public
+URL; never the request's ``Host`` header,
 which a client chooses: a reset link must not point elsewhere).  Mail is off
 unless all three are set (:func:`configured`).
 
@@ -36,7 +37,7 @@ def settings(ui) -> MailSettings | None:
     """The site's mail settings, or None when mail is off; UserError for a malformed ``smtp``."""
     smtp = ui.config(b"hosting", b"smtp").decode("utf-8", "replace").strip()
     sender = ui.config(b"hosting", b"mail-from").decode("utf-8", "replace").strip()
-    base_url = ui.config(b"hosting", b"base-url").decode("utf-8", "replace").strip().rstrip("/")
+    base_url = (ui.config(b"web", b"baseurl") or b"").decode("utf-8", "replace").strip().rstrip("/")
     if not (smtp and sender and base_url):
         return None
     host, sep, port = smtp.rpartition(":")
@@ -46,7 +47,7 @@ def settings(ui) -> MailSettings | None:
 
 
 def configured(ui) -> bool:
-    """Is outgoing mail set up (``smtp``, ``mail-from`` and ``base-url``)?"""
+    """Is outgoing mail set up (``[hosting] smtp``, ``mail-from`` and ``[web] baseurl``)?"""
     return settings(ui) is not None
 
 
@@ -65,6 +66,6 @@ def send(site, to: str, subject: str, body: str) -> None:
     """Send one plain-text mail with ``site``'s settings (blocking); UserError when mail is off."""
     conf = settings(site.ui)
     if conf is None:
-        raise UserError("mail is not configured ([hosting] smtp, mail-from, base-url)")
+        raise UserError("mail is not configured ([hosting] smtp and mail-from, [web] baseurl)")
     with smtplib.SMTP(conf.host, conf.port, timeout=SMTP_TIMEOUT) as smtp:
         smtp.send_message(message(conf.sender, to, subject, body))

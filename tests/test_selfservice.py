@@ -227,11 +227,17 @@ def test_sessions_listed_with_address_and_ended_one_or_all(world):
     assert world.get(others[0], "/-/settings")[0] == 303
     assert world.get(others[1], "/-/settings")[0] == 200
     # someone else's session, or nonsense: 404, nothing ended
-    bobs = db_query(world.site, "SELECT s.id FROM session s JOIN owner o ON o.id = s.user_id WHERE o.name = 'bob'")
-    assert world.post(mine, "/-/settings/sessions", action="end", session=str(bobs[0][0]))[0] == 404
+    world.login("alice")
+    alices = db_query(world.site, "SELECT s.id FROM session s JOIN owner o ON o.id = s.user_id"
+                                  " WHERE o.name = 'alice'")
+    assert world.post(mine, "/-/settings/sessions", action="end", session=str(alices[0][0]))[0] == 404
     assert world.post(mine, "/-/settings/sessions", action="end", session="x")[0] == 404
+    assert db_query(world.site, "SELECT s.id FROM session s JOIN owner o ON o.id = s.user_id"
+                                " WHERE o.name = 'alice'") == alices
+    ((count,),) = db_query(world.site, "SELECT count(*) FROM session s JOIN owner o ON o.id = s.user_id"
+                                       " WHERE o.name = 'carol'")
     status, _, page = world.post(mine, "/-/settings/sessions", action="end-others")
-    assert status == 200 and "Ended 2 other sessions." in page
+    assert status == 200 and f"Ended {count - 1} other sessions." in page
     assert world.get(others[1], "/-/settings")[0] == 303 and world.get(others[2], "/-/settings")[0] == 303
     assert world.get(mine, "/-/settings")[0] == 200
 
@@ -251,16 +257,16 @@ def test_closed_registration_has_no_sign_up_pages(world):
         "error: enter an email address (name@example.org)")
 
 
-def test_a_version_4_database_gets_step_5(tmp_path):
+def test_a_version_6_database_gets_step_7(tmp_path):
     site = site_handle(tmp_path)
     site.cli("init")
     for sql in ('ALTER TABLE api_token DROP COLUMN expires', 'ALTER TABLE session DROP COLUMN last_seen',
                 'ALTER TABLE session DROP COLUMN address', 'DROP TABLE signup_token',
-                "UPDATE meta SET value = '4' WHERE key = 'schema_version'"):
+                "UPDATE meta SET value = '6' WHERE key = 'schema_version'"):
         db_query(site, sql)
-    assert "schema version 4" in site.refuse("user", "list")
+    assert "schema version 6" in site.refuse("user", "list")
     site.cli("init")
-    assert db_query(site, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
+    assert db_query(site, "SELECT value FROM meta WHERE key = 'schema_version'") == [("7",)]
     site.add_user("dave")
     assert site.cli("token", "create", "dave", "--expires", "2030-01-01").stdout.startswith("hgh_")
 

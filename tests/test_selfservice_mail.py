@@ -2,7 +2,7 @@
 
 A real SMTP server (aiosmtpd) runs in the test on a free loopback port; the
 site's ``[hosting] smtp`` points at it, ``registration = open`` and
-``base-url = https://hg.example.org`` (links in mails never follow the
+``[web] baseurl = https://hg.example.org`` (links in mails never follow the
 request's ``Host``).  One daemon for the module; the flows run in Chromium.
 """
 
@@ -17,7 +17,7 @@ import socket
 import pytest
 from browserkit import Contexts, chromium, screenshots, skip_unless_browser, submit
 from conftest import Daemon, site_handle
-from test_auth import PASSWORDS, add_users, db_query, form_login
+from test_auth import PASSWORDS, add_users, db_query, form_login, request
 
 skip_unless_browser()
 
@@ -64,7 +64,7 @@ def web(tmp_path_factory):
     site.cli("init")
     with open(site.root / "hgrc", "a") as hgrc:
         hgrc.write(f"\n[hosting]\nregistration = open\nsmtp = 127.0.0.1:{mailbox.port}\n"
-                   f"mail-from = hg-hosting <noreply@example.org>\nbase-url = {BASE_URL}/\n")
+                   f"mail-from = hg-hosting <noreply@example.org>\n[web]\nbaseurl = {BASE_URL}/\n")
     add_users(site, {"alice": PASSWORDS["alice"]})
     site.cli("user", "add", "mailed", "--email", "mailed@example.org")
     daemon = Daemon(site)
@@ -134,3 +134,38 @@ def test_open_registration_checks_the_address_first(tabs, web):
     again = tabs.page()
     again.goto(path)
     assert submit(again, "main form").status == 404
+
+
+def test_the_forgot_page_answers_alike_and_mails_a_reset_link_to_an_account(tabs, web):
+    page = tabs.page()
+    page.goto("/-/forgot")
+    screenshots(page, "forgot")
+    page.fill("input[name=email]", "nobody@example.org")
+    assert submit(page, "main form").status == 200
+    unknown = page.locator("main").inner_text().replace("nobody@example.org", "ADDRESS")
+    screenshots(page, "forgot-sent")
+    page.goto("/-/forgot")
+    page.fill("input[name=email]", "mailed@example.org")
+    assert submit(page, "main form").status == 200
+    assert page.locator("main").inner_text().replace("mailed@example.org", "ADDRESS") == unknown
+    to, message = web.mailbox.next()
+    assert to == ["mailed@example.org"] and message["Subject"] == "Set a new password"
+    path = link_in(message, "reset")
+    assert web.mailbox.empty()  # nothing for the unknown address
+    page.goto(path)  # the reset page (/-/reset/TOKEN) sets the password, once
+    page.fill("input[name=password]", "mailed-new-pw")
+    page.fill("input[name=confirm]", "mailed-new-pw")
+    assert submit(page, "main form").status in (200, 303)
+    assert form_login(web.daemon, "mailed", "mailed-new-pw")[0] == 303
+    assert request(web.daemon, "GET", path)[0] == 404  # spent
+
+
+def test_forgot_refuses_a_bad_address_and_mails_nothing(tabs, web):
+    page = tabs.page()
+    page.goto("/-/forgot")
+    page.locator("input[name=email]").evaluate("e => e.type = 'text'")
+    page.fill("input[name=email]", "<b>nope</b>")
+    assert submit(page, "main form").status == 400
+    assert page.locator("p.error").inner_text() == "enter an email address (name@example.org)"
+    assert page.input_value("input[name=email]") == "<b>nope</b>"
+    assert web.mailbox.empty()

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import datetime
 import re
+import secrets
+
+from peewee import fn as pw_fn
 
 from .. import credentials, names, policy, sshkeys
 from ..accounts import bump_credentials, check_password, end_logins, get_team, get_user
@@ -19,6 +22,7 @@ from ..models import (
     ApiToken,
     Membership,
     Owner,
+    PasswordReset,
     Repository,
     Session,
     SignupToken,
@@ -111,6 +115,156 @@ def remove_user(actor: Actor, name: str) -> None:
 def list_users(actor: Actor) -> list[Owner]:
     _require_site_admin(actor)
     return list(Owner.select().where(Owner.kind == "user").order_by(Owner.name_key))
+
+
+#: The longest search text the users listing takes.
+MAX_SEARCH = 100
+
+
+def search_users(actor: Actor, search: str = "", page: int = 1, per_page: int = 50) -> tuple[list[Owner], int]:
+    """One page of users whose name or email contains ``search`` (any case), and how many match."""
+    _require_site_admin(actor)
+    search = search.strip()[:MAX_SEARCH]
+    query = Owner.select().where(Owner.kind == "user")
+    if search:
+        lowered = search.lower()
+        query = query.where(pw_fn.LOWER(Owner.name).contains(lowered) | pw_fn.LOWER(Owner.email).contains(lowered))
+    total = query.count()
+    return list(query.order_by(Owner.name_key).paginate(page, per_page)), total
+
+
+def _enabled_admins_besides(user: Owner) -> int:
+    return (Owner.select()
+            .where((Owner.kind == "user") & Owner.is_admin & (Owner.disabled == False)  # noqa: E712
+                   & (Owner.id != user.id))
+            .count())
+
+
+def _refuse_unseating(actor: Actor, user: Owner) -> None:
+    """Conflict when taking ``user``'s site admin powers would leave no enabled site admin."""
+    if user.is_admin and not user.disabled:
+        decision = policy.may_unseat_site_admin(actor.subject, user.name, _enabled_admins_besides(user))
+        if not decision:
+            raise Conflict(decision.reason)
+
+
+def disable_user(actor: Actor, name: str) -> bool:
+    """Disable a user: every login ends, and no credential of theirs works until enabled.
+
+    Nothing of theirs is deleted (repositories, grants, tokens, keys, pushes).
+    Refused for the last enabled site admin.  False when already disabled.
+    """
+    _require_site_admin(actor)
+    with write_transaction():
+        user = get_user(name)
+        if user.disabled:
+            return False
+        _refuse_unseating(actor, user)
+        Owner.update(disabled=True).where(Owner.id == user.id).execute()
+        end_logins(user)
+    return True
+
+
+def enable_user(actor: Actor, name: str) -> bool:
+    """Enable a disabled user again, with everything they had; False when not disabled."""
+    _require_site_admin(actor)
+    with write_transaction():
+        user = get_user(name)
+        if not user.disabled:
+            return False
+        Owner.update(disabled=False).where(Owner.id == user.id).execute()
+        bump_credentials(user)
+    return True
+
+
+def set_site_admin(actor: Actor, name: str, admin: bool) -> bool:
+    """Make a user a site admin or not; refused for the last enabled one.  False when unchanged."""
+    _require_site_admin(actor)
+    with write_transaction():
+        user = get_user(name)
+        if bool(user.is_admin) == admin:
+            return False
+        if not admin:
+            _refuse_unseating(actor, user)
+        Owner.update(is_admin=admin).where(Owner.id == user.id).execute()
+        bump_credentials(user)
+    return True
+
+
+# -- password reset links -----------------------------------------------------------------
+
+#: How long a reset link works.
+RESET_LIFETIME = datetime.timedelta(hours=24)
+#: The one answer for a reset link that is unknown, used or expired: they look alike.
+RESET_GONE = "this password reset link is unknown, used or expired; ask for a new one"
+
+
+def new_reset_token(user: Owner) -> str:
+    """A new single-use reset token for ``user`` (their earlier ones stop working).
+
+    No rule here: the caller decided (a site admin, or ``/-/forgot`` mailing the
+    address on record).  Only the token's digest is stored.
+    """
+    token = secrets.token_urlsafe(32)
+    with write_transaction():
+        PasswordReset.delete().where(PasswordReset.user == user.id).execute()
+        PasswordReset.create(user=user, digest=credentials.token_digest(token),
+                             expires=utcnow() + RESET_LIFETIME)
+    return token
+
+
+def issue_reset_link(actor: Actor, name: str) -> str:
+    """A reset token for the user ``name`` (site admins only); the URL is ``/-/reset/TOKEN``."""
+    _require_site_admin(actor)
+    return new_reset_token(get_user(name))
+
+
+def reset_links_for_email(actor: Actor, email: str) -> list[tuple[Owner, str]]:
+    """``/-/forgot``: a new reset token for each enabled user whose address on record is
+    ``email`` (any case), to be mailed to that address only; usually none or one.
+
+    Anyone may ask: the link goes to the address on record, never to the asker.
+    """
+    email = check_signup_email(email)
+    users = list(Owner.select().where((Owner.kind == "user") & ~Owner.disabled
+                                      & (pw_fn.LOWER(Owner.email) == email.lower())))
+    return [(user, new_reset_token(user)) for user in users]
+
+
+def _reset_row(token: str) -> PasswordReset:
+    if not token or len(token) > 128:
+        raise NotFound(RESET_GONE)
+    row = (PasswordReset.select(PasswordReset, Owner).join(Owner)
+           .where((PasswordReset.digest == credentials.token_digest(token)) & (PasswordReset.expires > utcnow()))
+           .first())
+    if row is None:
+        raise NotFound(RESET_GONE)
+    return row
+
+
+def reset_link_user(token: str) -> Owner:
+    """The user a live reset token is for; NotFound (:data:`RESET_GONE`) otherwise."""
+    return _reset_row(token).user
+
+
+def use_reset_link(token: str, password: str) -> Owner:
+    """Set the password of the reset token's user, once; every session of theirs ends.
+
+    The password is checked like ``user passwd`` (:func:`credentials.check_new_password`);
+    a bad one leaves the link usable.  Two uses at once: one wins, the other is NotFound.
+    """
+    user = _reset_row(token).user
+    pw_hash = credentials.hash_password(password)
+    with write_transaction():
+        used = PasswordReset.delete().where(
+            (PasswordReset.digest == credentials.token_digest(token)) & (PasswordReset.expires > utcnow())
+        ).execute()
+        if not used:
+            raise NotFound(RESET_GONE)
+        PasswordReset.delete().where(PasswordReset.user == user.id).execute()
+        Owner.update(password_hash=pw_hash).where(Owner.id == user.id).execute()
+        end_logins(user)
+    return user
 
 
 def site_admin_names() -> list[str]:
