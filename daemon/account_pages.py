@@ -78,6 +78,9 @@ class AccountPages:
 
     def __init__(self, pages: Pages):
         self.pages = pages
+        # What the login page offers besides logging in (the site's hgrc is read once per daemon).
+        pages.env.globals.update(signup_open=self.registration() == "open",
+                                 forgot_enabled=self.mail_settings() is not None)
 
     @property
     def site(self):

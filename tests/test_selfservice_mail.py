@@ -138,7 +138,11 @@ def test_open_registration_checks_the_address_first(tabs, web):
 
 def test_the_forgot_page_answers_alike_and_mails_a_reset_link_to_an_account(tabs, web):
     page = tabs.page()
-    page.goto("/-/forgot")
+    page.goto("/-/login")
+    screenshots(page, "login-with-links")
+    with page.expect_navigation():
+        page.get_by_text("Forgot your password?").click()
+    assert page.url == web.url + "/-/forgot"
     screenshots(page, "forgot")
     page.fill("input[name=email]", "nobody@example.org")
     assert submit(page, "main form").status == 200
