@@ -31,7 +31,7 @@ from twisted.internet import reactor, threads
 from twisted.logger import Logger
 from twisted.web import http
 
-from hgext_hosting import mail
+from hgext_hosting import credentials, mail
 from hgext_hosting.errors import Invalid, NotFound, Throttled, UserError
 from hgext_hosting.models import Owner, utcnow
 from hgext_hosting.service import accounts
@@ -78,6 +78,8 @@ class AccountPages:
 
     def __init__(self, pages: Pages):
         self.pages = pages
+        if self.registration() not in accounts.REGISTRATION_MODES:
+            raise UserError(f"[hosting] registration must be closed, invite or open, not {self.registration()!r}")
         # What the login page offers besides logging in (the site's hgrc is read once per daemon).
         pages.env.globals.update(signup_open=self.registration() == "open",
                                  forgot_enabled=self.mail_settings() is not None)
@@ -158,8 +160,14 @@ class AccountPages:
         if action == "password":
             if req.field("password") != req.field("confirm"):
                 raise Invalid("the new password and its confirmation differ", "confirm")
+            credentials.check_new_password(req.field("password"))  # a bad new one is no guess
+            # The current password is a login's secret: its guesses count with the login throttle's.
+            attempt = self.auth.throttle.reserve(req.user.name, req.address)
+            if attempt is None:
+                raise Throttled("too many wrong passwords; try again later", self.auth.retry_after)
             accounts.change_own_password(actor, req.field("current"), req.field("password"),
                                          keep_session=req.session.id)
+            self.auth.throttle.succeeded(attempt)
             return "Your password was changed; every other session of yours has ended."
         raise HTTPError(400, "unknown action")
 

@@ -52,7 +52,7 @@ class World:
 def world(tmp_path_factory):
     site = site_handle(tmp_path_factory.mktemp("selfservice"))
     site.cli("init")
-    add_users(site, {name: PASSWORDS[name] for name in ("alice", "bob", "carol")})
+    add_users(site, {name: PASSWORDS[name] for name in ("alice", "bob", "carol", "zed")})
     site.cli("repo", "create", "alice/private", "--private")
     daemon = Daemon(site)
     yield World(site, daemon)
@@ -130,6 +130,16 @@ def test_password_change_needs_the_current_one_and_ends_every_other_session(worl
     assert form_login(world.daemon, "bob", PASSWORDS["bob"])[0] == 401
     assert request(world.daemon, "GET", "/alice/private?cmd=capabilities",
                    basic("bob", "new-bob-pw"))[0] == 404  # logged in (not 401), may not read
+
+
+def test_guessing_the_current_password_is_throttled_like_logins(world):
+    """Wrong current passwords count with the login throttle (10 per name and address)."""
+    cookie = world.login("zed")
+    statuses = [world.post(cookie, "/-/settings", action="password", current=f"guess-{i}",
+                           password="x-new", confirm="x-new")[0] for i in range(11)]
+    assert statuses[:10] == [400] * 10 and statuses[10] == 429
+    assert form_login(world.daemon, "zed", PASSWORDS["zed"])[0] == 429  # the same count
+    assert form_login(world.daemon, "zed", PASSWORDS["zed"], source="127.0.0.9")[0] == 303
 
 
 # -- /-/settings/keys -------------------------------------------------------------------------------
