@@ -15,7 +15,8 @@ import urllib.parse
 
 import pytest
 from conftest import Daemon, site_handle
-from test_auth import PASSWORDS, add_users, basic, cookies, db_query, form_login, header, request
+from test_auth import PASSWORDS, basic, cookies, db_query, form_login, header, request
+from test_browser import cli_batch
 
 #: An API token (credentials.new_token: the prefix and 43 URL-safe characters).
 TOKEN = re.compile(r"hgh_[A-Za-z0-9_-]{43}")
@@ -51,9 +52,10 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     site = site_handle(tmp_path_factory.mktemp("selfservice"))
-    site.cli("init")
-    add_users(site, {name: PASSWORDS[name] for name in ("alice", "bob", "carol", "zed")})
-    site.cli("repo", "create", "alice/private", "--private")
+    cli_batch(site, [(["init"], None),
+                     *[(["user", "add", name, "--password-stdin"], PASSWORDS[name] + "\n")
+                       for name in ("alice", "bob", "carol", "zed")],
+                     (["repo", "create", "alice/private", "--private"], None)])
     daemon = Daemon(site)
     yield World(site, daemon)
     daemon.stop()
@@ -277,8 +279,9 @@ def test_a_version_6_database_gets_step_7(tmp_path):
     assert "schema version 6" in site.refuse("user", "list")
     site.cli("init")
     assert db_query(site, "SELECT value FROM meta WHERE key = 'schema_version'") == [("7",)]
-    site.add_user("dave")
-    assert site.cli("token", "create", "dave", "--expires", "2030-01-01").stdout.startswith("hgh_")
+    columns = {(t, row[1]) for t in ("api_token", "session") for row in db_query(site, f"PRAGMA table_info({t})")}
+    assert {("api_token", "expires"), ("session", "last_seen"), ("session", "address")} <= columns
+    assert db_query(site, "SELECT count(*) FROM signup_token") == [(0,)]
 
 
 HOSTILE = ["", " ", "\x00", "a\r\nSet-Cookie: x=y", "<script>alert(1)</script>", "x" * 70_000, "é" * 300,

@@ -13,7 +13,8 @@ import datetime
 import pytest
 from browserkit import Contexts, chromium, login, screenshots, skip_unless_browser, submit
 from conftest import Daemon, site_handle
-from test_auth import PASSWORDS, add_users, db_query
+from test_auth import PASSWORDS, db_query
+from test_browser import cli_batch
 from test_selfservice import KEY, TOKEN
 
 skip_unless_browser()
@@ -30,11 +31,12 @@ class Web:
 @pytest.fixture(scope="module")
 def web(tmp_path_factory):
     site = site_handle(tmp_path_factory.mktemp("selfservice-browser"))
-    site.cli("init")
+    cli_batch(site, [(["init"], None),
+                     *[(["user", "add", name, "--password-stdin"], PASSWORDS[name] + "\n")
+                       for name in ("alice", "bob")],
+                     (["repo", "create", "alice/private", "--private"], None)])
     with open(site.root / "hgrc", "a") as hgrc:
         hgrc.write("\n[hosting]\nregistration = invite\nsignup-throttle = 4\n")
-    add_users(site, {name: PASSWORDS[name] for name in ("alice", "bob")})
-    site.cli("repo", "create", "alice/private", "--private")
     daemon = Daemon(site)
     yield Web(site, daemon)
     daemon.stop()
