@@ -14,9 +14,9 @@ import re
 import urllib.parse
 
 import pytest
+from clibatch import cli_batch
 from conftest import Daemon, site_handle
 from test_auth import PASSWORDS, basic, cookies, db_query, form_login, header, request
-from test_browser import cli_batch
 
 #: An API token (credentials.new_token: the prefix and 43 URL-safe characters).
 TOKEN = re.compile(r"hgh_[A-Za-z0-9_-]{43}")

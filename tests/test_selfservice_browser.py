@@ -12,9 +12,9 @@ import datetime
 
 import pytest
 from browserkit import Contexts, chromium, login, screenshots, skip_unless_browser, submit
+from clibatch import cli_batch
 from conftest import Daemon, site_handle
 from test_auth import PASSWORDS, db_query
-from test_browser import cli_batch
 from test_selfservice import KEY, TOKEN
 
 skip_unless_browser()
