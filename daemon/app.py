@@ -35,6 +35,8 @@ from hgext_hosting.models import Owner, Repository
 from hgext_hosting.service.actors import Actor
 
 from . import jsonpushes
+from .account_pages import AccountPages
+from .admin_pages import AdminPages
 from .auth import SESSION_COOKIE, Authenticator, Malformed, Refusal
 from .hgwebs import HgwebCache
 from .web import SECURITY_HEADERS, HTTPError, Request, error_body, hgweb_headers, respond, respond_json
@@ -110,6 +112,8 @@ class HostingApp:
         self.hgwebs = hgwebs
         self.baseui = baseui
         self.pages = pages(self)
+        self.admin_pages = AdminPages(self.pages)
+        self.account_pages = AccountPages(self.pages)
         #: Set when the daemon drains for a stop: /healthz answers 503.
         self.draining = False
 
@@ -157,7 +161,7 @@ class HostingApp:
             return
         cookie = req.cookie(SESSION_COOKIE)
         if cookie:
-            session = self.auth.session(cookie)
+            session = self.auth.session(cookie, req.address)
             if session is not None:
                 req.session = session
                 req.user = session.user
@@ -181,7 +185,13 @@ class HostingApp:
             return self.pages.index(req, start_response)
         if seg == ["healthz"]:
             return self.health(req, start_response)
+        if seg[0] == "-" and len(seg) > 1:
+            answer = self.account_pages.route(req, start_response, seg[1:])
+            if answer is not None:
+                return answer
         if seg[0] == "-":
+            if len(seg) == 3 and seg[1] == "reset":
+                return self.admin_pages.reset(req, start_response, seg[2])
             handler = {"login": self.pages.login, "logout": self.pages.logout,
                        "new": self.pages.new_repo}.get(seg[1] if len(seg) == 2 else "")
             if handler is None:

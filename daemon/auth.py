@@ -24,6 +24,12 @@
   out ends the session on the server and every worker process sees it, and a
   password change, reset, disable or removal (which bump the epoch) ends every
   session of the user.
+- **Disabled users** (``hg-hosting user disable``): refused from the next
+  request on, whichever daemon it reaches.  Disabling bumps both epochs, so
+  cached Basic verifications and sessions die; a fresh password or token is
+  answered ``403 this account is disabled`` only once it was verified, so
+  the answer tells nothing to someone without the credential (a wrong one
+  gets the usual 401, and the attempt still counts for the throttle).
 
 All of this runs in WSGI pool threads, never on the reactor.
 """
@@ -49,6 +55,23 @@ SESSION_COOKIE = "hgh_session"
 SESSION_DAYS = 14
 
 
+#: A session's ``last_seen`` is written at most this often (unless its address changed).
+SESSION_SEEN_RESOLUTION = datetime.timedelta(seconds=60)
+
+
+def touch_session(session: Session, address: str) -> bool:
+    """Record that ``session`` was just used from ``address``, at most once a minute
+    (like :func:`hgext_hosting.accounts.touch_token`); True when a write was made."""
+    now = utcnow()
+    address = address[:64]
+    if (session.last_seen is not None and now - session.last_seen < SESSION_SEEN_RESOLUTION
+            and session.address == address):
+        return False
+    Session.update(last_seen=now, address=address).where(Session.id == session.id).execute()
+    session.last_seen, session.address = now, address
+    return True
+
+
 class Malformed(ValueError):
     """An Authorization header that is not valid HTTP Basic."""
 
@@ -63,6 +86,8 @@ class Refusal:
 
 THROTTLED = Refusal(429, "too many failed logins; try again later")
 WRONG = Refusal(401, "wrong user name or password")
+#: Given only for a right password or token: it tells nothing to whoever lacks them.
+DISABLED = Refusal(403, "this account is disabled")
 
 
 def parse_basic(header: str) -> tuple[str, str]:
@@ -97,15 +122,19 @@ class Limits:
     address: int = 100
     rows: int = 100_000
     known_days: int = 30
+    #: Sign-up attempts (``/-/register``, ``/-/join``) one address may make per window.
+    signup: int = 10
 
     @classmethod
     def from_ui(cls, ui) -> Limits:
-        """The limits of a site hgrc's ``[hosting] login-throttle-*`` keys."""
+        """The limits of a site hgrc's ``[hosting] login-throttle-*`` and ``signup-throttle`` keys."""
         values = {field: ui.configint(b"hosting", b"login-throttle-" + field.encode())
                   for field in ("window", "pair", "user", "address", "rows")}
+        values["signup"] = ui.configint(b"hosting", b"signup-throttle")
         for field, value in values.items():
             if value is None or value < 1:
-                raise UserError(f"[hosting] login-throttle-{field} must be a positive number")
+                key = "signup-throttle" if field == "signup" else f"login-throttle-{field}"
+                raise UserError(f"[hosting] {key} must be a positive number")
         return cls(**values)
 
 
@@ -234,6 +263,28 @@ class Throttle:
                 (rows - self.limits.rows,),
             )
 
+    def allow_signup(self, address: str) -> bool:
+        """Count one sign-up attempt from ``address`` (its /64 for IPv6); False once the
+        address made ``limits.signup`` within the window (then nothing is written)."""
+        digest = self._digest("signup", self._address_key(address))
+        conn = models.connection()
+        now = int(time.time())
+        if self._live(conn, [digest], now).get(digest, 0) >= self.limits.signup:
+            return False
+        with conn.write():
+            ((count,),) = conn.query(
+                "INSERT INTO login_throttle (digest, failures, expires) VALUES (?, 1, ?)"
+                " ON CONFLICT (digest) DO UPDATE SET"
+                " failures = CASE WHEN login_throttle.expires <= ? THEN 1"
+                " ELSE login_throttle.failures + 1 END,"
+                " expires = CASE WHEN login_throttle.expires <= ? THEN ?"
+                " ELSE login_throttle.expires END"
+                " RETURNING failures",
+                (digest, now + self.limits.window, now, now, now + self.limits.window),
+            )
+            self._cap(conn)
+        return count <= self.limits.signup
+
     def succeeded(self, attempt: Attempt) -> None:
         """The attempt was right: give its counts back, remember the name's address."""
         conn = models.connection()
@@ -320,7 +371,9 @@ class Authenticator:
         else:
             token = ApiToken.select(ApiToken, Owner).join(Owner).where(ApiToken.id == token_id).first()
             user = token.user if token is not None else None
-        if (user is None or user.id != user_id or user.kind != "user" or user.name_key != name_key
+        expired = token is not None and token.expires is not None and token.expires <= utcnow()
+        if (user is None or user.disabled or expired or user.id != user_id or user.kind != "user"
+                or user.name_key != name_key
                 or user.created != created or user.credentials_epoch != epoch):
             with self._lock:
                 self._cache.pop(key, None)
@@ -354,6 +407,8 @@ class Authenticator:
             return cached
         if is_token:
             token = accounts.find_token(user_name, secret)
+            if token is not None and token.user.disabled:
+                return DISABLED
             if token is not None:
                 accounts.touch_token(token)
                 self._remember(key, token.user, token.id)
@@ -395,6 +450,8 @@ class Authenticator:
         user = accounts.check_password(user_name, password) if user_name else None
         if user is None:
             return WRONG
+        if user.disabled:
+            return DISABLED  # counted as a failure: no probing of a disabled account
         self.throttle.succeeded(attempt)
         self._upgrade_hash(user, password)
         return user
@@ -411,24 +468,28 @@ class Authenticator:
     def _sign(self, sid: str) -> str:
         return hmac.new(self._secret, b"session\0" + sid.encode(), hashlib.sha256).hexdigest()[:32]
 
-    def new_session(self, user: Owner) -> str:
+    def new_session(self, user: Owner, address: str = "") -> str:
         """Create a session and return the cookie value."""
         sid = secrets.token_urlsafe(32)
+        now = utcnow()
         with write_transaction():
             Session.create(
                 digest=hashlib.sha256(sid.encode()).hexdigest(),
                 user=user,
                 csrf=secrets.token_urlsafe(24),
-                expires=utcnow() + datetime.timedelta(days=SESSION_DAYS),
+                expires=now + datetime.timedelta(days=SESSION_DAYS),
                 epoch=user.login_epoch,
+                last_seen=now,
+                address=address[:64],
             )
         return f"{sid}.{self._sign(sid)}"
 
-    def session(self, cookie: str | None) -> Session | None:
+    def session(self, cookie: str | None, address: str | None = None) -> Session | None:
         """The live session a cookie value names, with its user loaded.
 
         Live: not expired, and made under the user's current ``login_epoch``, which
-        a password change, reset, disable or removal bumps.
+        a password change, reset, disable or removal bumps.  With ``address``, the
+        session's ``last_seen`` and ``address`` are refreshed (:func:`touch_session`).
         """
         if not cookie or len(cookie) > 200 or "." not in cookie:
             return None
@@ -439,9 +500,11 @@ class Authenticator:
             Session.select(Session, Owner)
             .join(Owner)
             .where((Session.digest == hashlib.sha256(sid.encode()).hexdigest()) & (Session.expires > utcnow())
-                   & (Session.epoch == Owner.login_epoch))
+                   & (Session.epoch == Owner.login_epoch) & (Owner.disabled == False))  # noqa: E712
             .first()
         )
+        if row is not None and address is not None:
+            touch_session(row, address)
         return row
 
     def end_session(self, session: Session) -> None:

@@ -153,10 +153,11 @@ class Pages:
     def render(self, req: Request, start_response, template: str, status: int = 200,
                headers: list[tuple[str, str]] | None = None, **context) -> list[bytes]:
         context.setdefault("title", "hg-hosting")
+        # ``path``: where "Log in" comes back to; a page whose URL holds a secret passes "/".
+        context.setdefault("path", urllib.parse.quote("/" + "/".join(req.segments)))
         body = self.env.get_template(template).render(
             user=req.user,
             csrf=req.session.csrf if req.session is not None else "",
-            path=urllib.parse.quote("/" + "/".join(req.segments)),
             **context,
         )
         return respond(start_response, status, body, "text/html; charset=utf-8", headers=headers)
@@ -379,7 +380,7 @@ class Pages:
                 raise HTTPError(403, "the login form has expired; reload and try again")
             result = self.auth.password_login(req.field("user").strip(), req.field("password"), req.address)
             if not isinstance(result, Refusal):
-                cookie = self.auth.new_session(result)
+                cookie = self.auth.new_session(result, req.address)
                 return redirect(start_response, safe_next(req.field("next")), headers=[
                     _cookie(SESSION_COOKIE, cookie, secure=self._secure(req), max_age=14 * 86400),
                     _cookie(LOGIN_CSRF_COOKIE, "", secure=self._secure(req), max_age=0),

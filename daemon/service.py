@@ -58,6 +58,7 @@ from hgext_hosting import models, pushlog
 from hgext_hosting.errors import UserError
 from hgext_hosting.models import Owner, Repository
 
+from .account_pages import redacted_log_formatter
 from .app import HostingApp, setup_hgweb
 from .auth import Authenticator, Limits, trusted_networks
 from .bodylimit import BoundedRequest
@@ -378,6 +379,7 @@ class HTTPService(Abandonable, service.Service):
         auth = app.auth
         wsgi = StreamingWSGIResource(self.reactor, self.pool, self.app)
         self.site_factory = TrackingSite(Root(wsgi), requestFactory=BoundedRequest, reactor=self.reactor,
+                                         logFormatter=redacted_log_formatter,
                                          tracker=self.tracker, header_seconds=self.settings.header_seconds,
                                          max_per_address=self.settings.http_max_per_address)
         self.site_factory.displayTracebacks = False

@@ -93,6 +93,18 @@ In the site ``hgrc``::
   ssh-login-seconds = 30
   # open SSH connections per client address (0: no limit)
   ssh-max-per-address = 16
+  # sign-up attempts (/-/register, /-/join, /-/forgot) per client address
+  # per login-throttle-window; then 429
+  signup-throttle = 10
+  # who may make themselves an account: closed (site admins only),
+  # invite (with a link from `hg-hosting invite create`) or open (anyone;
+  # with mail set up the address is confirmed by a mailed link first)
+  registration = closed
+  # outgoing mail (password reset links, address checks): an SMTP relay
+  # HOST:PORT that needs no login and the From address; links in mails start
+  # with [web] baseurl (the site's public URL); mail is off unless all three are set
+  smtp =
+  mail-from =
 
 The site ``hgrc`` must keep ``[extensions] hosting =``, and every repository's
 ``.hg/hgrc`` must include the site ``hgrc``: a process that does not load the

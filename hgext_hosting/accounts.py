@@ -64,7 +64,11 @@ def end_logins(user: Owner) -> None:
 
 
 def check_password(name: str, password: str) -> Owner | None:
-    """The user when ``password`` is theirs, else None (slow: argon2)."""
+    """The user when ``password`` is theirs, else None (slow: argon2).
+
+    A disabled user is returned too: the caller refuses them, and only after the
+    right password may it say so (:meth:`daemon.auth.Authenticator.password`).
+    """
     user = Owner.get_or_none((Owner.name_key == names.key(name)) & (Owner.kind == "user"))
     if user is None:
         credentials.verify_password(_dummy_hash(), password)  # same cost as a real miss
@@ -91,7 +95,8 @@ def bump_credentials(user: Owner) -> None:
 
 
 def find_token(user_name: str, token: str) -> ApiToken | None:
-    """The token row (its user loaded) when ``token`` is one of the user's, else None.
+    """The token row (its user loaded) when ``token`` is one of the user's and has not
+    expired, else None.
 
     Fast: one SHA-256 and one indexed lookup.
     """
@@ -101,7 +106,8 @@ def find_token(user_name: str, token: str) -> ApiToken | None:
     row = (
         ApiToken.select(ApiToken, Owner)
         .join(Owner)
-        .where((ApiToken.digest == digest) & (Owner.name_key == names.key(user_name)))
+        .where((ApiToken.digest == digest) & (Owner.name_key == names.key(user_name))
+               & (ApiToken.expires.is_null() | (ApiToken.expires > utcnow())))
         .first()
     )
     if row is None or not credentials.digests_equal(row.digest, digest):
@@ -110,19 +116,19 @@ def find_token(user_name: str, token: str) -> ApiToken | None:
 
 
 def check_token(user_name: str, token: str) -> Owner | None:
-    """The user when ``token`` is one of theirs, else None (fast: SHA-256)."""
+    """The user when ``token`` is one of theirs and they are not disabled, else None (fast: SHA-256)."""
     row = find_token(user_name, token)
-    return row.user if row is not None else None
+    return row.user if row is not None and not row.user.disabled else None
 
 
 # -- SSH keys --------------------------------------------------------------
 
 
 def user_for_key_blob(blob: bytes) -> Owner | None:
-    """The user a raw public key blob belongs to (SSH authentication)."""
+    """The user a raw public key blob belongs to (SSH authentication); None for a disabled user."""
     fingerprint = sshkeys.fingerprint_of_blob(blob)
     row = SshKey.select(SshKey, Owner).join(Owner).where(SshKey.fingerprint == fingerprint).first()
-    return row.user if row else None
+    return row.user if row and not row.user.disabled else None
 
 
 #: A token's last use is recorded at most this often: a clone makes several requests.

@@ -207,16 +207,38 @@ def cmd_user(args, site: Site) -> int:
     elif args.action == "remove":
         service_accounts.remove_user(CONSOLE, args.name)
         print(f"removed user {args.name}")
+    elif args.action == "disable":
+        changed = service_accounts.disable_user(CONSOLE, args.name)
+        print(f"disabled user {args.name}" if changed else f"{args.name} was already disabled")
+    elif args.action == "enable":
+        changed = service_accounts.enable_user(CONSOLE, args.name)
+        print(f"enabled user {args.name}" if changed else f"{args.name} was not disabled")
+    elif args.action == "reset-link":
+        token = service_accounts.issue_reset_link(CONSOLE, args.name)
+        print(_reset_url(site, token))
     else:
-        rows = [{"name": u.name, "email": u.email, "admin": u.is_admin} for u in service_accounts.list_users(CONSOLE)]
+        rows = [{"name": u.name, "email": u.email, "admin": u.is_admin, "disabled": u.disabled}
+                for u in service_accounts.list_users(CONSOLE)]
         _emit(args, rows, [("NAME", itemgetter("name")), ("EMAIL", itemgetter("email")),
-                           ("ADMIN", itemgetter("admin"))])
+                           ("ADMIN", itemgetter("admin")), ("DISABLED", itemgetter("disabled"))])
     return 0
+
+
+def _reset_url(site: Site, token: str) -> str:
+    """``BASEURL/-/reset/TOKEN`` with the site's ``[web] baseurl``; else the path, and a note on stderr."""
+    path = f"/-/reset/{token}"
+    base = site.ui.config(b"web", b"baseurl")
+    if base:
+        return base.decode("utf-8", "replace").rstrip("/") + path
+    print("note: [web] baseurl is not set in the site hgrc; prefix this path with the site's address",
+          file=sys.stderr)
+    return path
 
 
 def cmd_token(args, site: Site) -> int:
     if args.action == "create":
-        print(service_accounts.create_token(CONSOLE, args.user, args.label))
+        expires = service_accounts.parse_expiry(args.expires)
+        print(service_accounts.create_token(CONSOLE, args.user, args.label, expires))
     elif args.action == "revoke":
         service_accounts.revoke_token(CONSOLE, args.user, args.label)
         print(f"revoked token {args.label} of {args.user}")
@@ -231,6 +253,19 @@ def cmd_token(args, site: Site) -> int:
         if any("expires" in r for r in rows):
             columns.append(("EXPIRES", lambda r: r.get("expires") or "never"))
         _emit(args, rows, columns)
+    return 0
+
+
+def cmd_invite(args, site: Site) -> int:
+    """``invite create [--email E]``: print the single-use sign-up link's URL (path, or full
+    with ``[web] baseurl``)."""
+    token = service_accounts.create_invite(CONSOLE, args.email or "")
+    base = (site.ui.config(b"web", b"baseurl") or b"").decode("utf-8", "replace").strip().rstrip("/")
+    print(f"{base}/-/join/{token}")
+    mode = site.ui.config(b"hosting", b"registration").decode("utf-8", "replace").strip()
+    if mode not in ("invite", "open"):
+        print(f"note: [hosting] registration is {mode or 'closed'}: the link works once it is 'invite'",
+              file=sys.stderr)
     return 0
 
 
@@ -522,12 +557,19 @@ def build_parser(serve: Callable[[Callable[..., argparse.ArgumentParser]], None]
     p.add_argument("--password-stdin", action="store_true",
                    help="read the password from stdin even on a terminal")
     users.add_parser("remove", help="remove a user").add_argument("name")
+    users.add_parser("disable", help="disable a user: every login ends, no credential works;"
+                                     " nothing is deleted").add_argument("name")
+    users.add_parser("enable", help="enable a disabled user again").add_argument("name")
+    users.add_parser("reset-link", help="print a single-use password reset link (valid 24 hours)"
+                     ).add_argument("name")
     listing(users.add_parser("list", help="list users"))
 
     tokens = actions(command("token", cmd_token, "manage API tokens"))
     p = tokens.add_parser("create", help="create a token and print it (shown once)")
     p.add_argument("user")
     p.add_argument("--label", default=None)
+    p.add_argument("--expires", default=None, metavar="YYYY-MM-DD",
+                   help="the token stops working on this day (00:00 UTC); default: never")
     p = tokens.add_parser("list", help="list a user's tokens")
     p.add_argument("user")
     listing(p)
@@ -622,6 +664,10 @@ def build_parser(serve: Callable[[Callable[..., argparse.ArgumentParser]], None]
                 "print authorized_keys lines (forced ssh-serve) for every registered key")
     p.add_argument("account", nargs="?", metavar="ACCOUNT",
                    help="the login account (sshd's %%u); ignored: every key is printed, the key decides the user")
+
+    invites = actions(command("invite", cmd_invite, "invite people to sign up ([hosting] registration = invite)"))
+    p = invites.add_parser("create", help="print a single-use sign-up link /-/join/TOKEN (valid 7 days)")
+    p.add_argument("--email", default=None, help="the address it is meant for (filled in on the form)")
     return parser
 
 

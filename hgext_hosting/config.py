@@ -34,6 +34,17 @@ configitem(b"hosting", b"login-throttle-pair", default=10)
 configitem(b"hosting", b"login-throttle-user", default=50)
 configitem(b"hosting", b"login-throttle-address", default=100)
 configitem(b"hosting", b"login-throttle-rows", default=100000)
+#: Sign-up attempts (``/-/register``, ``/-/join/TOKEN``) one address may make per
+#: ``login-throttle-window``; then 429.
+configitem(b"hosting", b"signup-throttle", default=10)
+#: Who may make themselves an account: ``closed`` (only admins create users),
+#: ``invite`` (with a site admin's single-use link) or ``open`` (anyone).
+configitem(b"hosting", b"registration", default=b"closed")
+#: Outgoing mail (password resets, address checks): ``HOST:PORT`` of an SMTP server
+#: (plain, no login; empty: no mail) and the ``From`` address.  Links in mails start
+#: with Mercurial's ``[web] baseurl``; mail is off unless all three are set.
+configitem(b"hosting", b"smtp", default=b"")
+configitem(b"hosting", b"mail-from", default=b"")
 #: Seconds a stopping daemon waits for requests and SSH sessions in flight (it stops
 #: earlier once none was in flight for about 2 s).
 configitem(b"hosting", b"drain-seconds", default=30)

@@ -154,6 +154,7 @@ def require_write(ui, repo, row: pushdb.RepoRow | None = None) -> PushContext:
             raise abort(f"{display} is not a repository of this site",
                         hint="ask an administrator to run 'hg-hosting check'")
         subject = pushdb.load_subject(conn, user)
+        disabled = subject is None and pushdb.is_disabled(conn, user)
         facts = pushdb.load_repo_facts(conn, row)
     except SchemaError as e:
         raise abort(f"push to {display} refused: {e}") from None
@@ -162,6 +163,8 @@ def require_write(ui, repo, row: pushdb.RepoRow | None = None) -> PushContext:
     except Exception as e:  # noqa: BLE001 - a database failure refuses the push
         raise abort(f"push to {display} refused: the site database is unavailable ({e})") from None
     if subject is None:
+        if disabled:
+            raise abort(f"push to {display} refused: the account {user!r} is disabled")
         raise abort(f"push to {display} refused: unknown user {user!r}")
     decision = policy.may(subject, "write", facts)
     if not decision:

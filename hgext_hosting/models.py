@@ -65,6 +65,9 @@ class Owner(BaseModel):
     #: Bumped when the password changes or the account is reset, disabled or removed:
     #: every browser session carries the value it was made with and dies with it.
     login_epoch = pw.IntegerField(default=0)
+    #: A disabled user cannot log in, use a token or a key, pull or push, from the next
+    #: request on; nothing of theirs is deleted (``hg-hosting user disable|enable``).
+    disabled = pw.BooleanField(default=False)
 
     @property
     def is_team(self) -> bool:
@@ -160,6 +163,8 @@ class ApiToken(BaseModel):
     digest = pw.CharField(max_length=64, unique=True)
     created = pw.DateTimeField(default=utcnow)
     last_used = pw.DateTimeField(null=True)
+    #: When the token stops working (UTC); None: never.
+    expires = pw.DateTimeField(null=True)
 
     class Meta:
         indexes = ((("user", "label"), True),)
@@ -239,6 +244,43 @@ class Session(BaseModel):
     #: The user's ``login_epoch`` when the session was made; a session is live only
     #: while they are equal (:meth:`daemon.auth.Authenticator.session`).
     epoch = pw.IntegerField(default=0)
+    #: The last request seen (refreshed at most once a minute) and the client address it came from.
+    last_seen = pw.DateTimeField(null=True)
+    address = pw.CharField(max_length=64, default="")
+
+
+class SignupToken(BaseModel):
+    """A single-use sign-up link, stored only as its SHA-256 digest.
+
+    ``kind`` is ``invite`` (a site admin's invitation, ``/-/join/TOKEN``;
+    ``email`` the address it was meant for, may be empty) or ``verify`` (an
+    open registration waiting for its address to be confirmed: the account
+    ``name``, ``email`` and ``password_hash`` are created from it when the
+    mailed link is followed).  ``used`` is set when the link is spent.
+    """
+
+    kind = pw.CharField(max_length=8)
+    digest = pw.CharField(max_length=64, unique=True)
+    email = pw.CharField(max_length=254, default="")
+    name = pw.CharField(max_length=64, default="")
+    password_hash = pw.CharField(max_length=255, null=True)
+    created_by = pw.CharField(max_length=64, default="")
+    created = pw.DateTimeField(default=utcnow)
+    expires = pw.DateTimeField(index=True)
+    used = pw.DateTimeField(null=True)
+
+
+class PasswordReset(BaseModel):
+    """A single-use password reset link: only the SHA-256 digest of its token is kept.
+
+    :func:`hgext_hosting.service.accounts.use_reset_link` deletes it when used;
+    an expired one is never accepted and goes with the user's next link.
+    """
+
+    user = pw.ForeignKeyField(Owner, on_delete="CASCADE", backref="password_resets")
+    digest = pw.CharField(max_length=64, unique=True)
+    created = pw.DateTimeField(default=utcnow)
+    expires = pw.DateTimeField()
 
 
 class LoginThrottle(BaseModel):
@@ -269,6 +311,8 @@ ALL_MODELS = [
     PushBookmark,
     Session,
     LoginThrottle,
+    PasswordReset,
+    SignupToken,
 ]
 
 
@@ -364,12 +408,39 @@ def _v4_publishing() -> None:
     database().execute_sql(f'ALTER TABLE "repository" ADD COLUMN "publishing" BOOLEAN NOT NULL DEFAULT {true}')
 
 
+def _v5_disabled_users() -> None:
+    """Users can be disabled (and enabled again) without deleting anything of theirs."""
+    if "disabled" in {c.name for c in database().get_columns("owner")}:
+        return  # a database made by today's models and marked older (the upgrade tests do that)
+    false = "0" if is_sqlite() else "FALSE"
+    database().execute_sql(f'ALTER TABLE "owner" ADD COLUMN "disabled" BOOLEAN NOT NULL DEFAULT {false}')
+
+
+def _v6_password_resets() -> None:
+    """Single-use password reset links (``hg-hosting user reset-link``, ``/-/reset/TOKEN``)."""
+    database().create_tables([PasswordReset], safe=True)
+
+
+def _v7_self_service() -> None:
+    """Self-service (issue 12): tokens expire, sessions show when and where they were
+    last seen, and single-use sign-up links (invitations, address checks)."""
+    for table, column, kind in (("api_token", "expires", "TIMESTAMP NULL"),
+                                ("session", "last_seen", "TIMESTAMP NULL"),
+                                ("session", "address", "VARCHAR(64) NOT NULL DEFAULT ''")):
+        if column not in {c.name for c in database().get_columns(table)}:
+            database().execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {kind}')
+    database().create_tables([SignupToken], safe=True)
+
+
 #: Step N brings a database from version N-1 to N.  A new database gets every table
 #: as the models define them today, without replaying the steps.
 MIGRATIONS: dict[int, Callable[[], None]] = {
     2: _v2_session_epochs_and_login_throttle,
     3: _v3_push_reader_indexes,
     4: _v4_publishing,
+    5: _v5_disabled_users,
+    6: _v6_password_resets,
+    7: _v7_self_service,
 }
 
 

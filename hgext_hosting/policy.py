@@ -147,3 +147,27 @@ def may_administer_site(subject: Subject | None) -> Decision:
         return Decision(True)
     who = subject.name if subject else "anonymous"
     return Decision(False, f"{who} is not a site admin")
+
+
+def may_unseat_site_admin(subject: Subject | None, target_key: str, admins_left: int) -> Decision:
+    """May ``subject`` take the site admin's powers from ``target_key`` (demote or disable)?
+
+    ``admins_left``: how many enabled site admins would remain.  Never the last
+    one (the site would have no administrator on the web); a user who is not a
+    site admin may do nothing of the kind.  A site admin may demote or disable
+    themselves while another remains.
+    """
+    allowed = may_administer_site(subject)
+    if not allowed:
+        return allowed
+    if admins_left < 1:
+        return Decision(False, f"{target_key} is the last site admin; make another user a site admin first")
+    return Decision(True)
+
+
+def may_register(mode: str, invited: bool) -> Decision:
+    """May someone make themselves an account?  ``[hosting] registration``: ``open``
+    lets anyone, ``invite`` those with an invitation, ``closed`` (the default) no one."""
+    if mode == "open" or (mode == "invite" and invited):
+        return Decision(True)
+    return Decision(False, "registration is closed" if mode != "invite" else "sign-up needs an invitation")

@@ -36,7 +36,7 @@ from . import names
 from .policy import RepoFacts, Subject
 
 #: Bumped with every change of the tables in models.py; models.MIGRATIONS gets a step.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 7
 
 
 class SchemaError(RuntimeError):
@@ -277,12 +277,16 @@ def find_repository_evenly(conn: Connection, owner: str, name: str) -> RepoRow:
 
 
 def load_subject(conn: Connection, user_name: str | None) -> Subject | None:
-    """The Subject for an existing user name (any case), or None."""
+    """The Subject for an existing, enabled user name (any case), or None.
+
+    A disabled user is None, as if unknown: every caller (hooks, the daemon, SSH,
+    the service layer's actors) then refuses them with no check of its own.
+    """
     if not user_name:
         return None
     rows = conn.query(
-        "SELECT id, name, is_admin FROM owner WHERE name_key = ? AND kind = 'user'",
-        (names.key(user_name),),
+        "SELECT id, name, is_admin FROM owner WHERE name_key = ? AND kind = 'user' AND disabled = ?",
+        (names.key(user_name), False),
     )
     if not rows:
         return None
@@ -292,6 +296,14 @@ def load_subject(conn: Connection, user_name: str | None) -> Subject | None:
         (uid,),
     )
     return Subject(name, bool(is_admin), frozenset(t for (t,) in teams))
+
+
+def is_disabled(conn: Connection, user_name: str) -> bool:
+    """Is ``user_name`` a disabled user?  Asked only to word a refusal of :func:`load_subject`'s None."""
+    return bool(conn.query(
+        "SELECT 1 FROM owner WHERE name_key = ? AND kind = 'user' AND disabled = ?",
+        (names.key(user_name), True),
+    ))
 
 
 def load_repo_facts(conn: Connection, repo: RepoRow) -> RepoFacts:

@@ -166,7 +166,7 @@ def repository_path(site, user: str, owner: str, name: str) -> Path:
     Needs the site database bound (``Site.open()``).  A missing repository, one
     that ``user`` may not read and one whose directory is missing give the same
     message, ``no repository OWNER/NAME`` (with the names as the client typed
-    them).  An unknown ``user`` is refused too: a key or forced command naming a
+    them).  An unknown or disabled ``user`` is refused too: a key or forced command naming a
     removed user must not serve even public repositories as that name.  Both
     SSH paths (``hg-hosting ssh-serve`` and the daemon's Conch server) ask here.
     """
@@ -177,6 +177,10 @@ def repository_path(site, user: str, owner: str, name: str) -> Path:
     try:
         actor = Actor.of_user(user)
     except NotFound:
+        from . import models, pushdb
+
+        if pushdb.is_disabled(models.connection(), user):
+            raise UserError(f"the account {_show(user)} is disabled") from None
         raise UserError(f"unknown user {_show(user)}") from None
     missing = NotFound(f"no repository {owner}/{name}")
     try:
