@@ -93,6 +93,8 @@ class Repository(BaseModel):
     #: drafts stay drafts, topics and obsolescence markers are exchanged, and only the
     #: ``publish`` level may make a changeset public (hooks.check_publication).
     publishing = pw.BooleanField(default=True)
+    #: The repository this one was forked from; NULL when it was not, or once the source is removed.
+    forked_from = pw.ForeignKeyField("self", null=True, on_delete="SET NULL", backref="forks")
 
     class Meta:
         indexes = ((("owner", "name_key"), True),)
@@ -328,12 +330,21 @@ def _v4_publishing() -> None:
     db.execute_sql(f'ALTER TABLE "repository" ADD COLUMN "publishing" BOOLEAN NOT NULL DEFAULT {true}')
 
 
+def _v5_forked_from() -> None:
+    """A fork remembers its source (``Repository.forked_from``; NULL once the source is removed)."""
+    if "forked_from_id" in {c.name for c in db.get_columns("repository")}:
+        return
+    db.execute_sql('ALTER TABLE "repository" ADD COLUMN "forked_from_id" INTEGER'
+                   ' REFERENCES "repository" ("id") ON DELETE SET NULL')
+
+
 #: Step N brings a database from version N-1 to N.  A new database gets every table
 #: as the models define them today, without replaying the steps.
 MIGRATIONS: dict[int, Callable[[], None]] = {
     2: _v2_session_epochs_and_login_throttle,
     3: _v3_push_reader_indexes,
     4: _v4_publishing,
+    5: _v5_forked_from,
 }
 
 
