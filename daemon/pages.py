@@ -51,6 +51,10 @@ README_NAMES = readmes.README_NAMES
 #: :data:`RANGE_CHANGESETS`.
 CHANGESETS_PER_PUSH = 10
 RANGE_CHANGESETS = 500
+#: hgweb's pages (the first path segment after the repository) -> the tab they belong to.
+HGWEB_TABS = {"log": "log", "shortlog": "log", "changelog": "log", "graph": "graph", "file": "file"}
+#: Rendered top bars of hgweb's pages kept in memory.
+TOPBAR_CACHE_SIZE = 2048
 #: Changesets' summaries, authors and branches kept in memory (they never change).
 CHANGESET_CACHE_SIZE = 20_000
 
@@ -63,6 +67,7 @@ def make_environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir()),
         autoescape=jinja2.select_autoescape(["html"], default=True),
+        auto_reload=False,  # installed files: no stat() per include (a restart picks up an upgrade)
         trim_blocks=True,
         lstrip_blocks=True,
     )
@@ -142,6 +147,8 @@ class Pages:
         self.ssh_address = ssh_address
         self.env = make_environment()
         self._hgwebbar = self.env.get_template("_hgwebbar.html")
+        self._topbars: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
+        self._topbars_lock = threading.Lock()
         self.app = None
         self._readmes: collections.OrderedDict[tuple, tuple[str, str] | None] = collections.OrderedDict()
         self._readmes_lock = threading.Lock()
@@ -172,13 +179,32 @@ class Pages:
     def hgweb_topbar(self, req: Request, row, level: str) -> bytes:
         """The top bar and the repository's heading and tabs on hgweb's pages (``{hostingbar}``).
 
-        ``row`` is the daemon's :class:`pushdb.RepoRow`: no query is made here.
+        ``row`` is the daemon's :class:`pushdb.RepoRow`: no query is made here.  A
+        bar depends only on the visitor, the repository, the level and the tab
+        (and, for an anonymous visitor, the page the "Log in" link returns to), so
+        rendered bars are kept (:data:`TOPBAR_CACHE_SIZE`): hgweb's pages pay a
+        dictionary look-up, not a template rendering (``bench/pages_speed.py``).
         """
+        path = urllib.parse.quote("/" + "/".join(req.segments))
+        base = urllib.parse.quote(f"/{row.owner_name}/{row.name}")
+        page = req.segments[2] if len(req.segments) > 2 else ""
+        tab = HGWEB_TABS.get(page)
+        csrf = req.session.csrf if req.session is not None else ""
+        user = req.user
+        key = (user.name if user is not None else None, csrf, row.owner_name, row.name, row.private, level,
+               tab, path if user is None else None)
+        with self._topbars_lock:
+            bar = self._topbars.get(key)
+        if bar is not None:
+            return bar
         repo = {"owner": {"name": row.owner_name}, "name": row.name, "private": row.private}
-        return self._hgwebbar.render(
-            user=req.user, csrf=req.session.csrf if req.session is not None else "",
-            path=urllib.parse.quote("/" + "/".join(req.segments)), repo=repo, level=level, hgweb=True,
-        ).encode("utf-8")
+        bar = self._hgwebbar.render(user=user, csrf=csrf, path=f"{base}/{tab}" if tab else path, login_next=path,
+                                    repo=repo, level=level, hgweb=True).encode("utf-8")
+        with self._topbars_lock:
+            self._topbars[key] = bar
+            while len(self._topbars) > TOPBAR_CACHE_SIZE:
+                self._topbars.popitem(last=False)
+        return bar
 
     def error_page(self, req: Request, error: HTTPError) -> str:
         """The HTML of an error for a browser: the site's look, the reason, a way back."""
