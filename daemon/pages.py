@@ -330,23 +330,24 @@ class Pages:
                 info = self._changesets.get((row.id, node))
                 if info is None:
                     missing.append(node)
-                else:
+                elif info:  # {}: known to be missing from the repository
                     found[node] = info
         if not missing:
             return found
         repo = self.app._open(row).unfiltered()
-        read = {}
+        read: dict[str, dict] = {}
         for node in missing:
             try:
                 ctx = repo[bytes.fromhex(node)]
             except Exception:  # noqa: BLE001 - a stripped or malformed node: the hash alone
+                read[node] = {}  # remembered, so that a page does not open the repository each time
                 continue
             read[node] = {
                 "summary": ctx.description().decode("utf-8", "replace").split("\n")[0][:200],
                 "user": ctx.user().decode("utf-8", "replace").split(" <")[0][:80],
                 "branch": ctx.branch().decode("utf-8", "replace"),
             }
-        found.update(read)
+        found.update((node, info) for node, info in read.items() if info)
         with self._changesets_lock:
             for node, info in read.items():
                 self._changesets[(row.id, node)] = info
