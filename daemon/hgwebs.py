@@ -15,7 +15,8 @@ under :data:`TOPBAR_KEY` in the WSGI environ, and :func:`install` gives hgweb's
 templater a ``{hostingbar}`` keyword that calls it (only pages that show the bar
 pay for it: raw files, static files and the wire protocol never do).  File
 views are syntax-highlighted by Mercurial's ``highlight`` extension (Pygments),
-enabled unless the site hgrc says otherwise; its stylesheet is a same-origin
+enabled unless the site hgrc says otherwise, on files under 256 KB
+(:data:`HIGHLIGHT_FILES`, ``web.highlightfiles``); its stylesheet is a same-origin
 ``highlightcss`` page, so the pages' CSP stays ``style-src 'self'``.
 
 Speed: hgweb builds a templater per request, reading and parsing its map files
@@ -37,6 +38,8 @@ from pathlib import Path
 from mercurial import hgweb, templater
 from mercurial.hgweb import hgweb_mod
 
+#: The files hgweb highlights unless the site hgrc sets ``web.highlightfiles`` (a fileset).
+HIGHLIGHT_FILES = b"size('<256K')"
 #: The WSGI environ key of the function that renders the top bar of hgweb's pages (bytes).
 TOPBAR_KEY = "hosting.topbar"
 _TOPBAR_RAWKEY = TOPBAR_KEY.encode("latin-1")
@@ -162,6 +165,9 @@ class HgwebCache:
         ui.setconfig(b"web", b"contact", full_name.split("/")[0].encode("utf-8"), b"hosting")
         if ui.config(b"extensions", b"highlight") is None and ui.config(b"extensions", b"hgext.highlight") is None:
             ui.setconfig(b"extensions", b"highlight", b"", b"hosting")
+        if not ui.hasconfig(b"web", b"highlightfiles"):
+            # Pygments runs in a request thread: not on megabytes (highlight's own default is 5 MB).
+            ui.setconfig(b"web", b"highlightfiles", HIGHLIGHT_FILES, b"hosting")
         app = hgweb.hgweb(os.fsencode(path), name=full_name.encode("utf-8"), baseui=ui)
         with self._lock:
             self._apps[repo_id] = (key, app)
