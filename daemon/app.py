@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,17 @@ from . import jsonpushes
 from .account_pages import AccountPages
 from .admin_pages import AdminPages
 from .auth import SESSION_COOKIE, Authenticator, Malformed, Refusal
-from .hgwebs import HgwebCache
-from .web import SECURITY_HEADERS, HTTPError, Request, error_body, hgweb_headers, respond, respond_json
+from .hgwebs import TOPBAR_KEY, HgwebCache
+from .web import (
+    SECURITY_HEADERS,
+    HTTPError,
+    Request,
+    error_body,
+    hgweb_headers,
+    redirect,
+    respond,
+    respond_json,
+)
 
 log = Logger()
 
@@ -90,6 +100,32 @@ def wire_command_writes(req: Request) -> bool:
     return entry.permission == b"push"
 
 
+#: Request headers only Mercurial's HTTP peer sends.
+HG_CLIENT_HEADERS = ("HTTP_X_HGARG_1", "HTTP_X_HGPROTO_1", "HTTP_X_HGPROTO_2")
+
+
+def is_browser(req: Request) -> bool:
+    """A browser asking for a page: it accepts ``text/html`` and is not an hg client.
+
+    hg sends ``Accept: application/mercurial-0.1``, ``X-HgArg-N``/``X-HgProto-1``
+    headers, a ``mercurial/proto-1.0`` User-Agent and ``?cmd=``: any of these is hg.
+    """
+    accept = req.header("Accept") or ""
+    if "text/html" not in accept or "application/mercurial" in accept or req.arg("cmd") is not None:
+        return False
+    if any(name in req.environ for name in HG_CLIENT_HEADERS):
+        return False
+    return not (req.header("User-Agent") or "").startswith("mercurial/")
+
+
+def login_url(req: Request) -> str:
+    """``/-/login?next=`` the page asked for (path and query, percent-encoded)."""
+    target = urllib.parse.quote("/" + "/".join(req.segments))
+    if req.query_string:
+        target += "?" + req.query_string
+    return "/-/login?" + urllib.parse.urlencode({"next": target})
+
+
 #: :func:`pushdb.find_repository`'s query, shaped to do the same work whether or not the
 #: repository exists: always one row (NULLs when missing), the push table probed either way.
 def with_safe_headers(start_response):
@@ -132,9 +168,17 @@ class HostingApp:
     # -- errors --------------------------------------------------------------------
 
     def error(self, req: Request | None, e: HTTPError, start_response):
-        wants_html = bool(req and "text/html" in (req.header("Accept") or "")
-                          and req.arg("cmd") is None)
-        body, ctype = error_body(e, wants_html)
+        browser = req is not None and is_browser(req)
+        if e.status == 401 and browser and req.user is None and not req.header("Authorization"):
+            # An anonymous browser is sent to the login form, not the Basic-auth dialog
+            # (identically for a private repository and a missing one: both are 401 here).
+            return redirect(start_response, login_url(req))
+        body, ctype = error_body(e, browser)
+        if browser:
+            try:
+                body = self.pages.error_page(req, e)
+            except Exception:  # noqa: BLE001 - the plain error page then, never a second failure
+                log.failure("rendering the {status} page", status=e.status)
         headers = list(e.headers)
         if e.status == 401 and not any(h[0] == "WWW-Authenticate" for h in headers):
             headers.append(("WWW-Authenticate", REALM))
@@ -270,6 +314,7 @@ class HostingApp:
             environ["REMOTE_USER"] = req.user.name
         environ["REMOTE_HOST"] = req.address
         environ[LEVEL_KEY] = level
+        environ[TOPBAR_KEY] = lambda: self.pages.hgweb_topbar(req, row, level)
         environ["SCRIPT_NAME"] = f"/{row.owner_name}/{row.name}"
         environ["PATH_INFO"] = ("/" + "/".join(rest)).encode("utf-8").decode("latin-1") if rest else ""
         return self._guarded(req, app(environ, with_safe_headers(start_response)), start_response)

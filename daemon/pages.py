@@ -30,14 +30,14 @@ from mercurial.hgweb import webutil
 
 from hgext_hosting import pushlog
 from hgext_hosting.errors import Invalid, NotFound, UserError
-from hgext_hosting.models import Push, Repository
+from hgext_hosting.models import Owner, Push, Repository
 from hgext_hosting.service import pushes as service_pushes
 from hgext_hosting.service import repos
 
 from . import jsonpushes
 from . import readme as readmes
 from .auth import SESSION_COOKIE, Refusal
-from .web import HTTPError, Request, page_status, redirect, respond
+from .web import STATUS_TEXT, HTTPError, Request, page_status, redirect, respond
 
 LOGIN_CSRF_COOKIE = "hgh_login_csrf"
 PUSHES_PER_PAGE = 20
@@ -47,6 +47,16 @@ REPOS_PER_PAGE = repos.MAX_PER_PAGE
 #: Rendered READMEs kept in memory (one per repository and tip).
 README_CACHE_SIZE = 256
 README_NAMES = readmes.README_NAMES
+#: Changesets a push log row lists ("and N more" after them); a one-push range lists up to
+#: :data:`RANGE_CHANGESETS`.
+CHANGESETS_PER_PUSH = 10
+RANGE_CHANGESETS = 500
+#: hgweb's pages (the first path segment after the repository) -> the tab they belong to.
+HGWEB_TABS = {"log": "log", "shortlog": "log", "changelog": "log", "graph": "graph", "file": "file"}
+#: Rendered top bars of hgweb's pages kept in memory.
+TOPBAR_CACHE_SIZE = 2048
+#: Changesets' summaries, authors and branches kept in memory (they never change).
+CHANGESET_CACHE_SIZE = 20_000
 
 
 def templates_dir() -> str:
@@ -57,11 +67,13 @@ def make_environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir()),
         autoescape=jinja2.select_autoescape(["html"], default=True),
+        auto_reload=False,  # installed files: no stat() per include (a restart picks up an upgrade)
         trim_blocks=True,
         lstrip_blocks=True,
     )
     env.filters["short"] = lambda node: (node or "")[:12]
     env.filters["datetime"] = lambda dt: dt.strftime("%Y-%m-%d %H:%M UTC") if dt else ""
+    env.filters["isodate"] = lambda dt: dt.strftime("%Y-%m-%dT%H:%M:%SZ") if dt else ""
     return env
 
 
@@ -136,9 +148,14 @@ class Pages:
         self.auth = auth
         self.ssh_address = ssh_address
         self.env = make_environment()
+        self._hgwebbar = self.env.get_template("_hgwebbar.html")
+        self._topbars: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
+        self._topbars_lock = threading.Lock()
         self.app = app
         self._readmes: collections.OrderedDict[tuple, tuple[str, str] | None] = collections.OrderedDict()
         self._readmes_lock = threading.Lock()
+        self._changesets: collections.OrderedDict[tuple[int, str], dict] = collections.OrderedDict()
+        self._changesets_lock = threading.Lock()
         self.repo_pages = {
             "overview": self.overview,
             "pushlog": self.pushlog,
@@ -161,6 +178,46 @@ class Pages:
             **context,
         )
         return respond(start_response, status, body, "text/html; charset=utf-8", headers=headers)
+
+    def hgweb_topbar(self, req: Request, row, level: str) -> bytes:
+        """The top bar and the repository's heading and tabs on hgweb's pages (``{hostingbar}``).
+
+        ``row`` is the daemon's :class:`pushdb.RepoRow`: no query is made here.  A
+        bar depends only on the visitor, the repository, the level and the tab
+        (and, for an anonymous visitor, the page the "Log in" link returns to), so
+        rendered bars are kept (:data:`TOPBAR_CACHE_SIZE`): hgweb's pages pay a
+        dictionary look-up, not a template rendering (``bench/pages_speed.py``).
+        """
+        path = urllib.parse.quote("/" + "/".join(req.segments))
+        base = urllib.parse.quote(f"/{row.owner_name}/{row.name}")
+        page = req.segments[2] if len(req.segments) > 2 else ""
+        tab = HGWEB_TABS.get(page)
+        csrf = req.session.csrf if req.session is not None else ""
+        user = req.user
+        key = (user.name if user is not None else None, csrf, row.owner_name, row.name, row.private, level,
+               tab, path if user is None else None)
+        with self._topbars_lock:
+            bar = self._topbars.get(key)
+        if bar is not None:
+            return bar
+        repo = {"owner": {"name": row.owner_name}, "name": row.name, "private": row.private}
+        bar = self._hgwebbar.render(user=user, csrf=csrf, path=f"{base}/{tab}" if tab else path, login_next=path,
+                                    repo=repo, level=level, hgweb=True).encode("utf-8")
+        with self._topbars_lock:
+            self._topbars[key] = bar
+            while len(self._topbars) > TOPBAR_CACHE_SIZE:
+                self._topbars.popitem(last=False)
+        return bar
+
+    def error_page(self, req: Request, error: HTTPError) -> str:
+        """The HTML of an error for a browser: the site's look, the reason, a way back."""
+        return self.env.get_template("error.html").render(
+            user=req.user, csrf=req.session.csrf if req.session is not None else "",
+            path=urllib.parse.quote("/" + "/".join(req.segments)), status=error.status,
+            status_text=STATUS_TEXT.get(error.status, "Error"), reason=error.reason,
+            title=f"{error.status} {STATUS_TEXT.get(error.status, 'Error')}",
+            owner=req.segments[0] if req.segments and req.segments[0] != "-" else None,
+        )
 
     def _secure(self, req: Request) -> bool:
         return req.environ.get("wsgi.url_scheme") == "https"
@@ -260,20 +317,82 @@ class Pages:
         return [spec[2].decode() for kind, spec in webutil.archivespecs.items()
                 if kind in allowed or ui.configbool(b"web", b"allow" + kind)]
 
+    def _changeset_info(self, row, pushes: list, per_push: int) -> dict[str, dict]:
+        """``{node: {"summary", "user", "branch"}}`` of the first ``per_push`` changesets of each push.
+
+        A changeset never changes, so what was read once is kept (:data:`CHANGESET_CACHE_SIZE`
+        entries); the repository is opened once per page, and only when some
+        changeset was not read before.  A node the repository no longer has
+        (stripped) is left out: the row shows its hash alone.
+        """
+        wanted = [node for push in pushes for node in push.changesets[:per_push]]
+        found: dict[str, dict] = {}
+        missing = []
+        with self._changesets_lock:
+            for node in wanted:
+                info = self._changesets.get((row.id, node))
+                if info is None:
+                    missing.append(node)
+                elif info:  # {}: known to be missing from the repository
+                    found[node] = info
+        if not missing:
+            return found
+        repo = self.app._open(row).unfiltered()
+        read: dict[str, dict] = {}
+        for node in missing:
+            try:
+                ctx = repo[bytes.fromhex(node)]
+            except Exception:  # noqa: BLE001 - a stripped or malformed node: the hash alone
+                read[node] = {}  # remembered, so that a page does not open the repository each time
+                continue
+            read[node] = {
+                "summary": ctx.description().decode("utf-8", "replace").split("\n")[0][:200],
+                "user": ctx.user().decode("utf-8", "replace").split(" <")[0][:80],
+                "branch": ctx.branch().decode("utf-8", "replace"),
+            }
+        found.update((node, info) for node, info in read.items() if info)
+        with self._changesets_lock:
+            for node, info in read.items():
+                self._changesets[(row.id, node)] = info
+            while len(self._changesets) > CHANGESET_CACHE_SIZE:
+                self._changesets.popitem(last=False)
+        return found
+
+    def _fork_source(self, req: Request, row: Repository) -> Repository | None:
+        """The repository ``row`` was forked from, if the visitor may read it."""
+        if row.forked_from_id is None:
+            return None
+        source = (Repository.select(Repository, Owner).join(Owner)
+                  .where(Repository.id == row.forked_from_id).first())
+        if source is None or repos.level(self.app.actor(req), source) is None:
+            return None
+        return source
+
+    def _is_empty(self, row: Repository) -> bool:
+        try:
+            return os.stat(self.app.repo_path(row) / ".hg" / "store" / "00changelog.i").st_size == 0
+        except OSError:
+            return True
+
     def overview(self, req: Request, start_response, row, facts, level):
         pushes = pushlog.recent_pushes(row, 5)
-        readme = self._readme(row)
-        topics = [] if row.publishing else open_topics(self.app._open(row))
+        empty = not pushes and self._is_empty(row)
+        readme = None if empty else self._readme(row)
+        topics = [] if row.publishing or empty else open_topics(self.app._open(row))
         return self.render(req, start_response, "repo.html", repo=row, level=level, pushes=pushes,
                            clone_urls=self.clone_urls(req, row), readme=readme, title=row.full_name,
-                           archives=self.archive_suffixes(), topics=topics)
+                           archives=self.archive_suffixes(), topics=topics, empty=empty,
+                           forked_from=self._fork_source(req, row),
+                           changesets=self._changeset_info(row, pushes, CHANGESETS_PER_PUSH),
+                           per_push=CHANGESETS_PER_PUSH)
 
     def pushlog(self, req: Request, start_response, row, facts, level):
         """The push log, newest first, by pages of :data:`PUSHES_PER_PAGE` (:func:`service.pushes.page`)."""
         found = service_pushes.page(row, req.page_arg(), PUSHES_PER_PAGE)
         return self.render(req, start_response, "pushlog.html", repo=row, level=level, pushes=found.pushes,
                            page=found.page, pages=found.pages, total=found.total,
-                           title=f"{row.full_name}: push log")
+                           changesets=self._changeset_info(row, found.pushes, CHANGESETS_PER_PUSH),
+                           per_push=CHANGESETS_PER_PUSH, title=f"{row.full_name}: push log")
 
     def pushloghtml(self, req: Request, start_response, row, facts, level):
         """``pushloghtml?fromchange=A&tochange=B`` (Mozilla's links): the pushes of a range.
@@ -290,8 +409,10 @@ class Pages:
         more = len(rows) > RANGE_PUSHES
         pushes = list(reversed(pushlog.views(rows[:RANGE_PUSHES])))
         total = pushlog.last_push_id(row)
+        per_push = CHANGESETS_PER_PUSH if len(pushes) > 1 else RANGE_CHANGESETS
         return self.render(req, start_response, "pushlog.html", repo=row, level=level, pushes=pushes,
-                           page=1, pages=1, total=total, ranged=True, more=more,
+                           page=1, pages=1, total=total, ranged=True, more=more, per_push=per_push,
+                           changesets=self._changeset_info(row, pushes, per_push),
                            title=f"{row.full_name}: push log")
 
     def settings(self, req: Request, start_response, row, facts, level):
@@ -307,15 +428,41 @@ class Pages:
         if req.method == "POST":
             self.check_csrf(req)
             try:
+                moved = self._apply_lifecycle(req, actor, row)
+                if moved is not None:
+                    return redirect(start_response, moved)
                 message = self._apply_setting(req, actor, row.full_name)
                 row = Repository.get_by_id(row.id)
             except UserError as e:
                 error, status = str(e), page_status(e)
+        owners = [o for o in repos.owner_choices(actor) if o.lower() != row.owner.name.lower()]
         return self.render(
             req, start_response, "settings.html", status=status, repo=row, level=level,
             grants=repos.grants(actor, row.full_name), protected=repos.protected(actor, row.full_name),
-            message=message, error=error, title=f"{row.full_name}: settings",
+            message=message, error=error, title=f"{row.full_name}: settings", transfer_owners=owners,
+            form=req.form if req.method == "POST" else {},
         )
+
+    def _apply_lifecycle(self, req: Request, actor, row: Repository) -> str | None:
+        """Rename, transfer or delete (the Danger zone): where to go next, or None for other actions.
+
+        The service layer checks everything (admin level, the new owner's create
+        right, a free name); the page only asks for the full name before a delete.
+        """
+        action = req.field("action")
+        if action in ("rename", "transfer"):
+            owner = row.owner.name if action == "rename" else req.field("owner").strip()
+            name = req.field("name").strip() if action == "rename" else row.name
+            moved = repos.rename(self.site, actor, row.full_name, f"{owner}/{name}")
+            # After a transfer the user may no longer administer it (a team's member): its overview.
+            where = f"/{urllib.parse.quote(moved.owner.name)}/{urllib.parse.quote(moved.name)}"
+            return where + "/settings" if action == "rename" else where
+        if action == "delete":
+            if req.field("confirm").strip() != row.full_name:
+                raise Invalid(f"type {row.full_name} to confirm the deletion; nothing was deleted", "confirm")
+            repos.remove(self.site, actor, row.full_name)
+            return f"/{urllib.parse.quote(row.owner.name)}"
+        return None
 
     def _apply_setting(self, req: Request, actor, full: str) -> str:
         """Apply the settings form's ``action``; the message to show, or a UserError."""
@@ -333,7 +480,17 @@ class Pages:
         if action == "unprotect":
             repos.unprotect(actor, full, req.field("ref"))
             return f"unprotected {req.field('ref').strip()}"
-        if action == "settings":
+        if action == "general":
+            publishing = {"true": True, "false": False}.get(req.field("publishing"))  # absent: unchanged
+            repos.update(self.site, actor, full, description=req.field("description"), publishing=publishing)
+            return "saved"
+        if action == "visibility":
+            private = {"private": True, "public": False}.get(req.field("visibility"))
+            if private is None:
+                raise Invalid("choose private or public", "visibility")
+            repos.update(self.site, actor, full, private=private)
+            return f"{full} is now {'private' if private else 'public'}"
+        if action == "settings":  # the former one-form page (description, private, publishing)
             publishing = {"true": True, "false": False}.get(req.field("publishing"))  # absent: unchanged
             repos.update(self.site, actor, full, private=req.field("private") == "on",
                          description=req.field("description"), publishing=publishing)
@@ -341,11 +498,12 @@ class Pages:
         raise Invalid("unknown action", "action")
 
     def fork(self, req: Request, start_response, row, facts, level):
+        """The fork form: the visitor's own namespace and the source's name proposed."""
         def make(actor, target: str) -> Repository:
             return repos.fork(self.site, actor, row.full_name, target)
 
         return self._new_repository_form(req, start_response, "fork.html", make, repo=row,
-                                         title=f"Fork {row.full_name}")
+                                         level=level, title=f"Fork {row.full_name}")
 
     def _new_repository_form(self, req: Request, start_response, template: str, make, **context):
         """GET: the form; POST: ``make(actor, "OWNER/NAME")``, then to the new repository."""
@@ -359,8 +517,9 @@ class Pages:
                 return redirect(start_response, f"/{repo.owner.name}/{repo.name}")
             except UserError as e:
                 error, status = str(e), page_status(e)
+        typed = {"owner": req.field("owner"), "name": req.field("name")} if req.method == "POST" else {}
         return self.render(req, start_response, template, status=status, owners=repos.owner_choices(actor),
-                           error=error, **context)
+                           error=error, typed=typed, **context)
 
     def new_repo(self, req: Request, start_response):
         def make(actor, target: str) -> Repository:

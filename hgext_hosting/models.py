@@ -101,6 +101,8 @@ class Repository(BaseModel):
     #: drafts stay drafts, topics and obsolescence markers are exchanged, and only the
     #: ``publish`` level may make a changeset public (hooks.check_publication).
     publishing = pw.BooleanField(default=True)
+    #: The repository this one was forked from; NULL when it was not, or once the source is removed.
+    forked_from = pw.ForeignKeyField("self", null=True, on_delete="SET NULL", backref="forks")
 
     class Meta:
         indexes = ((("owner", "name_key"), True),)
@@ -432,6 +434,14 @@ def _v7_self_service() -> None:
     database().create_tables([SignupToken], safe=True)
 
 
+def _v8_forked_from() -> None:
+    """A fork remembers its source (``Repository.forked_from``; NULL once the source is removed)."""
+    if "forked_from_id" in {c.name for c in database().get_columns("repository")}:
+        return
+    database().execute_sql('ALTER TABLE "repository" ADD COLUMN "forked_from_id" INTEGER'
+                   ' REFERENCES "repository" ("id") ON DELETE SET NULL')
+
+
 #: Step N brings a database from version N-1 to N.  A new database gets every table
 #: as the models define them today, without replaying the steps.
 MIGRATIONS: dict[int, Callable[[], None]] = {
@@ -441,6 +451,7 @@ MIGRATIONS: dict[int, Callable[[], None]] = {
     5: _v5_disabled_users,
     6: _v6_password_resets,
     7: _v7_self_service,
+    8: _v8_forked_from,
 }
 
 

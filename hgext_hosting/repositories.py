@@ -353,7 +353,7 @@ def fork_repo(
             fork = Repository.create(
                 owner=dst_owner, name=name, name_key=names.key(name),
                 private=private, description=src_repo.description, uuid=new_uuid,
-                publishing=src_repo.publishing,
+                publishing=src_repo.publishing, forked_from=src_repo.id,
             )
             if nodes or bookmarks:
                 pushdb.insert_push(models.connection(), fork.id, forker.name, "fork", "{}",

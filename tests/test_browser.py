@@ -395,7 +395,7 @@ def test_push_log_lists_pushes_and_pages(alice_page, pages, web):
     rows = page.locator("table.pushes tbody tr")
     assert rows.count() == 20
     first = rows.nth(0).locator("td").all_inner_texts()
-    assert first[0] == "22" and first[1] == "bob" and first[3].strip() == nodes[0][:12]
+    assert first[0] == "22" and first[1] == "bob" and first[3].split()[:3] == [nodes[0][:12], "change", "21"]
     assert rows.nth(1).locator("td").nth(1).inner_text() == "alice"
     link = rows.nth(0).locator("a.node")
     assert link.get_attribute("href") == f"/alice/busy/rev/{nodes[0][:12]}"
@@ -436,10 +436,11 @@ def test_hgweb_log_page_has_our_top_bar(pages, web):
     assert page.locator("canvas").count() == 1  # paper's graph script ran (it carries the CSP nonce)
     page.goto("/alice/docs/file/tip")
     assert "README.md" in page.locator("table").inner_text()
-    bar.get_by_role("link", name="Push log").click()
+    tabs = page.locator("nav.tabs")  # the repository's tabs, under the top bar
+    tabs.get_by_role("link", name="Push log").click()
     assert page.url == f"{web.url}/alice/docs/pushlog"
     page.goto("/alice/docs/rev/tip")
-    bar.get_by_role("link", name="Overview").click()
+    tabs.get_by_role("link", name="Overview").click()
     assert page.url == f"{web.url}/alice/docs" and page.locator("section.readme").is_visible()
     assert failed == []
     assert console_errors(pages) == []
@@ -457,16 +458,20 @@ def html_status(page, path: str) -> tuple[int, str]:
 
 
 def test_private_repository_hidden_and_logout_ends_the_session(pages, alice_state, web):
-    """A private repository is not listed for anonymous visitors and its URL answers the 401 page; after logging out, the old session cookie is anonymous."""
+    """A private repository is not listed for anonymous visitors and its URL sends a browser to the login form
+    (as a missing one does); after logging out, the old session cookie is anonymous."""
     anonymous = pages.new()
     anonymous.goto("/")
     listed = anonymous.locator(".repolist").inner_text()
     assert "alice/docs" in listed and "secret" not in listed
     anonymous.goto("/?q=secret")
     assert anonymous.locator(".repolist").count() == 0 and "No repositories" in anonymous.locator("main").inner_text()
-    status, body = html_status(anonymous, "/alice/secret")
-    assert status == 401 and "<h1>401" in body and 'href="/-/login"' in body and "Top secret" not in body
-    assert html_status(anonymous, "/alice/no-such-repository")[0] == 401  # the same as a missing one
+    response = anonymous.context.request.get("/alice/secret", headers={"Accept": "text/html"}, max_redirects=0)
+    assert response.status == 303 and response.headers["location"].endswith("/-/login?next=%2Falice%2Fsecret")
+    assert "Top secret" not in response.text()
+    missing = anonymous.context.request.get("/alice/no-such-repository", headers={"Accept": "text/html"},
+                                            max_redirects=0)  # the same as a missing one
+    assert missing.status == 303 and missing.headers["location"].endswith("/-/login?next=%2Falice%2Fno-such-repository")
     anonymous.goto("/alice")
     assert "secret" not in anonymous.locator("main").inner_text()
 
@@ -482,8 +487,8 @@ def test_private_repository_hidden_and_logout_ends_the_session(pages, alice_stat
     replay.context.add_cookies([{"name": SESSION_COOKIE, "value": cookie["value"], "url": web.url}])
     replay.goto("/")
     assert "Log in" in topbar_text(replay) and "secret" not in replay.locator(".repolist").inner_text()
-    assert html_status(replay, "/alice/secret")[0] == 401
-    assert html_status(replay, "/alice/docs/settings")[0] == 401
+    assert html_status(replay, "/alice/secret")[0] == 303  # to the login form
+    assert html_status(replay, "/alice/docs/settings")[0] == 303
     # alice's other session (the module's) is still valid: logging out ends only this one.
     other = pages.new(storage_state=alice_state)
     assert other.goto("/alice/secret").status == 200
@@ -516,7 +521,7 @@ def test_settings_form_without_csrf_token_is_refused(alice_page, pages, web):
     """A settings form posted without its CSRF field is refused with 403 and changes nothing."""
     page = alice_page
     page.goto("/alice/docs/settings")
-    form = page.locator("form", has=page.locator("input[name=action][value=settings]"))
+    form = page.locator("form", has=page.locator("input[name=action][value=general]"))
     form.locator("textarea[name=description]").fill("changed without a token")
     form.locator("input[name=csrf]").evaluate("e => e.remove()")
     with page.expect_navigation() as nav:
