@@ -173,6 +173,8 @@ class HostingApp:
         if seg == ["healthz"]:
             return self.health(req, start_response)
         if seg[0] == "-":
+            if len(seg) >= 2 and seg[1] == "admin":
+                return self.admin_pages.route(req, start_response, seg[2:])
             if len(seg) == 3 and seg[1] == "reset":
                 return self.admin_pages.reset(req, start_response, seg[2])
             handler = {"login": self.pages.login, "logout": self.pages.logout,
