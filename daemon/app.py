@@ -234,6 +234,8 @@ class HostingApp:
             if answer is not None:
                 return answer
         if seg[0] == "-":
+            if len(seg) >= 2 and seg[1] == "admin":
+                return self.admin_pages.route(req, start_response, seg[2:])
             if len(seg) == 3 and seg[1] == "reset":
                 return self.admin_pages.reset(req, start_response, seg[2])
             handler = {"login": self.pages.login, "logout": self.pages.logout,

@@ -6,8 +6,8 @@ One module-scoped cluster serves every test: a throwaway PostgreSQL
 (Debian's ``haproxy``) run in the foreground from ``contrib/haproxy.cfg.in``
 with those ports filled in.  The tests drive the real ``hg`` client:
 
-- a revoked token, a removed grant, a changed protection or visibility is in
-  force on every daemon at the next request; sessions and the login throttle
+- a revoked token, a removed grant, a disabled user, a changed protection or
+  visibility is in force on every daemon at the next request; sessions and the login throttle
   work whichever daemon a request lands on;
 - 30 concurrent pushes through HAProxy to 3 repositories: all recorded once,
   push ids 1..N, ``check`` and ``hg verify`` clean;
@@ -289,6 +289,32 @@ def test_sessions_and_throttle_on_any_daemon(cluster: Cluster):
     answers = [request(daemons[i % DAEMONS], "GET", caps, basic("sam", f"wrong{i}"), source="127.0.0.9")[0]
                for i in range(15)]
     assert answers == [401] * 10 + [429] * 5, answers
+
+
+def test_disabled_user_refused_on_every_daemon(cluster: Cluster):
+    """dora's password (cached by each daemon), token and session work on every daemon; disabled,
+    each is refused on every daemon at the next request (issue 15); enabled, password and token work
+    again everywhere and nothing of hers was deleted."""
+    site, daemons = cluster.site, cluster.daemons
+    site.add_user("dora", "dora-cluster-pw")
+    site.cli("repo", "create", "dora/own", "--private")
+    token = site.cli("token", "create", "dora", "--label", "dora").stdout.strip()
+    status_, headers, _ = form_login(daemons[1], "dora", "dora-cluster-pw")
+    assert status_ == 303
+    session = {"Cookie": "hgh_session=" + cookies(headers)["hgh_session"]}
+    caps = "/dora/own?cmd=capabilities"
+    ways = {"password": basic("dora", "dora-cluster-pw"), "token": basic("dora", token), "session": session}
+
+    def answers() -> dict[str, list[int]]:
+        return {way: [request(d, "GET", caps, h)[0] for d in daemons] for way, h in ways.items()}
+
+    assert answers() == {way: [200] * DAEMONS for way in ways}
+    site.cli("user", "disable", "dora")
+    assert answers() == {"password": [403] * DAEMONS, "token": [403] * DAEMONS, "session": [401] * DAEMONS}
+    site.cli("user", "enable", "dora")
+    del ways["session"]  # ended for good by the disable
+    assert answers() == {way: [200] * DAEMONS for way in ways}
+    assert [r["name"] for r in site.cli_json("repo", "list") if r["owner"] == "dora"] == ["dora/own"]
 
 
 # -- concurrent pushes through HAProxy ------------------------------------------------------

@@ -9,6 +9,8 @@ are ``tests/test_siteadmin_browser.py``.
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
 import re
 import shlex
 import subprocess
@@ -30,7 +32,7 @@ class World:
         self.site, self.daemon, self.tmp, self.token, self.key = site, daemon, tmp, token, key
         match = re.search(r"serving SSH on ssh://[\d.]+:(\d+)/", daemon.log())
         self.ssh_port = int(match.group(1)) if match else None
-        self.seq = 0
+        self._seq = itertools.count(1)
 
     def http_url(self, user: str, secret: str, full: str) -> str:
         return f"http://{user}:{urllib.parse.quote(secret, safe='')}@127.0.0.1:{self.daemon.port}/{full}"
@@ -52,18 +54,17 @@ class World:
 
     def clone(self, source: str, *extra: str) -> subprocess.CompletedProcess:
         """``hg clone`` into a fresh directory; never raises."""
-        self.seq += 1
-        return run([HG, "clone", "-q", *extra, source, str(self.tmp / f"clone-{self.seq}")], self.site.env,
+        return run([HG, "clone", "-q", *extra, source, str(self.tmp / f"clone-{next(self._seq)}")], self.site.env,
                    check=False)
 
     def local_push(self, user: str) -> subprocess.CompletedProcess:
         """A push from a fresh clone of alice/demo straight to its directory, as ``user``."""
-        self.seq += 1
-        wc = self.tmp / f"local-{self.seq}"
+        seq = next(self._seq)
+        wc = self.tmp / f"local-{seq}"
         repo = str(self.site.repo_path("alice/demo"))
         run([HG, "clone", "-q", repo, str(wc)], self.site.env)
-        (wc / f"f{self.seq}").write_text("x\n")
-        run([HG, "commit", "-q", "-A", "-d", DATE, "-m", f"local {self.seq}"], self.site.env, cwd=wc)
+        (wc / f"f{seq}").write_text("x\n")
+        run([HG, "commit", "-q", "-A", "-d", DATE, "-m", f"local {seq}"], self.site.env, cwd=wc)
         return run([HG, "push", repo], {**self.site.env, "HG_HOSTING_USER": user}, cwd=wc, check=False)
 
 
@@ -99,22 +100,26 @@ def owned_rows(world) -> list[tuple]:
 
 
 def access(world) -> dict[str, bool]:
-    """Which of bob's ways in work right now, each a real client on its real path."""
+    """Which of bob's ways in work right now, each a real client on its real path (run side by side)."""
     cookie = world.bob_cookie
-    result = {
-        "session": request(world.daemon, "GET", "/bob/own", {"Cookie": cookie})[0] == 200,
-        "login form": form_login(world.daemon, "bob", PASSWORDS["bob"])[0] == 303,
-        "basic password": request(world.daemon, "GET", "/bob/own?cmd=capabilities",
-                                  basic("bob", PASSWORDS["bob"]))[0] == 200,
-        "basic token": request(world.daemon, "GET", "/bob/own?cmd=capabilities", basic("bob", world.token))[0] == 200,
-        "hg clone token": world.clone(world.http_url("bob", world.token, "bob/own")).returncode == 0,
-        "local push": world.local_push("bob").returncode == 0,
+    checks = {
+        "session": lambda: request(world.daemon, "GET", "/bob/own", {"Cookie": cookie})[0] == 200,
+        "login form": lambda: form_login(world.daemon, "bob", PASSWORDS["bob"])[0] == 303,
+        "basic password": lambda: request(world.daemon, "GET", "/bob/own?cmd=capabilities",
+                                          basic("bob", PASSWORDS["bob"]))[0] == 200,
+        "basic token": lambda: request(world.daemon, "GET", "/bob/own?cmd=capabilities",
+                                       basic("bob", world.token))[0] == 200,
+        "hg clone token": lambda: world.clone(world.http_url("bob", world.token, "bob/own")).returncode == 0,
+        "local push": lambda: world.local_push("bob").returncode == 0,
     }
     if world.key is not None:
-        result["ssh daemon"] = world.clone(f"ssh://hg@127.0.0.1:{world.ssh_port}/bob/own",
-                                           "--ssh", world.ssh_command()).returncode == 0
-        result["ssh-serve"] = world.clone("ssh://hg@x/bob/own", "--ssh", world.forced_ssh()).returncode == 0
-    return result
+        checks["ssh daemon"] = lambda: world.clone(f"ssh://hg@127.0.0.1:{world.ssh_port}/bob/own",
+                                                   "--ssh", world.ssh_command()).returncode == 0
+        checks["ssh-serve"] = lambda: world.clone("ssh://hg@x/bob/own", "--ssh",
+                                                  world.forced_ssh()).returncode == 0
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = {name: pool.submit(check) for name, check in checks.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def test_disabled_user_is_refused_everywhere_and_keeps_everything(world):

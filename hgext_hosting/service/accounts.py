@@ -599,3 +599,47 @@ def confirm_signup(actor: Actor, token: str) -> Owner:
     with write_transaction():
         row = _spend("verify", token)
         return _create_owner(row.name, "user", email=row.email, password_hash=row.password_hash)
+
+
+# -- the site at a glance ----------------------------------------------------------------
+
+
+def site_summary(actor: Actor, repos_root) -> dict:
+    """Counts, the repositories' disk use and the database engine (site admins only).
+
+    Disk use is what the files of ``repos_root`` occupy (allocated blocks, each
+    hardlinked file once): ``du -s`` of that directory.
+    """
+    from ..models import Push, Repository, is_sqlite
+
+    _require_site_admin(actor)
+    counts = {
+        "users": Owner.select().where(Owner.kind == "user").count(),
+        "disabled users": Owner.select().where((Owner.kind == "user") & (Owner.disabled == True)).count(),  # noqa: E712
+        "site admins": Owner.select().where((Owner.kind == "user") & Owner.is_admin).count(),
+        "teams": Owner.select().where(Owner.kind == "team").count(),
+        "repositories": Repository.select().count(),
+        "private repositories": Repository.select().where(Repository.private == True).count(),  # noqa: E712
+        "pushes": Push.select().where(Push.state == "done").count(),
+    }
+    return {"counts": counts, "disk_bytes": _disk_used(repos_root),
+            "database": "SQLite" if is_sqlite() else "PostgreSQL"}
+
+
+def _disk_used(root) -> int:
+    import os
+
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for directory, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(directory, name))
+            except OSError:
+                continue
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            total += st.st_blocks * 512
+    return total
