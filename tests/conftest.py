@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -114,10 +115,25 @@ def env(tmp_path: Path) -> dict[str, str]:
     return base_env(home)
 
 
-@pytest.fixture
-def site(tmp_path: Path, env: dict[str, str]) -> SiteHandle:
-    handle = SiteHandle(tmp_path / "site", env)
+@pytest.fixture(scope="session")
+def site_template(tmp_path_factory) -> Path:
+    """A site made by ``hg-hosting init`` once per worker, for :func:`site` to copy.
+
+    ``init`` costs a Python start and the schema steps (about a second on a busy
+    machine); a copy of what it wrote is the same site for a few milliseconds.
+    Nothing in a site names its own directory, and no test edits this one.
+    """
+    tmp = tmp_path_factory.mktemp("site-template")
+    handle = site_handle(tmp)
     handle.cli("init")
+    return handle.root
+
+
+@pytest.fixture
+def site(tmp_path: Path, env: dict[str, str], site_template: Path) -> SiteHandle:
+    """A new site (a copy of :func:`site_template`, just as ``hg-hosting init`` made it)."""
+    handle = SiteHandle(tmp_path / "site", env)
+    shutil.copytree(site_template, handle.root, symlinks=True)
     return handle
 
 
@@ -131,13 +147,28 @@ def corpus() -> Path:
     return synthrepo.cached_bundle(ARTIFACTS)[0]
 
 
-@pytest.fixture
-def big_site(site: SiteHandle, corpus: Path) -> SiteHandle:
-    """The site with the public alice/big holding a large history (the generated corpus)."""
+@pytest.fixture(scope="session")
+def big_site_template(tmp_path_factory, corpus: Path) -> Path:
+    """A site with alice/big holding the corpus, made once per worker for :func:`big_site` to copy.
+
+    The unbundle of 3,000 changesets through the push hooks costs seconds of CPU;
+    a copy of the result costs a fraction of one.
+    """
+    tmp = tmp_path_factory.mktemp("big-site-template")
+    site = site_handle(tmp)
+    site.cli("init")
     site.add_user("alice")
     site.cli("repo", "create", "alice/big")
     site.hg("-R", str(site.repo_path("alice/big")), "unbundle", "-q", str(corpus), user="alice")
-    return site
+    return site.root
+
+
+@pytest.fixture
+def big_site(tmp_path: Path, env: dict[str, str], big_site_template: Path) -> SiteHandle:
+    """A site with the public alice/big holding a large history (the generated corpus), alice its only user."""
+    handle = SiteHandle(tmp_path / "site", env)
+    shutil.copytree(big_site_template, handle.root, symlinks=True)
+    return handle
 
 
 def commit(hg_run, wc: Path, filename: str, content: str, message: str | None = None,

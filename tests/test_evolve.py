@@ -9,12 +9,17 @@ the real OpenSSH client, each user's registered key), ``stdio`` (the same
 ``hg serve --stdio`` child through a fake ssh, cheaper), ``http`` (the
 daemon, hgweb).
 
-Users: alice owns ``alice/demo``; bob holds ``write``, carol ``publish``,
-dave ``publish`` but is on no allow-list.
+Users: alice owns the repository under test; bob holds ``write``, carol
+``publish``, dave ``publish`` but is on no allow-list.
+
+One site per transport for the module (``transport_site``: the users, their
+SSH keys, the daemon), made once: each test gets a fresh non-publishing
+repository of its own (``alice/demo-N``) on it, with alice's public root.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
@@ -23,11 +28,12 @@ import sqlite3
 import subprocess
 import time
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import DATE, HG, Daemon, SiteHandle, run
-from pushhelpers import write_fakessh
+from conftest import DATE, HG, HG_HOSTING, Daemon, SiteHandle, run, site_handle
+from pushhelpers import cli_all, run_all, write_fakessh
 
 #: The client side of every test: evolve and topic enabled.
 EVOLVE = ("--config", "extensions.evolve=", "--config", "extensions.topic=")
@@ -38,10 +44,15 @@ SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
 
 
 class World:
-    """A site with ``alice/demo`` non-publishing, four users, and clients over one transport."""
+    """A site with ``full`` (``alice/demo``-something) non-publishing, four users, and clients over one transport.
 
-    def __init__(self, site: SiteHandle, tmp: Path, transport: str, daemon: Daemon | None = None):
+    ``tmp`` holds the working copies, ``keys`` the users' SSH keys (transport ``ssh``).
+    """
+
+    def __init__(self, site: SiteHandle, tmp: Path, transport: str, daemon: Daemon | None = None,
+                 full: str = "alice/demo", keys: Path | None = None):
         self.site, self.tmp, self.transport, self.daemon = site, tmp, transport, daemon
+        self.full, self.keys = full, keys
         self.fakessh = write_fakessh(tmp)
         self.ssh_port = 0
         if transport == "ssh":
@@ -58,11 +69,13 @@ class World:
         """The client's ``ui.ssh``: the fake ssh, or OpenSSH with ``user``'s key."""
         if self.transport != "ssh":
             return str(self.fakessh)
-        return shlex.join([SSH, "-i", str(self.tmp / "keys" / user), "-F", "/dev/null",
+        assert self.keys is not None
+        return shlex.join([SSH, "-i", str(self.keys / user), "-F", "/dev/null",
                            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
 
-    def url(self, user: str, full: str = "alice/demo") -> str:
+    def url(self, user: str, full: str | None = None) -> str:
+        full = full or self.full
         if self.transport == "http":
             assert self.daemon is not None
             secret = urllib.parse.quote(PASSWORD, safe="")
@@ -80,7 +93,8 @@ class World:
         argv = [HG, *EVOLVE, "--config", f"ui.ssh={self.ssh_command(user)}", *args]
         return run(argv, env, cwd=cwd, check=check)
 
-    def clone(self, user: str, name: str, full: str = "alice/demo") -> Path:
+    def clone(self, user: str, name: str, full: str | None = None) -> Path:
+        full = full or self.full
         wc = self.tmp / name
         self.hg(user, "clone", "-q", self.url(user, full), str(wc))
         return wc
@@ -94,29 +108,36 @@ class World:
     def node(self, user: str, wc: Path, rev: str) -> str:
         return self.hg(user, "log", "-r", rev, "-T", "{node}", cwd=wc).stdout
 
-    def push(self, user: str, wc: Path, *args: str, full: str = "alice/demo") -> subprocess.CompletedProcess:
+    def push(self, user: str, wc: Path, *args: str, full: str | None = None) -> subprocess.CompletedProcess:
+        full = full or self.full
         return self.hg(user, "push", *args, self.url(user, full), cwd=wc, check=False)
 
     # -- the server side, read directly ------------------------------------------------
 
-    def server(self, *args: str, full: str = "alice/demo") -> str:
+    def server(self, *args: str, full: str | None = None) -> str:
         """``hg`` in the site repository itself, with the configuration its .hg/hgrc gives."""
+        full = full or self.full
         return self.site.hg("-R", str(self.site.repo_path(full)), *args).stdout
 
-    def server_log(self, revset: str = "not 0", hidden: bool = False, full: str = "alice/demo") -> list[str]:
+    def server_log(self, revset: str = "not 0", hidden: bool = False, full: str | None = None) -> list[str]:
         """``NODE PHASE TOPIC`` lines of the site repository (all but alice's public root by default)."""
+        full = full or self.full
         args = ["log", "-r", revset, "-T", "{node} {phase} {topic}\n"] + (["--hidden"] if hidden else [])
         return [line.strip() for line in self.server(*args, full=full).splitlines()]
 
-    def pushes(self, full: str = "alice/demo") -> list[dict]:
+    def pushes(self, full: str | None = None) -> list[dict]:
         """``hg-hosting pushlog --json``, oldest first."""
+        full = full or self.full
         return list(reversed(self.site.cli_json("pushlog", full)))
 
     def rows(self) -> list[tuple]:
-        """Every push row, pending ones included (a refusal must leave none)."""
+        """Every push row of the repository, pending ones included (a refusal must leave none)."""
         conn = sqlite3.connect(self.site.root / "hosting.db")
         try:
-            return conn.execute("SELECT push_id, user, state, details FROM push ORDER BY id").fetchall()
+            return conn.execute(
+                "SELECT p.push_id, p.user, p.state, p.details FROM push p"
+                " JOIN repository r ON p.repository_id = r.id WHERE r.name_key = ? ORDER BY p.id",
+                (self.full.split("/")[1],)).fetchall()
         finally:
             conn.close()
 
@@ -124,45 +145,82 @@ class World:
         return self.server_log(hidden=True), self.server("debugobsolete"), self.rows()
 
 
-def make_world(site: SiteHandle, tmp: Path, transport: str) -> World:
-    site.add_user("alice", PASSWORD)
-    for user in USERS:
-        site.add_user(user, PASSWORD)
-    site.cli("repo", "create", "alice/demo", "--non-publishing")
-    for user, level in USERS.items():
-        site.cli("grant", "alice/demo", user, level)
+@dataclass
+class TransportSite:
+    """A site shared by the module's tests over one transport: users, keys and daemon made once."""
+
+    site: SiteHandle
+    tmp: Path
+    transport: str
+    daemon: Daemon | None
+    keys: Path | None
+
+
+def make_site(tmp: Path, transport: str) -> TransportSite:
+    """A new site with alice and ``USERS`` (passwords; SSH keys for ``ssh``) and its daemon (``http``, ``ssh``)."""
+    site = site_handle(tmp)
+    site.cli("init")
+    adds = [subprocess.Popen([HG_HOSTING, "--site", str(site.root), "user", "add", user, "--email",
+                              f"{user}@example.org", "--password-stdin"], env=site.env, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for user in ("alice", *USERS)]  # at once: each hashes a password (argon2)
+    for add in adds:
+        out, err = add.communicate(PASSWORD + "\n", timeout=120)
+        assert add.returncode == 0, out + err
+    keys = None
     if transport == "ssh":
         keys = tmp / "keys"
         keys.mkdir()
-        for user in ("alice", *USERS):
-            subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(keys / user)],
-                           check=True, capture_output=True, timeout=60)
-            site.cli("ssh-key", "add", user, str(keys / f"{user}.pub"))
+        run_all([[SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(keys / user)] for user in ("alice", *USERS)],
+                site.env)
+        cli_all(site, *(["ssh-key", "add", user, str(keys / f"{user}.pub")] for user in ("alice", *USERS)))
     daemon = None
     if transport == "http":
         daemon = Daemon(site)
     elif transport == "ssh":
         daemon = Daemon(site, "--ssh", "127.0.0.1:0")
-    world = World(site, tmp, transport, daemon)
+    return TransportSite(site, tmp, transport, daemon, keys)
+
+
+_repo_numbers = itertools.count(1)
+
+
+def make_world(shared: TransportSite, tmp: Path) -> World:
+    """A new non-publishing ``alice/demo-N`` on the shared site, writers granted, alice's public root pushed."""
+    full = f"alice/demo-{next(_repo_numbers)}"
+    site = shared.site
+    site.cli("repo", "create", full, "--non-publishing")
+    cli_all(site, *(["grant", full, user, level] for user, level in USERS.items()))
+    world = World(site, tmp, shared.transport, shared.daemon, full, shared.keys)
     root = world.clone("alice", "alice")
     world.commit("alice", root, "README", "the public root\n")
     assert world.push("alice", root, "--publish").returncode == 0
     return world
 
 
-@pytest.fixture(params=["stdio", "http", pytest.param("ssh", marks=pytest.mark.skipif(
+@pytest.fixture(scope="module", params=["stdio", "http", pytest.param("ssh", marks=pytest.mark.skipif(
     not SSH, reason="needs the OpenSSH client"))])
-def world(request, site, tmp_path):
-    w = make_world(site, tmp_path, request.param)
-    yield w
-    if w.daemon is not None:
-        w.daemon.stop()
-        assert "Traceback" not in w.daemon.log(), w.daemon.log()[-3000:]
+def transport_site(request, tmp_path_factory):
+    shared = make_site(tmp_path_factory.mktemp(f"evolve-{request.param}"), request.param)
+    yield shared
+    if shared.daemon is not None:
+        shared.daemon.stop()
+        assert "Traceback" not in shared.daemon.log(), shared.daemon.log()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def stdio_site(tmp_path_factory):
+    return make_site(tmp_path_factory.mktemp("evolve-stdio-only"), "stdio")
 
 
 @pytest.fixture
-def stdio_world(site, tmp_path):
-    return make_world(site, tmp_path, "stdio")
+def world(transport_site, tmp_path):
+    return make_world(transport_site, tmp_path)
+
+
+@pytest.fixture
+def stdio_world(stdio_site, tmp_path):
+    return make_world(stdio_site, tmp_path)
 
 
 def assert_refused(proc: subprocess.CompletedProcess, before: tuple, world: World, *needles: str) -> None:
@@ -251,10 +309,10 @@ def test_publication_refused_then_allowed(world):
     node = world.commit("bob", wc, "a.txt", "one\n")
     before = world.state()
     proc = world.push("bob", wc, "--publish")
-    assert_refused(proc, before, world, "bob may not publish", "alice/demo", node[:12])
+    assert_refused(proc, before, world, "bob may not publish", world.full, node[:12])
 
     world.hg("bob", "phase", "--public", "-r", ".", cwd=wc)  # arrives public
-    assert_refused(world.push("bob", wc), before, world, "bob may not publish", "alice/demo", node[:12])
+    assert_refused(world.push("bob", wc), before, world, "bob may not publish", world.full, node[:12])
 
     world.hg("bob", "phase", "--draft", "--force", "-r", ".", cwd=wc)
     assert world.push("bob", wc).returncode == 0
@@ -277,7 +335,7 @@ def test_publication_refused_then_allowed(world):
 def test_topic_on_protected_branch(stdio_world):
     """A writer's topic draft on a protected branch lands; publishing it needs the allow-list and ``publish``."""
     w = stdio_world
-    w.site.cli("protect", "alice/demo", "default", "--allow", "carol")
+    w.site.cli("protect", w.full, "default", "--allow", "carol")
     wc = w.clone("bob", "bob")
     w.hg("bob", "topic", "-q", "feature", cwd=wc)
     node = w.commit("bob", wc, "f.txt", "feature\n")
@@ -293,7 +351,7 @@ def test_topic_on_protected_branch(stdio_world):
     dave = w.clone("dave", "dave")
     w.hg("dave", "phase", "--public", "-r", node, cwd=dave)
     assert_refused(w.push("dave", dave), before, w, "dave may not publish to protected branch 'default'",
-                   "alice/demo", node[:12])
+                   w.full, node[:12])
 
     carol = w.clone("carol", "carol")
     w.hg("carol", "phase", "--public", "-r", node, cwd=carol)
@@ -361,12 +419,17 @@ def test_publishing_repository_is_unchanged(stdio_world):
 # -- pages and hgweb ----------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def http_site(tmp_path_factory):
+    shared = make_site(tmp_path_factory.mktemp("evolve-http-pages"), "http")
+    yield shared
+    shared.daemon.stop()
+    assert "Traceback" not in shared.daemon.log(), shared.daemon.log()[-3000:]
+
+
 @pytest.fixture
-def http_world(site, tmp_path):
-    w = make_world(site, tmp_path, "http")
-    yield w
-    w.daemon.stop()
-    assert "Traceback" not in w.daemon.log(), w.daemon.log()[-3000:]
+def http_world(http_site, tmp_path):
+    return make_world(http_site, tmp_path)
 
 
 def login(daemon: Daemon, user: str) -> str:
@@ -397,7 +460,7 @@ def test_overview_lists_topics_and_hgweb_hides_obsolete(http_world):
     new = w.node("bob", wc, ".")
     assert w.push("bob", wc).returncode == 0
 
-    status, _, body = test_auth.request(w.daemon, "GET", "/alice/demo")
+    status, _, body = test_auth.request(w.daemon, "GET", f"/{w.full}")
     page = body.decode()
     assert status == 200 and "Open topics" in page and "feature-x" in page
     topics = page.split("Open topics")[1].split("Recent pushes")[0]  # the push log still names old
@@ -405,9 +468,9 @@ def test_overview_lists_topics_and_hgweb_hides_obsolete(http_world):
     pushes = page.split("Recent pushes")[1]
     assert "topic feature-x" in pushes and "1 obsolescence marker(s)" in pushes
     assert w.pushes()[-1]["topics"] == ["feature-x"]
-    status, _, body = test_auth.request(w.daemon, "GET", "/alice/demo/shortlog")
+    status, _, body = test_auth.request(w.daemon, "GET", f"/{w.full}/shortlog")
     assert status == 200 and new[:12] in body.decode() and old[:12] not in body.decode()
-    assert test_auth.request(w.daemon, "GET", f"/alice/demo/rev/{old}")[0] == 404
+    assert test_auth.request(w.daemon, "GET", f"/{w.full}/rev/{old}")[0] == 404
 
 
 def test_settings_page_switches_publishing(http_world):
@@ -416,7 +479,7 @@ def test_settings_page_switches_publishing(http_world):
 
     w = http_world
     cookie = login(w.daemon, "alice")
-    status, _, body = test_auth.request(w.daemon, "GET", "/alice/demo/settings", {"Cookie": cookie})
+    status, _, body = test_auth.request(w.daemon, "GET", f"/{w.full}/settings", {"Cookie": cookie})
     assert status == 200 and '<option value="false" selected>' in body.decode()
     csrf = body.decode().split('name="csrf" value="')[1].split('"')[0]
 
@@ -427,10 +490,10 @@ def test_settings_page_switches_publishing(http_world):
 
     form = urllib.parse.urlencode({"csrf": csrf, "action": "settings", "description": "",
                                    "publishing": "true"}).encode()
-    status, _, body = test_auth.request(w.daemon, "POST", "/alice/demo/settings", {
+    status, _, body = test_auth.request(w.daemon, "POST", f"/{w.full}/settings", {
         "Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"}, form)
     assert status == 200 and '<option value="true" selected>' in body.decode()
-    assert w.site.cli_json("repo", "list")[0]["publishing"] is True
+    assert {r["name"]: r["publishing"] for r in w.site.cli_json("repo", "list")}[w.full] is True
 
     public = w.commit("bob", wc, "b.txt", "two\n")
     assert w.push("bob", wc).returncode == 0

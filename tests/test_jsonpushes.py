@@ -407,11 +407,9 @@ def test_json_pushes_and_pages_on_postgresql(pg_site, tmp_path):
     assert "Traceback" not in daemon.log(), daemon.log()[-3000:]
 
 
-def test_push_log_pages_are_windows_of_ids(tmp_path):
+def test_push_log_pages_are_windows_of_ids(jp):
     """Page N of the push log holds push ids top-20(N-1) down to top-20N+1: 45 pushes make 3 pages; with push 30 dropped (``check --repair`` after a strip) page 1 shows 19, and no page repeats another's push."""
-    site = site_handle(tmp_path)
-    site.cli("init")
-    site.add_user("alice")
+    site, daemon = jp.site, jp.daemon
     site.cli("repo", "create", "alice/gaps")
     db_path = next(site.root.glob("*.db"))
     with sqlite3.connect(db_path) as db:
@@ -420,19 +418,15 @@ def test_push_log_pages_are_windows_of_ids(tmp_path):
     with sqlite3.connect(db_path) as db:
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("DELETE FROM push WHERE push_id = 30")
-    daemon = Daemon(site)
-    try:
-        seen = []
-        for page, count in ((1, 19), (2, 20), (3, 5)):
-            status, _, body = fetch(f"{daemon.url}/alice/gaps/pushlog?page={page}")
-            text = body.decode()
-            assert status == 200 and f"page {page} of 3" in text
-            ids = [int(x) for x in re.findall(r"<tr>\s*<td>(\d+)</td>", text)]
-            assert len(ids) == count, (page, ids)
-            seen += ids
-        assert sorted(seen) == [i for i in range(1, 46) if i != 30]
-    finally:
-        daemon.stop()
+    seen = []
+    for page, count in ((1, 19), (2, 20), (3, 5)):
+        status, _, body = fetch(f"{daemon.url}/alice/gaps/pushlog?page={page}")
+        text = body.decode()
+        assert status == 200 and f"page {page} of 3" in text
+        ids = [int(x) for x in re.findall(r"<tr>\s*<td>(\d+)</td>", text)]
+        assert len(ids) == count, (page, ids)
+        seen += ids
+    assert sorted(seen) == [i for i in range(1, 46) if i != 30]
     assert "Traceback" not in daemon.log()
 
 
@@ -441,11 +435,9 @@ def test_push_log_pages_are_windows_of_ids(tmp_path):
 EVOLVE = ("--config", "extensions.evolve=", "--config", "extensions.topic=")
 
 
-def test_obsolete_changesets_amend_and_prune(tmp_path):
+def test_obsolete_changesets_amend_and_prune(jp, tmp_path):
     """As Mozilla's pushlog: changesets obsolete now (hidden) move from ``changesets`` to ``obsoletechangesets`` (a push left with none still listed, ``changesets: []``); ``full`` adds ``precursors`` to a changeset with predecessors; a marker-only push stays out; a repository made publishing later still hides them; a publishing repository is unchanged."""
-    site = site_handle(tmp_path)
-    site.cli("init")
-    site.add_user("alice")
+    site, daemon = jp.site, jp.daemon
     cli_all(site, ["repo", "create", "alice/evo", "--non-publishing"], ["repo", "create", "alice/pub"])
     evo, pub = str(site.repo_path("alice/evo")), str(site.repo_path("alice/pub"))
     hg = lambda *a, **k: site.hg(*EVOLVE, *a, **k)  # noqa: E731
@@ -464,40 +456,37 @@ def test_obsolete_changesets_amend_and_prune(tmp_path):
     hg("push", "-q", evo, cwd=wc, user="alice", check=False)  # push 4: the prune marker only
     # The publishing one, by a client without evolve (a local push would load it on both ends).
     site.hg("push", "-q", "-r", new, pub, cwd=wc, user="alice")
-    daemon = Daemon(site)
-    try:
-        def get(full: str, query: str = "") -> dict:
-            code, _, body = fetch(f"{daemon.url}/{full}/json-pushes{query}")
-            assert code == 200, body
-            return json.loads(body)
 
-        v1 = get("alice/evo")
-        assert v1 == {
-            "1": {"changesets": [root], "obsoletechangesets": [old], "date": v1["1"]["date"], "user": "alice"},
-            "2": {"changesets": [new], "date": v1["2"]["date"], "user": "alice"},
-            "3": {"changesets": [], "obsoletechangesets": [pruned], "date": v1["3"]["date"], "user": "alice"},
-        }
-        v2 = get("alice/evo", "?version=2")
-        assert v2["lastpushid"] == 4 and v2["pushes"] == v1
-        assert get("alice/evo", "?startID=0&endID=1&tipsonly=1") == {"1": v1["1"]}  # root is the tip shown
+    def get(full: str, query: str = "") -> dict:
+        code, _, body = fetch(f"{daemon.url}/{full}/json-pushes{query}")
+        assert code == 200, body
+        return json.loads(body)
 
-        full = get("alice/evo", "?full=1&version=2")["pushes"]
-        assert [c["node"] for c in full["1"]["changesets"]] == [root] and full["1"]["obsoletechangesets"] == [old]
-        assert "precursors" not in full["1"]["changesets"][0]
-        assert full["3"]["changesets"] == [] and full["3"]["obsoletechangesets"] == [pruned]
-        (changeset,) = full["2"]["changesets"]
-        assert changeset["node"] == new and changeset["precursors"] == [old]
-        assert changeset["desc"] == "first" and "obsoletechangesets" not in full["2"]
+    v1 = get("alice/evo")
+    assert v1 == {
+        "1": {"changesets": [root], "obsoletechangesets": [old], "date": v1["1"]["date"], "user": "alice"},
+        "2": {"changesets": [new], "date": v1["2"]["date"], "user": "alice"},
+        "3": {"changesets": [], "obsoletechangesets": [pruned], "date": v1["3"]["date"], "user": "alice"},
+    }
+    v2 = get("alice/evo", "?version=2")
+    assert v2["lastpushid"] == 4 and v2["pushes"] == v1
+    assert get("alice/evo", "?startID=0&endID=1&tipsonly=1") == {"1": v1["1"]}  # root is the tip shown
 
-        # Made publishing later, it keeps its markers and hidden changesets (and evolve).
-        site.cli("repo", "set", "alice/evo", "publishing=true")
-        assert get("alice/evo") == v1
+    full = get("alice/evo", "?full=1&version=2")["pushes"]
+    assert [c["node"] for c in full["1"]["changesets"]] == [root] and full["1"]["obsoletechangesets"] == [old]
+    assert "precursors" not in full["1"]["changesets"][0]
+    assert full["3"]["changesets"] == [] and full["3"]["obsoletechangesets"] == [pruned]
+    (changeset,) = full["2"]["changesets"]
+    assert changeset["node"] == new and changeset["precursors"] == [old]
+    assert changeset["desc"] == "first" and "obsoletechangesets" not in full["2"]
 
-        published = get("alice/pub", "?full=1")
-        assert list(published) == ["1"] and "obsoletechangesets" not in published["1"]
-        assert [c["node"] for c in published["1"]["changesets"]] == [root, new]
-        assert all("precursors" not in c for c in published["1"]["changesets"])
-        assert get("alice/pub")["1"]["changesets"] == [root, new]
-    finally:
-        daemon.stop()
+    # Made publishing later, it keeps its markers and hidden changesets (and evolve).
+    site.cli("repo", "set", "alice/evo", "publishing=true")
+    assert get("alice/evo") == v1
+
+    published = get("alice/pub", "?full=1")
+    assert list(published) == ["1"] and "obsoletechangesets" not in published["1"]
+    assert [c["node"] for c in published["1"]["changesets"]] == [root, new]
+    assert all("precursors" not in c for c in published["1"]["changesets"])
+    assert get("alice/pub")["1"]["changesets"] == [root, new]
     assert "Traceback" not in daemon.log(), daemon.log()[-3000:]
