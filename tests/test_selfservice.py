@@ -17,6 +17,7 @@ import pytest
 from clibatch import cli_batch
 from conftest import Daemon, site_handle
 from test_auth import PASSWORDS, basic, cookies, db_query, form_login, header, request
+\nfrom hgext_hosting.pushdb import SCHEMA_VERSION
 
 #: An API token (credentials.new_token: the prefix and 43 URL-safe characters).
 TOKEN = re.compile(r"hgh_[A-Za-z0-9_-]{43}")
@@ -278,7 +279,7 @@ def test_a_version_6_database_gets_step_7(tmp_path):
         db_query(site, sql)
     assert "schema version 6" in site.refuse("user", "list")
     site.cli("init")
-    assert db_query(site, "SELECT value FROM meta WHERE key = 'schema_version'") == [("7",)]
+    assert db_query(site, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
     columns = {(t, row[1]) for t in ("api_token", "session") for row in db_query(site, f"PRAGMA table_info({t})")}
     assert {("api_token", "expires"), ("session", "last_seen"), ("session", "address")} <= columns
     assert db_query(site, "SELECT count(*) FROM signup_token") == [(0,)]
