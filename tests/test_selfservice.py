@@ -17,7 +17,8 @@ import pytest
 from clibatch import cli_batch
 from conftest import Daemon, site_handle
 from test_auth import PASSWORDS, basic, cookies, db_query, form_login, header, request
-\nfrom hgext_hosting.pushdb import SCHEMA_VERSION
+
+from hgext_hosting.pushdb import SCHEMA_VERSION
 
 #: An API token (credentials.new_token: the prefix and 43 URL-safe characters).
 TOKEN = re.compile(r"hgh_[A-Za-z0-9_-]{43}")
