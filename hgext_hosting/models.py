@@ -155,6 +155,9 @@ class ApiToken(BaseModel):
     digest = pw.CharField(max_length=64, unique=True)
     created = pw.DateTimeField(default=utcnow)
     last_used = pw.DateTimeField(null=True)
+    #: ``read``, ``write`` or ``admin`` (:data:`hgext_hosting.policy.SCOPES`): what the
+    #: token may do of what its user may (:func:`hgext_hosting.policy.with_scope`).
+    scope = pw.CharField(max_length=8, default="write")
 
     class Meta:
         indexes = ((("user", "label"), True),)
@@ -328,12 +331,21 @@ def _v4_publishing() -> None:
     db.execute_sql(f'ALTER TABLE "repository" ADD COLUMN "publishing" BOOLEAN NOT NULL DEFAULT {true}')
 
 
+def _v5_token_scopes() -> None:
+    """API tokens get a scope (read, write, admin); existing tokens become ``write``,
+    so they keep doing what they did, except site administration."""
+    if "scope" in {c.name for c in db.get_columns("api_token")}:
+        return
+    db.execute_sql("ALTER TABLE \"api_token\" ADD COLUMN \"scope\" VARCHAR(8) NOT NULL DEFAULT 'write'")
+
+
 #: Step N brings a database from version N-1 to N.  A new database gets every table
 #: as the models define them today, without replaying the steps.
 MIGRATIONS: dict[int, Callable[[], None]] = {
     2: _v2_session_epochs_and_login_throttle,
     3: _v3_push_reader_indexes,
     4: _v4_publishing,
+    5: _v5_token_scopes,
 }
 
 

@@ -34,7 +34,7 @@ from . import names
 from .policy import RepoFacts, Subject
 
 #: Bumped with every change of the tables in models.py; models.MIGRATIONS gets a step.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class SchemaError(RuntimeError):
