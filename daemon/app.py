@@ -3,10 +3,14 @@
 For each request, in order:
 
 1. :class:`daemon.web.Request` validates the path and query (400 otherwise).
-2. Authentication: HTTP Basic (password or token, :mod:`daemon.auth`) or the
-   session cookie.  Bad credentials: 401; throttled: 429; malformed: 400.
-3. Routing: ``/`` index, ``/-/login|logout|new`` pages, ``/OWNER`` owner page,
-   ``/OWNER/NAME[/...]`` a repository.
+2. Authentication: HTTP Basic (password or token, :mod:`daemon.auth`), Bearer
+   (a token), or the session cookie.  Bad credentials: 401; throttled: 429;
+   malformed: 400.  A token's scope caps the request's subject
+   (:func:`hgext_hosting.policy.with_scope`): a read-scoped token's push is
+   refused like any push without ``write``.
+3. Routing: ``/`` index, ``/-/login|logout|new|api`` pages, ``/api/v1/...`` the
+   REST API (:mod:`daemon.api`), ``/OWNER`` owner page, ``/OWNER/NAME[/...]`` a
+   repository.
 4. For a repository, read permission first: a repository the requester may not
    read does not exist for them (401 anonymous, 404 authenticated, exactly as
    for a missing one).  A wire-protocol command that writes (``unbundle``,
@@ -33,6 +37,8 @@ from hgext_hosting.models import Owner, Repository
 from hgext_hosting.service.actors import Actor
 
 from . import jsonpushes
+from .api import ApiFace
+from .api import errors as api_errors
 from .auth import SESSION_COOKIE, Authenticator, Malformed, Refusal
 from .hgwebs import HgwebCache
 from .web import SECURITY_HEADERS, HTTPError, Request, error_body, hgweb_headers, respond, respond_json
@@ -101,6 +107,7 @@ class HostingApp:
         self.baseui = baseui
         #: Set when the daemon drains for a stop: /healthz answers 503.
         self.draining = False
+        self.api = ApiFace(self)
 
     def __call__(self, environ, start_response):
         req = None
@@ -109,14 +116,18 @@ class HostingApp:
             self._authenticate(req)
             return self._route(req, start_response)
         except HTTPError as e:
-            return self.error(req, e, start_response)
+            return self.error(req, e, start_response, environ)
         except Exception:  # noqa: BLE001 - logged for the admin, one line for the user
             log.failure("unexpected failure on {path}", path=environ.get("PATH_INFO", "")[:200])
-            return self.error(req, HTTPError(500, "internal error; see the server log"), start_response)
+            return self.error(req, HTTPError(500, "internal error; see the server log"), start_response, environ)
 
     # -- errors --------------------------------------------------------------------
 
-    def error(self, req: Request | None, e: HTTPError, start_response):
+    def error(self, req: Request | None, e: HTTPError, start_response, environ: dict | None = None):
+        if environ is not None and (environ.get("PATH_INFO") or "").startswith("/api/"):
+            status, data, headers = api_errors.from_http_error(e)  # the API answers JSON, even a 400 here
+            return respond(start_response, status, api_errors.body_bytes(data), "application/json",
+                           headers=headers)
         wants_html = bool(req and "text/html" in (req.header("Accept") or "")
                           and req.arg("cmd") is None)
         body, ctype = error_body(e, wants_html)
@@ -137,12 +148,12 @@ class HostingApp:
         header = req.header("Authorization")
         if header:
             try:
-                result = self.auth.basic(header, req.address)
+                result = self.auth.verify(header, req.address)
             except Malformed as e:
                 raise HTTPError(400, str(e)) from None
             if isinstance(result, Refusal):
                 raise HTTPError(result.status, result.reason, self.auth.refusal_headers(result))
-            req.user = result
+            req.user, req.scope = result.user, result.scope
             return
         cookie = req.cookie(SESSION_COOKIE)
         if cookie:
@@ -170,9 +181,12 @@ class HostingApp:
             return self.pages.index(req, start_response)
         if seg == ["healthz"]:
             return self.health(req, start_response)
+        if seg[0] == "api":
+            return self.api(req, start_response, seg[1:])
         if seg[0] == "-":
             handler = {"login": self.pages.login, "logout": self.pages.logout,
-                       "new": self.pages.new_repo}.get(seg[1] if len(seg) == 2 else "")
+                       "new": self.pages.new_repo, "api": self.api.document_page}.get(
+                seg[1] if len(seg) == 2 else "")
             if handler is None:
                 raise HTTPError(404, "not found")
             return handler(req, start_response)
@@ -214,7 +228,8 @@ class HostingApp:
         if req.user is None:
             return None
         if not hasattr(req, "_subject"):
-            req._subject = pushdb.load_subject(pushdb.models_connection(), req.user.name)
+            subject = pushdb.load_subject(pushdb.models_connection(), req.user.name)
+            req._subject = policy.with_scope(subject, req.scope) if subject is not None and req.scope else subject
         return req._subject
 
     def _repository(self, req: Request, start_response, owner: str, name: str, rest: list[str]):
