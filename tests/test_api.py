@@ -483,3 +483,37 @@ def test_a_read_scoped_token_clones_but_cannot_push(api):
     url = api.daemon.url.replace("http://", f"http://bob:{api.tokens['bob']['write']}@") + "/alice/demo"
     # the write-scoped token pushes (then the push is undone for the other tests: strip is local)
     assert api.site.hg("push", "-q", url, cwd=wc, check=False).returncode == 0
+
+
+def test_docs_list_every_operation():
+    """docs/api.md's table names every route of the table (and no other)."""
+    from pathlib import Path
+
+    from daemon.api import routes
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    listed = set(re.findall(r"^\| `([A-Z]+)` \| `([^`]+)` \|", text, re.M))
+    assert listed == {(r.method, r.path) for r in routes.ROUTES}
+
+
+def test_hidden_changesets_do_not_exist_for_the_api(api):
+    """A draft amended in a non-publishing repository: its predecessor is hidden, as for hgweb."""
+    site = api.site
+    site.cli("repo", "create", "alice/drafts", "--non-publishing")
+    evolve = ["--config", "extensions.evolve=", "--config", "phases.publish=False"]
+    path = str(site.repo_path("alice/drafts"))
+    wc = api.tmp / "drafts"
+    site.hg("clone", "-q", path, str(wc), *evolve)
+    commit(lambda *a, **k: site.hg(*a, *evolve, **k), wc, "base.txt", "base\n", "base")
+    old = commit(lambda *a, **k: site.hg(*a, *evolve, **k), wc, "d.txt", "one\n", "draft")
+    site.hg("push", "-q", path, *evolve, cwd=wc, user="alice")
+    (wc / "d.txt").write_text("two\n")
+    site.hg("amend", "-q", "-d", "2020-01-01 00:00:00 +0000", *evolve, cwd=wc)
+    new = site.hg("log", "-r", ".", "-T", "{node}", *evolve, cwd=wc).stdout
+    site.hg("push", "-q", path, *evolve, cwd=wc, user="alice")
+    status, _, body = api.get(f"/repos/alice/drafts/changesets/{new}")
+    assert status == 200 and body["phase"] == "draft"
+    for sub in (f"changesets/{old}", f"changesets/{old[:12]}", f"raw/{old}/d.txt"):
+        status, _, body = api.get(f"/repos/alice/drafts/{sub}")
+        assert status == 404 and error_of(body)["status"] == 404, sub
+    assert [b["node"] for b in api.get("/repos/alice/drafts/branches")[2]] == [new]

@@ -13,7 +13,7 @@ import math
 import urllib.parse
 from dataclasses import dataclass, field
 
-from hgext_hosting import names, pushlog
+from hgext_hosting import names
 from hgext_hosting.errors import Invalid, NotFound
 from hgext_hosting.models import Owner
 from hgext_hosting.service import accounts, contents, repos
@@ -208,9 +208,13 @@ def create_repo(call: Call) -> Reply:
 
 
 def get_repo(call: Call) -> Reply:
-    repo = call.repo()
-    last = pushlog.recent_pushes(repo, 1)
-    return Reply(200, repo_json(call, repo, last[0].date if last else None, repos.level(call.actor, repo)))
+    try:
+        seen = repos.view(call.actor, f"{call.params['owner']}/{call.params['name']}")
+    except NotFound:
+        if call.req.user is None:
+            raise HTTPError(401, "authorization required") from None
+        raise
+    return Reply(200, repo_json(call, seen.repo, seen.last_push, seen.level))
 
 
 def update_repo(call: Call) -> Reply:
