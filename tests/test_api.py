@@ -151,6 +151,8 @@ def test_listing_shows_what_the_caller_may_read(api):
     assert headers["x-total-count"] == "1"
     status, _, body = api.get("/repos", "alice")
     assert [r["full_name"] for r in body] == ["alice/demo", "alice/secret"]
+    # the last push's date, per repository (one MAX each), as the repository itself says
+    assert body[0]["last_push"] == api.get("/repos/alice/demo")[2]["last_push"] and body[1]["last_push"] is None
     status, _, body = api.get("/repos", "root", "admin")
     assert [r["full_name"] for r in body] == ["alice/demo", "alice/secret"]
     # a write-scoped token of a site admin is no site admin: alice/secret is not theirs
