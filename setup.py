@@ -31,5 +31,5 @@ setup(
                  "psycopg2-binary>=2.9,<3", "schemathesis==4.32.5"],
         "postgresql": ["psycopg2-binary>=2.9,<3"],
     },
-    entry_points={"console_scripts": ["hg-hosting = hgext_hosting.admin:main"]},
+    entry_points={"console_scripts": ["hg-hosting = daemon.cli:main"]},
 )

@@ -687,12 +687,13 @@ def populate(site_dir: str, bundle: str, count: int) -> int:
     except ImportError:
         request = dispatch.request
 
-    from hgext_hosting import repositories
+    from hgext_hosting import models, repositories
     from hgext_hosting.service import accounts
     from hgext_hosting.service.actors import Actor
     from hgext_hosting.site import Site
 
     site = Site(site_dir).open()
+    models.bind(site.database())
     owners = [f"u{i:02d}" for i in range(MANY_OWNERS)]
     for owner in owners:
         accounts.add_user(Actor.of_console(), owner, email=f"{owner}@example.org")

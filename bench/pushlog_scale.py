@@ -147,9 +147,9 @@ def main() -> int:
             proc.wait(30)
         probe = (
             "import statistics, sys, time\n"
-            "from hgext_hosting import pushlog\n"
+            "from hgext_hosting import models, pushlog\n"
             "from hgext_hosting.site import Site\n"
-            "Site(sys.argv[1]).open()\n"
+            "models.bind(Site(sys.argv[1]).open().database())\n"
             "for rid in map(int, sys.argv[2:5]):\n"
             "    for _ in range(50): pushlog.recent_pushes(rid, 20)\n"
             "    t = []\n"

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mercurial import hg, wireprotov1server
 from mercurial.hgweb import common as hgwebcommon
 from mercurial.hgweb import webcommands
 from twisted.logger import Logger
 
-from hgext_hosting import hooks, names, policy, pushdb
+from hgext_hosting import hooks, models, names, policy, pushdb
 from hgext_hosting.models import Owner, Repository
 from hgext_hosting.service.actors import Actor
 
@@ -71,8 +73,14 @@ def hosting_permhook(hgweb, req, op) -> None:
                 b" to run 'hg-hosting check')" % (hgweb.reponame or b"this repository"))
 
 
-if hosting_permhook not in hgwebcommon.permhooks:
-    hgwebcommon.permhooks.append(hosting_permhook)
+def setup_hgweb() -> None:
+    """Install :func:`hosting_permhook` in hgweb (a process-wide list); once, whoever calls.
+
+    Called by the daemon's factory (``daemon.service.make_app``), not at import:
+    importing this module changes nothing in Mercurial.
+    """
+    if hosting_permhook not in hgwebcommon.permhooks:
+        hgwebcommon.permhooks.append(hosting_permhook)
 
 
 def wire_command_writes(req: Request) -> bool:
@@ -99,12 +107,15 @@ def with_safe_headers(start_response):
 class HostingApp:
     """Authenticate, route, authorize; hand repository requests to hgweb."""
 
-    def __init__(self, site, authenticator: Authenticator, hgwebs: HgwebCache, pages, baseui):
+    def __init__(self, site, authenticator: Authenticator, hgwebs: HgwebCache, baseui,
+                 pages: Callable[[HostingApp], Any]):
+        """``pages(app)`` builds the pages (:class:`daemon.pages.Pages`), which open
+        repositories and know the requester through this app."""
         self.site = site
         self.auth = authenticator
         self.hgwebs = hgwebs
-        self.pages = pages
         self.baseui = baseui
+        self.pages = pages(self)
         #: Set when the daemon drains for a stop: /healthz answers 503.
         self.draining = False
         self.api = ApiFace(self)
@@ -207,7 +218,7 @@ class HostingApp:
             names.check_name(name)
         except names.InvalidName:
             raise self.hidden(req) from None
-        conn = pushdb.models_connection()
+        conn = models.connection()
         row = pushdb.find_repository_evenly(conn, owner, name)
         # A missing repository takes the same steps as a private one (grants, the
         # requester, the level): by time as by answer, it could be either.
@@ -228,7 +239,7 @@ class HostingApp:
         if req.user is None:
             return None
         if not hasattr(req, "_subject"):
-            subject = pushdb.load_subject(pushdb.models_connection(), req.user.name)
+            subject = pushdb.load_subject(models.connection(), req.user.name)
             req._subject = policy.with_scope(subject, req.scope) if subject is not None and req.scope else subject
         return req._subject
 

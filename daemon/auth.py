@@ -45,7 +45,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from hgext_hosting import accounts, credentials, names, pushdb
+from hgext_hosting import accounts, credentials, models, names
 from hgext_hosting.errors import UserError
 from hgext_hosting.models import ApiToken, Owner, Session, utcnow, write_transaction
 
@@ -209,13 +209,13 @@ class Throttle:
     def blocked(self, user_name: str, address: str) -> bool:
         """Would an attempt now be refused?  (One read, no write.)"""
         limits, user, known = self._keys(user_name, address)
-        live = self._live(pushdb.models_connection(), [*limits, known], int(time.time()))
+        live = self._live(models.connection(), [*limits, known], int(time.time()))
         return self._over(live, limits, user, known in live, 1)
 
     def reserve(self, user_name: str, address: str) -> Attempt | None:
         """Count one attempt as failed before checking it; None when the keys are blocked."""
         limits, user, known = self._keys(user_name, address)
-        conn = pushdb.models_connection()
+        conn = models.connection()
         now = int(time.time())
         live = self._live(conn, [*limits, known], now)
         # Read first, without the write lock: a flood of blocked attempts writes nothing.
@@ -264,7 +264,7 @@ class Throttle:
 
     def succeeded(self, attempt: Attempt) -> None:
         """The attempt was right: give its counts back, remember the name's address."""
-        conn = pushdb.models_connection()
+        conn = models.connection()
         marks = ", ".join("?" * len(attempt.counted))
         expires = int(time.time()) + self.limits.known_days * 86400
         with conn.write():

@@ -1,5 +1,9 @@
 """``hg-hosting serve``: run the daemon in the foreground until SIGTERM or SIGINT.
 
+The ``hg-hosting`` program starts here (:func:`main`): it is the admin CLI
+(:mod:`hgext_hosting.admin`) with this ``serve`` command added, so that the
+extension's package never imports the daemon.
+
 Start: the ``[hosting]`` settings are read and checked, the soft open-file
 limit is raised to the hard one, every listening socket is bound
 (``privilegedStartService``) and only then are threads and workers started, so
@@ -10,8 +14,11 @@ one stops at once (exit 1 if it cut a request or session).
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Callable
 
+from hgext_hosting import admin
 from hgext_hosting.errors import UserError
 
 #: What ``serve`` listens on when neither ``--http`` nor ``--ssh`` is given.
@@ -86,3 +93,23 @@ def serve(site, args) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()
     return 1 if any(getattr(child, "failed", False) for child in top) else 0
+
+
+def add_serve(command: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add ``serve`` with :func:`hgext_hosting.admin.build_parser`'s ``command(name, func, help)``."""
+    p = command("serve", lambda args, site: serve(site, args),
+                "run the daemon in the foreground (SIGTERM or SIGINT: drain and stop; a second one: stop now)")
+    p.add_argument("--http", default=None, metavar="HOST:PORT",
+                   help="serve HTTP here (default: 127.0.0.1:8000 unless --ssh is given)")
+    p.add_argument("--ssh", default=None, metavar="HOST:PORT", help="serve SSH here (off unless given)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="HTTP worker processes (default 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hg-hosting`` program's parser: every admin command and ``serve``."""
+    return admin.build_parser(serve=add_serve)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``hg-hosting`` program (setup.py's console script)."""
+    return admin.main(argv, build_parser())

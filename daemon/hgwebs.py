@@ -47,9 +47,5 @@ class HgwebCache:
                 self._apps.popitem(last=False)
         return app
 
-    def evict(self, repo_id: int) -> None:
-        with self._lock:
-            self._apps.pop(repo_id, None)
-
     def __len__(self) -> int:
         return len(self._apps)

@@ -29,7 +29,7 @@ import jinja2
 from mercurial.hgweb import webutil
 
 from hgext_hosting import pushlog
-from hgext_hosting.errors import NotFound, UserError
+from hgext_hosting.errors import Invalid, NotFound, UserError
 from hgext_hosting.models import Push, Repository
 from hgext_hosting.service import pushes as service_pushes
 from hgext_hosting.service import repos
@@ -129,12 +129,14 @@ def open_topics(repo) -> list[dict]:
 class Pages:
     """Page handlers; ``app`` is the :class:`daemon.app.HostingApp` they serve under."""
 
-    def __init__(self, site, auth, ssh_address: str | None = None):
+    def __init__(self, site, auth, app, ssh_address: str | None = None):
+        """``app``: the :class:`daemon.app.HostingApp` these pages serve under (the requester's
+        subject, repository paths, opened repositories)."""
         self.site = site
         self.auth = auth
         self.ssh_address = ssh_address
         self.env = make_environment()
-        self.app = None
+        self.app = app
         self._readmes: collections.OrderedDict[tuple, tuple[str, str] | None] = collections.OrderedDict()
         self._readmes_lock = threading.Lock()
         self.repo_pages = {
@@ -335,7 +337,7 @@ class Pages:
             repos.update(self.site, actor, full, private=req.field("private") == "on",
                          description=req.field("description"), publishing=publishing)
             return "saved"
-        raise HTTPError(400, "unknown action")
+        raise Invalid("unknown action", "action")
 
     def fork(self, req: Request, start_response, row, facts, level):
         def make(actor, target: str) -> Repository:

@@ -5,6 +5,8 @@ Every service binds its listening socket in ``privilegedStartService``, before
 any service starts a thread or a process, so that ``serve`` with a port taken
 fails in one line and exits; ``startService`` then settles and serves.
 
+- :func:`make_app` builds one process's WSGI application from its parts
+  (authenticator, hgweb cache, pages) and passes them in.
 - :class:`HTTPService` owns the WSGI thread pool, the resource tree and the
   listening port.  On start it settles every repository a crash left with an
   interrupted transaction or unsettled push records, then serves.  On stop it
@@ -52,11 +54,11 @@ from twisted.logger import (
 from twisted.python.threadpool import ThreadPool
 from twisted.web import http, resource, server, static
 
-from hgext_hosting import pushlog
+from hgext_hosting import models, pushlog
 from hgext_hosting.errors import UserError
 from hgext_hosting.models import Owner, Repository
 
-from .app import HostingApp
+from .app import HostingApp, setup_hgweb
 from .auth import Authenticator, Limits, trusted_networks
 from .bodylimit import BoundedRequest
 from .hgwebs import HgwebCache
@@ -360,27 +362,20 @@ JOIN_GRACE = 10.0
 class HTTPService(Abandonable, service.Service):
     """The HTTP side of one process: thread pool, resources, listening port, drain on stop."""
 
-    def __init__(self, site, host: str, port: int, *, fd: int | None = None, ssh_address: str | None = None,
-                 threads: int = 32, settings: Settings | None = None, settle: bool = True, reactor=None,
-                 label: str = ""):
-        # Register Mercurial's bundle2 parts, templates and web commands once, here on
-        # the main thread: doing it lazily in a pool thread races (docs/design.md §0.5).
-        initialization.init()
-        self.site = site
+    def __init__(self, app: HostingApp, host: str, port: int, *, settings: Settings, fd: int | None = None,
+                 threads: int = 32, settle: bool = True, reactor=None, label: str = ""):
+        self.app = app
+        self.site = app.site
         self.host, self.port = host, port
         self.fd = fd
         self.label = label  # "worker 1 (pid 123): " in a worker's log lines
         self.reactor = reactor or default_reactor
-        self.settings = settings or Settings.from_ui(site.ui)
+        self.settings = settings
         self.pool = ThreadPool(minthreads=2, maxthreads=threads, name="hosting-wsgi")
         self.drain_seconds = self.settings.drain_seconds
         self.settle = settle  # False in workers: their master settled the site already
         self.tracker = InFlight(self.reactor)
-        auth = Authenticator.for_site(site)
-        pages = Pages(site, auth, ssh_address=ssh_address)
-        baseui = daemon_baseui(site)
-        self.app = HostingApp(site, auth, HgwebCache(baseui), pages, baseui)
-        pages.app = self.app
+        auth = app.auth
         wsgi = StreamingWSGIResource(self.reactor, self.pool, self.app)
         self.site_factory = TrackingSite(Root(wsgi), requestFactory=BoundedRequest, reactor=self.reactor,
                                          tracker=self.tracker, header_seconds=self.settings.header_seconds,
@@ -589,12 +584,41 @@ class WorkersService(service.Service):
         return self._all_ended
 
 
+def make_app(site, ssh_address: str | None = None) -> HostingApp:
+    """The WSGI application of one process, its parts built here and passed in.
+
+    Also Mercurial's one-time setup for serving from threads: its registries
+    (bundle2 parts, templates, web commands) filled here on the main thread,
+    since filling them lazily in a pool thread races (docs/design.md §0.5), and
+    the daemon's hgweb permission hook installed (:func:`daemon.app.setup_hgweb`).
+    """
+    initialization.init()
+    setup_hgweb()
+    auth = Authenticator.for_site(site)
+    baseui = daemon_baseui(site)
+    return HostingApp(site, auth, HgwebCache(baseui), baseui,
+                      pages=lambda app: Pages(site, auth, app, ssh_address=ssh_address))
+
+
+def make_http_service(site, host: str, port: int, *, ssh_address: str | None = None,
+                      settings: Settings | None = None, **options) -> HTTPService:
+    """One process's HTTP service (``options``: :class:`HTTPService`'s: fd, settle, reactor, label).
+
+    The models must be bound to the site's database for the process
+    (``models.bind(site.database())``): :func:`make_service` and the workers do it.
+    """
+    return HTTPService(make_app(site, ssh_address), host, port,
+                       settings=settings or Settings.from_ui(site.ui), **options)
+
+
 def make_service(site, http_address: tuple[str, int] | None, ssh: tuple[str, int] | None = None,
                  workers: int = 1, reactor=None, settings: Settings | None = None) -> service.MultiService:
     """The whole daemon as one service (nothing starts until it is started).
 
-    ``http_address`` None: SSH only.
+    ``http_address`` None: SSH only.  The models are bound to the site's
+    database for the rest of the process: it serves that site alone.
     """
+    models.bind(site.database())
     top = service.MultiService()
     ssh_address = f"{ssh[0]}:{ssh[1]}" if ssh else None
     if http_address is not None:
@@ -602,8 +626,8 @@ def make_service(site, http_address: tuple[str, int] | None, ssh: tuple[str, int
             WorkersService(site, http_address[0], http_address[1], workers, ssh_address,
                            reactor).setServiceParent(top)
         else:
-            HTTPService(site, http_address[0], http_address[1], ssh_address=ssh_address, reactor=reactor,
-                        settings=settings).setServiceParent(top)
+            make_http_service(site, http_address[0], http_address[1], ssh_address=ssh_address, reactor=reactor,
+                              settings=settings).setServiceParent(top)
     if ssh:
         from .ssh import make_ssh_service
 

@@ -412,14 +412,14 @@ def _cancel_timers(result, timers):
 
 
 def _user_for_blob(blob: bytes) -> str | None:
-    with models.db.connection_context():
+    with models.database().connection_context():
         user = accounts.user_for_key_blob(blob)
         return user.name if user is not None else None
 
 
 def _authorize(site: Site, user: str, owner: str, name: str) -> Path:
     """The repository's absolute path if ``user`` may read ``owner/name``, else UserError."""
-    with models.db.connection_context():
+    with models.database().connection_context():
         path = sshcommand.repository_path(site, user, owner, name)
     # the child's environment as HgSession._spawn builds it (SSH_* aside): will it run the extension?
     child_env = sshcommand.session_environ(os.environ, user, drop=("HG_", "SSH_"))
@@ -738,7 +738,6 @@ class SshService(Abandonable, Service):
         super().privilegedStartService()
         if self.listening is not None:
             return
-        self.site.bind_database()
         self._host_key = load_host_key(self.site)
         portal = Portal(Realm(self.sessions), [KeyChecker(self.sessions.user_for_blob)])
         ssh_factory = HostingSSHFactory(host_key=self._host_key, portal=portal, max_connections=self.max_connections,
@@ -775,8 +774,8 @@ class SshService(Abandonable, Service):
 def make_ssh_service(site: Site, host: str, port: int, reactor=None) -> Service:
     """The SSH server for ``serve --ssh HOST:PORT``; it listens when the service starts.
 
-    ``site`` is normally already open (``site.open()`` binds the database);
-    the service binds it otherwise.  After ``startService()``, ``.port`` is the
+    The models must be bound to the site's database (``make_service`` binds
+    them for the process).  After ``startService()``, ``.port`` is the
     bound port.
     """
     return SshService(site, host, port, reactor)

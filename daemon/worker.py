@@ -20,10 +20,11 @@ import sys
 from twisted.internet import reactor
 from twisted.logger import globalLogBeginner
 
+from hgext_hosting import models
 from hgext_hosting.site import Site
 
 from .lifecycle import StopSignals
-from .service import HTTPService, info_observer
+from .service import info_observer, make_http_service
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     label = f"worker {args.index} (pid {os.getpid()}): "
     try:
         site = Site(args.site).open()
-        http = HTTPService(site, "", 0, fd=args.fd, ssh_address=args.ssh_address, settle=False, label=label)
+        models.bind(site.database())  # this process serves that site alone
+        http = make_http_service(site, "", 0, fd=args.fd, ssh_address=args.ssh_address, settle=False,
+                                 label=label)
         http.privilegedStartService()
         http.startService()
     except Exception as e:  # noqa: BLE001 - one line; the master stops the daemon

@@ -163,10 +163,10 @@ def _settle_before_transaction(repo, site, owner: str, name: str):
     try:
         row = pushdb.find_repository(site.push_connection(repo.ui), owner, name)
         if row is not None and (row.has_pending or repo.svfs.exists(b"journal")):
-            from . import pushlog  # the rare path: peewee is fine here
+            from . import models, pushlog  # the rare path: peewee is fine here
 
-            site.bind_database()
-            pushlog.settle(repo, row.id)
+            with models.bound(site.database(repo.ui)):
+                pushlog.settle(repo, row.id)
         return row
     except error.Abort:
         raise
@@ -312,9 +312,11 @@ def pushlog_command(ui, repo, limit=10, json=False):
     if located is None:
         raise error.Abort(b"hosting: this repository is not inside an hg-hosting site")
     site, owner, name = located
-    site.bind_database()
+    from . import models
+
     try:  # whoever can run hg on the site's files acts as its administrator
-        rows = [p.as_json() for p in pushes.recent(Actor.of_console(), f"{owner}/{name}", limit)]
+        with models.bound(site.database(repo.ui)):
+            rows = [p.as_json() for p in pushes.recent(Actor.of_console(), f"{owner}/{name}", limit)]
     except UserError as e:
         raise error.Abort(b"hosting: %s" % str(e).encode("utf-8")) from None
     if json:

@@ -6,7 +6,7 @@ a non-zero exit status.  Nothing here prints a traceback to a user: an
 unexpected exception is reported in one line too (``HG_HOSTING_DEBUG=1`` shows
 the traceback).
 
-Listings print aligned columns under a header line (``--json``: SPEC's
+Listings print aligned columns under a header line (``--json``: docs/spec.md's
 arrays).  Passwords never come from argv: ``--password-stdin`` reads stdin,
 ``user passwd`` asks twice on a terminal (else reads stdin), ``user add``
 asks only with ``--password-prompt``.
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from operator import itemgetter
 from pathlib import Path
 
-from . import accounts, policy, repositories
+from . import accounts, models, policy, repositories
 from .errors import UserError
 from .service import accounts as service_accounts
 from .service import pushes, repos
@@ -49,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _password_from_stdin() -> str:
-    """All of stdin, one trailing newline (``\\n`` or ``\\r\\n``) stripped (SPEC: ``--password-stdin``)."""
+    """All of stdin, one trailing newline (``\\n`` or ``\\r\\n``) stripped (docs/spec.md: ``--password-stdin``)."""
     data = sys.stdin.read()
     if data.endswith("\n"):
         data = data[:-1]
@@ -82,7 +82,7 @@ def _stdin_is_terminal() -> bool:
 def _new_password(args, prompt_by_default: bool) -> str | None:
     """The password a ``user add``/``user passwd`` command was given, or None for none.
 
-    ``--password-stdin`` reads stdin (even a terminal, as SPEC says);
+    ``--password-stdin`` reads stdin (even a terminal, as docs/spec.md says);
     otherwise a terminal is prompted when ``--password-prompt`` asked or
     ``prompt_by_default`` (``passwd``), and ``passwd`` without a terminal reads
     stdin.  ``user add`` without either flag sets no password: it never
@@ -188,12 +188,6 @@ def _command_line(site: Site) -> str:
     except OSError:
         exe = "hg-hosting"
     return f"{shlex.quote(exe)} --site {shlex.quote(str(site.root))}"
-
-
-def cmd_serve(args, site: Site) -> int:
-    from daemon.cli import serve  # the daemon is only imported to serve
-
-    return serve(site, args)
 
 
 def cmd_user(args, site: Site) -> int:
@@ -430,7 +424,8 @@ def cmd_restore(args, site: Site) -> int:
     restored = backup.restore(Path(args.src), Path(args.dir), database_url=args.database,
                               hardlink=not args.copy)
     print(f"restored the backup {args.src} as the site {restored.root}")
-    report = check.run(restored)
+    with models.bound(restored.database()):
+        report = check.run(restored)
     for line in report.lines():
         print(line)
     return report.exit_status()
@@ -447,14 +442,14 @@ def cmd_ssh_serve(args, site: Site) -> int:
     sent when ``AcceptEnv`` lets it).  Pushes are decided by the hooks, so a
     session whose ``hg`` would not load the extension is refused first.
     """
-    from . import models, sshcommand
+    from . import sshcommand
 
     owner, name = sshcommand.parse_command(os.environ.get("SSH_ORIGINAL_COMMAND"))
     path = sshcommand.repository_path(site, args.user, owner, name)
     hg = sshcommand.hg_executable()
     env = sshcommand.session_environ(os.environ, args.user)
     sshcommand.require_enforced(site, path, f"{owner}/{name}", env)
-    models.db.close()
+    models.database().close()
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(hg, sshcommand.serve_argv(hg, path), env)
@@ -480,7 +475,9 @@ def cmd_ssh_authorized_keys(args, site: Site) -> int:
 # -- the parser -------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(serve: Callable[[Callable[..., argparse.ArgumentParser]], None] | None = None
+                 ) -> argparse.ArgumentParser:
+    """The CLI's parser; ``serve(command)`` adds the ``serve`` command (``daemon.cli.add_serve``)."""
     parser = _Parser(prog="hg-hosting", description="Administer an hg-hosting site.")
     parser.add_argument("--site", metavar="DIR",
                         help="site directory (default: $HG_HOSTING_SITE, else ~/.local/share/hg-hosting)")
@@ -505,12 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also create this site admin if the site has none (password from"
                         " $HG_HOSTING_ADMIN_PASSWORD, else generated and printed once)")
 
-    p = command("serve", cmd_serve, "run the daemon in the foreground (SIGTERM or SIGINT: drain and stop;"
-                                    " a second one: stop now)")
-    p.add_argument("--http", default=None, metavar="HOST:PORT",
-                   help="serve HTTP here (default: 127.0.0.1:8000 unless --ssh is given)")
-    p.add_argument("--ssh", default=None, metavar="HOST:PORT", help="serve SSH here (off unless given)")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="HTTP worker processes (default 1)")
+    if serve is not None:  # the daemon's command (daemon.cli): hgext_hosting never imports the daemon
+        serve(command)
 
     users = actions(command("user", cmd_user, "manage users"))
     p = users.add_parser("add", help="add a user")
@@ -636,15 +629,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command (``parser``: :func:`build_parser`'s, the daemon's ``serve`` added by
+    ``daemon.cli.main``, the ``hg-hosting`` program); the models are bound to the site's
+    database for the command and unbound after it."""
     try:
-        args = build_parser().parse_args(argv)
+        args = (parser or build_parser()).parse_args(argv)
         site = Site(resolve_site_dir(args.site))
-        if args.command not in ("init", "restore"):
+        if args.command == "restore":  # --site plays no part: the restored site is DIR
+            return args.func(args, site)
+        if args.command != "init":
             site.open()
-            for what in repositories.finish_interrupted_moves(site):
-                print(f"recovered: {what}", file=sys.stderr)
-        return args.func(args, site)
+        with models.bound(site.database()):
+            if args.command != "init":
+                for what in repositories.finish_interrupted_moves(site):
+                    print(f"recovered: {what}", file=sys.stderr)
+            return args.func(args, site)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

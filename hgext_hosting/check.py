@@ -37,7 +37,7 @@ from pathlib import Path
 from mercurial import error as hgerror
 from mercurial import hg
 
-from . import names, pushdb, pushlog
+from . import models, names, pushdb, pushlog
 from .errors import UserError
 from .models import Owner, Push, PushBookmark, PushChangeset, Repository, write_transaction
 from .site import Site
@@ -190,7 +190,7 @@ def _compare_changesets(unfi, row: Repository, full: str, report: Report, repair
                 + (f" and {emptied} empty push record(s)" if emptied else "")
             )
         if unrecorded:
-            _, push_id = pushdb.insert_push(pushdb.models_connection(), row.id, pushlog.REPAIR_USER,
+            _, push_id = pushdb.insert_push(models.connection(), row.id, pushlog.REPAIR_USER,
                                             "repair", "{}", unrecorded, [], state="done")
             report.repairs.append(
                 f"{full}: recorded {len(unrecorded)} changeset(s) as push {push_id} by {pushlog.REPAIR_USER}"

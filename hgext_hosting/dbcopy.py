@@ -211,17 +211,6 @@ def refuse_non_empty(dst: pw.Database, url: str) -> None:
 
 
 @contextlib.contextmanager
-def _bound(database: pw.Database) -> Iterator[None]:
-    """The models bound to ``database`` for the block (the CLI is single-threaded)."""
-    previous = models.db.obj
-    models.db.initialize(database)
-    try:
-        yield
-    finally:
-        models.db.initialize(previous)
-
-
-@contextlib.contextmanager
 def locked_source(src: pw.Database) -> Iterator[None]:
     """One transaction on the source that no writer can commit behind, for the whole block."""
     if isinstance(src, pw.SqliteDatabase):
@@ -343,11 +332,11 @@ def copy(site: Site, url: str, say: Callable[[str], None]) -> dict[str, int]:
     if _same_database(source_url, url):
         raise UserError(f"refusing to copy the site database onto itself ({redact(url)})")
     line = _database_line(site)  # refuse an hgrc we could not switch before touching anything
-    src = models.db.obj
+    src = models.database()
     dst = open_target(url, site.busy_timeout_ms())
     try:
         refuse_non_empty(dst, url)
-        with _bound(dst):
+        with models.bound(dst):
             models.migrate()
         started = time.monotonic()
         with locked_source(src):

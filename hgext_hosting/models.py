@@ -1,10 +1,13 @@
-"""The site database: peewee models, bound late, with a recorded schema version.
+"""The site database: peewee models, bound to a database passed in, with a recorded schema version.
 
-Every model is bound to :data:`db`, a :class:`peewee.DatabaseProxy` that
-:func:`open_database` initialises from a site (SQLite by default, PostgreSQL
-when ``[hosting] database`` says so).  SQLite runs in WAL mode with a busy
-timeout and foreign keys on, so the daemon and hooks in other processes share
-it.  Writers use :func:`write_transaction`, which on SQLite is
+The models belong to no database until one is bound: :meth:`Site.database
+<hgext_hosting.site.Site.database>` opens a site's (SQLite by default,
+PostgreSQL when ``[hosting] database`` says so, see :func:`make_database`),
+:func:`bound` binds the models to it for a block (the CLI, for one command)
+and :func:`bind` for the rest of the process (the daemon's ``make_service``).
+Two sites can thus be used one after the other in one process.  SQLite runs in
+WAL mode with a busy timeout and foreign keys on, so the daemon and hooks in
+other processes share it.  Writers use :func:`write_transaction`, which on SQLite is
 ``BEGIN IMMEDIATE``: a deferred transaction that reads and then writes fails at
 once with ``database is locked`` when another process committed meanwhile.
 
@@ -15,9 +18,10 @@ what hooks call, so that a push never writes into a schema it does not know.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import peewee as pw
 
@@ -29,12 +33,13 @@ SchemaError = pushdb.SchemaError
 sqlite_pragmas = pushdb.sqlite_pragmas
 utcnow = pushdb.utcnow
 
-db = pw.DatabaseProxy()
+#: What the models use while no database is bound: any query fails ("uninitialized Proxy").
+UNBOUND = pw.DatabaseProxy()
 
 
 class BaseModel(pw.Model):
     class Meta:
-        database = db
+        database = UNBOUND
         legacy_table_names = False
 
 
@@ -287,34 +292,65 @@ def make_database(url: str, busy_timeout_ms: int = 5000) -> pw.Database:
     return connect(url)
 
 
+@contextlib.contextmanager
+def bound(database: pw.Database) -> Iterator[pw.Database]:
+    """The models bound to ``database`` for the block, then to what they were bound to before.
+
+    Binding changes the model classes, which every thread shares: a
+    multi-threaded process (the daemon) binds once, with :func:`bind`.
+    """
+    with database.bind_ctx(ALL_MODELS):
+        yield database
+
+
+def bind(database: pw.Database) -> None:
+    """Bind the models to ``database`` for the rest of the process (the daemon's)."""
+    for model in ALL_MODELS:
+        model.bind(database)
+
+
+def database() -> pw.Database:
+    """The database the models are bound to; RuntimeError when none is."""
+    current = Meta._meta.database
+    if current is UNBOUND:
+        raise RuntimeError("no site database is bound (models.bound(site.database()))")
+    return current
+
+
+def connection() -> pushdb.PeeweeConnection:
+    """The bound database as :mod:`hgext_hosting.pushdb`'s functions take it (CLI, daemon).
+
+    Safe to share between threads: peewee keeps a connection per thread behind it.
+    """
+    return pushdb.PeeweeConnection(database())
+
+
 def is_sqlite() -> bool:
     """True when the bound database is SQLite."""
-    return isinstance(db.obj, pw.SqliteDatabase)
+    return isinstance(database(), pw.SqliteDatabase)
 
 
 def write_transaction():
     """A transaction that takes the write lock at once (``BEGIN IMMEDIATE`` on SQLite)."""
-    if is_sqlite():
-        return db.obj.atomic("IMMEDIATE")
-    return db.obj.atomic()
+    return pushdb.write_transaction(database())
 
 
 def schema_version() -> int:
     """The version recorded in the database, 0 for an empty database."""
-    return pushdb.schema_version(pushdb.models_connection())
+    return pushdb.schema_version(connection())
 
 
 def require_current_schema() -> None:
     """Raise SchemaError unless the database has exactly :data:`SCHEMA_VERSION`."""
-    pushdb.require_current_schema(pushdb.models_connection())
+    pushdb.require_current_schema(connection())
 
 
 def _v2_session_epochs_and_login_throttle() -> None:
     """Sessions die with a password change (``login_epoch``); failed logins are counted
     in the database, so that every worker and daemon shares the counts."""
     for table, column in (("owner", "login_epoch"), ("session", "epoch")):
-        db.execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{column}" INTEGER NOT NULL DEFAULT 0')
-    db.create_tables([LoginThrottle], safe=True)
+        database().execute_sql(f'ALTER TABLE "{table}" ADD COLUMN "{column}" INTEGER NOT NULL DEFAULT 0')
+    database().create_tables([LoginThrottle], safe=True)
 
 
 def _v3_push_reader_indexes() -> None:
@@ -325,18 +361,18 @@ def _v3_push_reader_indexes() -> None:
 
 def _v4_publishing() -> None:
     """Repositories are publishing (the default) or not (evolve, topics, the ``publish`` level)."""
-    if "publishing" in {c.name for c in db.get_columns("repository")}:
+    if "publishing" in {c.name for c in database().get_columns("repository")}:
         return  # a database made by today's models and marked older (the upgrade tests do that)
     true = "1" if is_sqlite() else "TRUE"
-    db.execute_sql(f'ALTER TABLE "repository" ADD COLUMN "publishing" BOOLEAN NOT NULL DEFAULT {true}')
+    database().execute_sql(f'ALTER TABLE "repository" ADD COLUMN "publishing" BOOLEAN NOT NULL DEFAULT {true}')
 
 
 def _v5_token_scopes() -> None:
     """API tokens get a scope (read, write, admin); existing tokens become ``write``,
     so they keep doing what they did, except site administration."""
-    if "scope" in {c.name for c in db.get_columns("api_token")}:
+    if "scope" in {c.name for c in database().get_columns("api_token")}:
         return
-    db.execute_sql("ALTER TABLE \"api_token\" ADD COLUMN \"scope\" VARCHAR(8) NOT NULL DEFAULT 'write'")
+    database().execute_sql("ALTER TABLE \"api_token\" ADD COLUMN \"scope\" VARCHAR(8) NOT NULL DEFAULT 'write'")
 
 
 #: Step N brings a database from version N-1 to N.  A new database gets every table
@@ -360,7 +396,7 @@ def migrate() -> list[int]:
                 f" code's {SCHEMA_VERSION}; upgrade hg-hosting"
             )
         if current == 0:
-            db.create_tables(ALL_MODELS, safe=True)
+            database().create_tables(ALL_MODELS, safe=True)
             applied = list(range(1, SCHEMA_VERSION + 1))
         else:
             for step in range(current + 1, SCHEMA_VERSION + 1):

@@ -11,14 +11,16 @@ questions are asked here in SQL over a DB-API connection:
 * on SQLite (the default), Python's own ``sqlite3``, opened with the pragmas
   of :func:`sqlite_pragmas` (which peewee's connections get too), one
   connection per thread;
-* on any other database, the connection of the bound peewee database (its
-  import does not matter on such a site), through :class:`PeeweeConnection`.
+* on any other database, the site's peewee database (its import does not
+  matter on such a site), through :class:`PeeweeConnection`.
 
-The same functions answer the daemon and the CLI (:mod:`hgext_hosting.policy`
-calls them with :func:`models_connection`), so every question has one SQL
-text.  Table and column names are those the models create (peewee's
-``legacy_table_names = False``); the tests run every statement here against a
-database that :func:`hgext_hosting.models.migrate` created.
+The same functions answer the daemon and the CLI (with
+:func:`hgext_hosting.models.connection`, the database the models are bound
+to), so every question has one SQL text.  This module imports neither the
+models nor (at load time) peewee: the models import it.  Table and column
+names are those the models create (peewee's ``legacy_table_names = False``);
+the tests run every statement here against a database that
+:func:`hgext_hosting.models.migrate` created.
 """
 
 from __future__ import annotations
@@ -97,13 +99,11 @@ def sqlite_pragmas(busy_timeout_ms: int) -> dict[str, object]:
 
 
 class PeeweeConnection:
-    """The bound peewee database, seen through the same three methods."""
+    """A peewee database (a site's, :meth:`Site.database <hgext_hosting.site.Site.database>`)
+    seen through the same methods."""
 
-    def __init__(self):
-        from . import models
-
-        self.models = models
-        self.db = models.db
+    def __init__(self, database):
+        self.db = database
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", self.db.param)
@@ -122,12 +122,24 @@ class PeeweeConnection:
         return self.db.in_transaction()
 
     def is_sqlite(self) -> bool:
-        return self.models.is_sqlite()
+        import peewee  # loaded already: whoever made self.db imported it
+
+        return isinstance(self.db, peewee.SqliteDatabase)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[None]:
-        with self.models.write_transaction():
+        with write_transaction(self.db):
             yield
+
+
+def write_transaction(database):
+    """A transaction of a peewee ``database`` that takes the write lock at once
+    (``BEGIN IMMEDIATE`` on SQLite)."""
+    import peewee
+
+    if isinstance(database, peewee.SqliteDatabase):
+        return database.atomic("IMMEDIATE")
+    return database.atomic()
 
 
 Connection = SqliteConnection | PeeweeConnection
@@ -135,10 +147,8 @@ Connection = SqliteConnection | PeeweeConnection
 _local = threading.local()
 
 
-def connect(url: str, busy_timeout_ms: int) -> Connection:
-    """This thread's connection to the database at ``url`` (a site's ``database_url``)."""
-    if not url.startswith("sqlite:///"):
-        return PeeweeConnection()
+def connect(url: str, busy_timeout_ms: int) -> SqliteConnection:
+    """This thread's connection to the SQLite database at ``url`` (``sqlite:///PATH``)."""
     cache = getattr(_local, "connections", None)
     if cache is None:
         cache = _local.connections = {}
@@ -147,20 +157,6 @@ def connect(url: str, busy_timeout_ms: int) -> Connection:
         conn = cache[(url, busy_timeout_ms)] = SqliteConnection(url[len("sqlite:///"):],
                                                                busy_timeout_ms)
     return conn
-
-
-_models_connection: PeeweeConnection | None = None
-
-
-def models_connection() -> PeeweeConnection:
-    """The database the models are bound to (CLI, daemon); one per process.
-
-    Safe to share between threads: peewee keeps a connection per thread behind it.
-    """
-    global _models_connection
-    if _models_connection is None:
-        _models_connection = PeeweeConnection()
-    return _models_connection
 
 
 # -- the schema ---------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import TypeVar
 from mercurial import error as hgerror
 from mercurial import hg
 
-from . import faults, names, pushdb
+from . import faults, models, names, pushdb
 from .accounts import get_owner, get_user
 from .errors import Conflict, Invalid, NotFound, UserError
 from .models import (
@@ -356,7 +356,7 @@ def fork_repo(
                 publishing=src_repo.publishing,
             )
             if nodes or bookmarks:
-                pushdb.insert_push(pushdb.models_connection(), fork.id, forker.name, "fork", "{}",
+                pushdb.insert_push(models.connection(), fork.id, forker.name, "fork", "{}",
                                    nodes, [(bm, None, node) for bm, node in sorted(bookmarks.items())],
                                    state="done")
             faults.point("repo-fork-before-move")

@@ -34,7 +34,8 @@ from .errors import UserError
 
 ENV_SITE = "HG_HOSTING_SITE"
 
-#: The site hgrc written by ``init``; ``hgrc.example`` is this with SITE=/srv/hg-hosting.
+#: The site hgrc written by ``init``; ``hgrc.example`` is this text, byte for byte
+#: (tests/test_extension.py::test_hgrc_example_is_what_init_writes).
 SITE_HGRC_TEMPLATE = """\
 # hg-hosting site configuration (Mercurial hgrc syntax).
 #
@@ -86,6 +87,10 @@ REPO_HGRC = """\
 # Managed by hg-hosting: settings come from the site hgrc.
 %include ../../../../hgrc
 """
+
+
+#: The peewee databases opened in this process, by (URL, busy timeout): :meth:`Site.database`.
+_DATABASES: dict[tuple[str, int], object] = {}
 
 
 class SiteError(UserError):
@@ -217,10 +222,13 @@ class Site:
 
     @property
     def ui(self):
-        """A Mercurial ui with the site hgrc loaded (cached)."""
-        if self._ui is None:
-            self._ui = config.read_site_ui(str(self.hgrc))
-        return self._ui
+        """A Mercurial ui with the site hgrc loaded (cached once the hgrc exists: ``init`` writes it)."""
+        if self._ui is not None:
+            return self._ui
+        ui = config.read_site_ui(str(self.hgrc))
+        if self.hgrc.is_file():
+            self._ui = ui
+        return ui
 
     def database_url(self, ui=None) -> str:
         """The database URL, from ``ui`` (a repository's, which includes the site hgrc) or the site's."""
@@ -235,37 +243,42 @@ class Site:
 
     # -- the database --------------------------------------------------------
 
-    def bind_database(self) -> None:
-        """Bind the models to this site's database (once per process)."""
+    def database(self, ui=None):
+        """This site's peewee database (``ui``: a repository's, which includes the site hgrc).
+
+        Opened lazily (no connection until first used) and one per URL in a
+        process, so that the daemon, the hooks it runs and the CLI share it.
+        Nothing is bound: ``models.bound(site.database())`` binds the models to it.
+        """
         from . import models
 
-        if models.db.obj is None:
-            models.db.initialize(
-                models.make_database(self.database_url(), self.busy_timeout_ms())
-            )
+        key = (self.database_url(ui), self.busy_timeout_ms(ui))
+        database = _DATABASES.get(key)
+        if database is None:
+            database = _DATABASES.setdefault(key, models.make_database(*key))
+        return database
 
     def push_connection(self, ui):
         """This thread's plain connection for the push path (:mod:`hgext_hosting.pushdb`).
 
-        On a non-SQLite site the models are bound first: that connection is theirs.
+        SQLite: ``sqlite3``, without peewee.  Any other database: :meth:`database`.
         """
         from . import pushdb
 
         url = self.database_url(ui)
         if not url.startswith("sqlite:///"):
-            self.bind_database()
+            return pushdb.PeeweeConnection(self.database(ui))
         return pushdb.connect(url, self.busy_timeout_ms(ui))
 
     def open(self) -> Site:
-        """Check the site exists, bind the database and require the current schema."""
-        from . import models
+        """Check the site exists and its database has the current schema; binds nothing."""
+        from . import pushdb
 
         if not self.exists():
             raise SiteError(f"no site at {self.root} (run 'hg-hosting --site DIR init')")
-        self.bind_database()
         try:
-            models.require_current_schema()
-        except models.SchemaError as e:
+            pushdb.require_current_schema(pushdb.PeeweeConnection(self.database()))
+        except pushdb.SchemaError as e:
             raise SiteError(str(e)) from None
         return self
 
@@ -367,9 +380,9 @@ class Site:
         new_db = self.database_url().startswith("sqlite") and not self.db_path.exists()
         if new_db:
             write_private_file(self.db_path, b"")
-        self.bind_database()
-        if models.migrate() and new_db:
-            created.append(str(self.db_path))
+        with models.bound(self.database()):
+            if models.migrate() and new_db:
+                created.append(str(self.db_path))
         return created
 
 

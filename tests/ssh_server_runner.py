@@ -22,6 +22,7 @@ from twisted.internet import reactor
 from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from daemon import ssh
+from hgext_hosting import models
 from hgext_hosting.site import Site
 
 
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(log_file)], redirectStandardIO=False)
 
     site = Site(args.site).open()
+    models.bind(site.database())  # as make_service does: this process serves that site alone
     service = ssh.make_ssh_service(site, args.host, args.port)
     if args.max_sessions is not None:
         service.sessions.max_sessions = args.max_sessions

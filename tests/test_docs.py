@@ -40,7 +40,7 @@ def test_the_readme_names_the_contract():
     assert "](docs/spec.md)" in readme
     spec = (ROOT / "docs" / "spec.md").read_text(encoding="utf-8")
     # The CLI table covers every command the CLI has.
-    from hgext_hosting.admin import build_parser
+    from daemon.cli import build_parser  # the hg-hosting program: admin's commands and serve
 
     commands = build_parser()._subparsers._group_actions[0].choices
     for command in commands:

@@ -467,23 +467,22 @@ def test_on_postgresql(pg_site, postgres_url, tmp_path):
     assert w.server_log("all()") == [f"{node} draft"]
 
 
-def test_both_repository_lookups_know_publishing(tmp_path):
+def test_both_repository_lookups_know_publishing(tmp_path, monkeypatch):
     """The push path's and the daemon's repository lookups (``pushdb.find_repository`` and
     ``find_repository_evenly``) read the same columns: a non-publishing repository is
     non-publishing for both (the daemon's copy of the query once lacked the column)."""
-    import sys
-
     from conftest import site_handle
+    from insite import opened
+
+    from hgext_hosting import models, pushdb
 
     site = site_handle(tmp_path)
     site.cli("init")
     site.add_user("alice")
     site.cli("repo", "create", "alice/np", "--non-publishing")
     site.cli("repo", "create", "alice/pub")
-    probe = ("import sys\nfrom hgext_hosting.site import Site\nfrom hgext_hosting import pushdb\n"
-             "Site(sys.argv[1]).open()\nc = pushdb.models_connection()\n"
-             "for name in ('np', 'pub'):\n"
-             "    print(pushdb.find_repository(c, 'alice', name).publishing,"
-             " pushdb.find_repository_evenly(c, 'alice', name).publishing)\n")
-    out = run([sys.executable, "-c", probe, str(site.root)], site.env).stdout.split("\n")
-    assert out[:2] == ["False False", "True True"], out
+    with opened(site, monkeypatch):
+        c = models.connection()
+        out = [(pushdb.find_repository(c, "alice", name).publishing,
+                pushdb.find_repository_evenly(c, "alice", name).publishing) for name in ("np", "pub")]
+    assert out == [(False, False), (True, True)], out

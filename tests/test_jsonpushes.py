@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -272,41 +270,43 @@ def test_schema_step_3_adds_the_reader_indexes(tmp_path):
 
 # -- the cost does not grow with the history ---------------------------------------------------
 
-#: Run in a fresh interpreter on the site: SQLite VM steps (in hundreds) of each request
-#: through the daemon's WSGI application.
-STEPS_PROBE = """
-import json, sys
-from hgext_hosting import models
-from hgext_hosting.site import Site
-from daemon.app import HostingApp
-from daemon.auth import Authenticator
-from daemon.hgwebs import HgwebCache
-from daemon.pages import Pages
-from daemon.service import daemon_baseui
+def sqlite_steps(site, monkeypatch, paths: list[str]) -> dict[str, dict]:
+    """SQLite VM steps (in hundreds) of each request through the daemon's WSGI application,
+    run in this process on the site (its database passed in)."""
+    from insite import opened
 
-site = Site(sys.argv[1]).open()
-auth = Authenticator.for_site(site)
-pages = Pages(site, auth)
-baseui = daemon_baseui(site)
-app = HostingApp(site, auth, HgwebCache(baseui), pages, baseui)
-pages.app = app
-connection = models.db.obj.connection()
-steps = [0]
-def count():
-    steps[0] += 1
-    return 0
-connection.set_progress_handler(count, 100)
-result = {}
-for path in sys.argv[2:]:
-    environ = {"REQUEST_METHOD": "GET", "REQUEST_URI": path, "REMOTE_ADDR": "127.0.0.1",
-               "SERVER_NAME": "localhost", "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
-    said = []
-    list(app(environ, lambda status, headers, exc_info=None: said.append(status)))  # warm
-    steps[0] = 0
-    body = b"".join(app(environ, lambda status, headers, exc_info=None: said.append(status)))
-    result[path] = {"status": said[-1], "hsteps": steps[0], "bytes": len(body)}
-print(json.dumps(result))
-"""
+    from daemon.service import make_app
+    from hgext_hosting import models
+
+    result = {}
+    with opened(site, monkeypatch) as opened_site:
+        app = make_app(opened_site)
+        connection = models.database().connection()
+        steps = [0]
+
+        def count():
+            steps[0] += 1
+            return 0
+
+        said: list[str] = []
+
+        def start_response(status, headers, exc_info=None):
+            said.append(status)
+
+        connection.set_progress_handler(count, 100)
+        try:
+            for path in paths:
+                environ = {"REQUEST_METHOD": "GET", "REQUEST_URI": path, "REMOTE_ADDR": "127.0.0.1",
+                           "SERVER_NAME": "localhost", "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
+                list(app(environ, start_response))  # warm
+                steps[0] = 0
+                body = b"".join(app(environ, start_response))
+                result[path] = {"status": said[-1], "hsteps": steps[0], "bytes": len(body)}
+        finally:
+            connection.set_progress_handler(None, 100)
+            models.database().close()
+    return result
+
 
 BIG = 200_000
 START = datetime(2020, 1, 1)
@@ -329,7 +329,7 @@ def fill_pushes(db_path, repository_id: int, count: int) -> None:
     db.close()
 
 
-def test_readers_cost_does_not_grow_with_the_history(tmp_path):
+def test_readers_cost_does_not_grow_with_the_history(tmp_path, monkeypatch):
     """json-pushes (last pushes, a range of ids, a range of dates, version 2), the push log's newest, a deep and the last page, the overview and pushloghtml run within 1.5x the SQLite steps (+2,000 steps) on a repository of 200,000 pushes as on one of a single push."""
     site = site_handle(tmp_path)
     site.cli("init")
@@ -356,10 +356,7 @@ def test_readers_cost_does_not_grow_with_the_history(tmp_path):
     big = {"mid": BIG // 2, "mid10": BIG // 2 + 10, "deep": BIG // 40, "last": BIG // 20}
     urls = [f"/alice/small/{p.format(**small)}".rstrip("/") for p in paths.values()]
     urls += [f"/alice/big/{p.format(**big)}".rstrip("/") for p in paths.values()]
-    proc = subprocess.run([sys.executable, "-c", STEPS_PROBE, str(site.root), *urls], env=site.env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
+    result = sqlite_steps(site, monkeypatch, urls)
     problems = []
     for name, small_url, big_url in zip(paths, urls[: len(paths)], urls[len(paths):], strict=True):
         one, many = result[small_url], result[big_url]

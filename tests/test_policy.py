@@ -2,21 +2,20 @@
 
 The pure functions of :mod:`hgext_hosting.policy` take :class:`Subject` and
 :class:`RepoFacts` snapshots, so most of this file needs no database.  The last
-test builds a site with the real CLI and checks, in a separate interpreter (the
-models' database binding is process-global), that the snapshots loaded from the
-database give the answers of the table.
+test builds a site with the real CLI and checks that the snapshots loaded from
+the database give the answers of the table, and that the listings' SQL form of
+the read rule agrees with :func:`policy.level_of`.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
+from insite import opened
 
-from hgext_hosting import policy
+from hgext_hosting import models, policy, pushdb, repositories
 from hgext_hosting.policy import LEVELS, RepoFacts, Subject
+from hgext_hosting.service import repos
+from hgext_hosting.service.actors import Actor, repo_facts
 
 RANK = {"read": 1, "write": 2, "publish": 3, "admin": 4}
 
@@ -187,39 +186,7 @@ def test_may_push_ref(subject, allow, expected):
 
 # -- the same answers from a real site -------------------------------------------------
 
-_LOAD_SCRIPT = r"""
-import json, sys
-from hgext_hosting import policy, pushdb, repositories
-from hgext_hosting.service import repos
-from hgext_hosting.service.actors import Actor, repo_facts
-from hgext_hosting.site import Site
-
-site = Site(sys.argv[1]).open()
-hook_conn = site.push_connection(site.ui)  # the hooks' own sqlite3 connection
-out = []
-for user_name, repo_name in json.loads(sys.argv[2]):
-    subject = pushdb.load_subject(pushdb.models_connection(), user_name)
-    repo = repositories.get_repo(repo_name)
-    facts = repo_facts(repo)
-    # the listings' SQL form of the read rule agrees with level_of
-    listed = repos.readable(Actor(subject)).where(repositories.Repository.id == repo.id).exists()
-    assert listed == (policy.level_of(subject, facts) is not None), (user_name, repo_name)
-    row = pushdb.find_repository(hook_conn, *repo_name.split("/"))
-    assert isinstance(hook_conn, pushdb.SqliteConnection)
-    assert pushdb.load_subject(hook_conn, user_name) == subject, (user_name, repo_name)
-    assert pushdb.load_repo_facts(hook_conn, row) == facts, (user_name, repo_name)
-    out.append({
-        "subject": None if subject is None else
-            [subject.name, subject.is_admin, sorted(subject.teams)],
-        "facts": [facts.full_name, facts.owner, facts.owner_is_team, facts.private,
-                  facts.user_grants, facts.team_grants],
-        "level": policy.level_of(subject, facts),
-    })
-print(json.dumps(out))
-"""
-
-
-def test_database_snapshots_agree_with_the_table(site):
+def test_database_snapshots_agree_with_the_table(site, monkeypatch):
     """Subjects and repository facts loaded from a site built by the CLI give the table's answers.
 
     Loaded twice: through the models' connection (CLI, daemon) and through the
@@ -246,13 +213,26 @@ def test_database_snapshots_agree_with_the_table(site):
                 "nobody": None}
     cases = [(u, r) for u in subjects for r in facts]
 
-    proc = subprocess.run(
-        [sys.executable, "-c", _LOAD_SCRIPT, str(site.root), json.dumps(cases)],
-        env=site.env, capture_output=True, text=True, timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    loaded = json.loads(proc.stdout)
-    assert len(loaded) == len(cases)
+    loaded = []
+    with opened(site, monkeypatch) as opened_site:
+        hook_conn = opened_site.push_connection(opened_site.ui)  # the hooks' own sqlite3 connection
+        assert isinstance(hook_conn, pushdb.SqliteConnection)
+        for user_name, repo_name in cases:
+            subject = pushdb.load_subject(models.connection(), user_name)
+            repo = repositories.get_repo(repo_name)
+            loaded_facts = repo_facts(repo)
+            # the listings' SQL form of the read rule agrees with level_of
+            listed = repos.readable(Actor(subject)).where(models.Repository.id == repo.id).exists()
+            assert listed == (policy.level_of(subject, loaded_facts) is not None), (user_name, repo_name)
+            row = pushdb.find_repository(hook_conn, *repo_name.split("/"))
+            assert pushdb.load_subject(hook_conn, user_name) == subject, (user_name, repo_name)
+            assert pushdb.load_repo_facts(hook_conn, row) == loaded_facts, (user_name, repo_name)
+            loaded.append({
+                "subject": None if subject is None else [subject.name, subject.is_admin, sorted(subject.teams)],
+                "facts": [loaded_facts.full_name, loaded_facts.owner, loaded_facts.owner_is_team,
+                          loaded_facts.private, loaded_facts.user_grants, loaded_facts.team_grants],
+                "level": policy.level_of(subject, loaded_facts),
+            })
 
     for (user_name, repo_name), got in zip(cases, loaded, strict=True):
         subject, expected_facts = subjects[user_name], facts[repo_name]

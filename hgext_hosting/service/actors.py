@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import names, policy, pushdb
+from .. import models, names, policy, pushdb
 from ..errors import NotFound
 from ..models import Owner, Repository
 
@@ -40,7 +40,7 @@ class Actor:
     def of_user(cls, user: Owner | str, address: str | None = None) -> Actor:
         """The actor for a user (a row or a name); NotFound for no such user."""
         name = user if isinstance(user, str) else user.name
-        subject = pushdb.load_subject(pushdb.models_connection(), name)
+        subject = pushdb.load_subject(models.connection(), name)
         if subject is None:
             raise NotFound(f"no user named {name!r}")
         row_id = user.id if isinstance(user, Owner) else Owner.get(
@@ -67,4 +67,4 @@ class Actor:
 
 def repo_facts(repo: Repository) -> policy.RepoFacts:
     """The policy's snapshot of a repository row (its owner loaded)."""
-    return pushdb.load_repo_facts(pushdb.models_connection(), pushdb.RepoRow.of(repo))
+    return pushdb.load_repo_facts(models.connection(), pushdb.RepoRow.of(repo))
