@@ -10,7 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.11",
-    packages=["hgext_hosting", "daemon", "hg_hosting_templates", "twisted.plugins"],
+    packages=["hgext_hosting", "hgext_hosting.service", "daemon", "daemon.api", "hg_hosting_templates", "twisted.plugins"],
     # templates/ is installed as the package hg_hosting_templates (Jinja2 loads from it).
     package_dir={"hg_hosting_templates": "templates"},
     # hgext3rd is Mercurial's namespace for third-party extensions: "[extensions] hosting =".
@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=9,<10", "pytest-xdist>=3.6,<4", "ruff>=0.15", "playwright>=1.65,<2",
-                 "psycopg2-binary>=2.9,<3", "aiosmtpd>=1.4,<2"],
+                 "psycopg2-binary>=2.9,<3", "aiosmtpd>=1.4,<2", "schemathesis==4.32.5"],
         "postgresql": ["psycopg2-binary>=2.9,<3"],
     },
     entry_points={"console_scripts": ["hg-hosting = daemon.cli:main"]},

@@ -186,7 +186,7 @@ class AccountPages:
         if action == "create":
             label = req.field("label").strip()
             expires = accounts.parse_expiry(req.field("expires"))
-            context["new_token"] = accounts.create_token(actor, req.user.name, label or None, expires)
+            context["new_token"] = accounts.create_token(actor, req.user.name, label or None, expires=expires)
             return "Your new token is below. Copy it now: it is shown only this once."
         if action == "revoke":
             accounts.revoke_token(actor, req.user.name, req.field("label"))

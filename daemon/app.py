@@ -3,10 +3,14 @@
 For each request, in order:
 
 1. :class:`daemon.web.Request` validates the path and query (400 otherwise).
-2. Authentication: HTTP Basic (password or token, :mod:`daemon.auth`) or the
-   session cookie.  Bad credentials: 401; throttled: 429; malformed: 400.
-3. Routing: ``/`` index, ``/-/login|logout|new`` pages, ``/OWNER`` owner page,
-   ``/OWNER/NAME[/...]`` a repository.
+2. Authentication: HTTP Basic (password or token, :mod:`daemon.auth`), Bearer
+   (a token), or the session cookie.  Bad credentials: 401; throttled: 429;
+   malformed: 400.  A token's scope caps the request's subject
+   (:func:`hgext_hosting.policy.with_scope`): a read-scoped token's push is
+   refused like any push without ``write``.
+3. Routing: ``/`` index, ``/-/login|logout|new|api`` pages, ``/api/v1/...`` the
+   REST API (:mod:`daemon.api`), ``/OWNER`` owner page, ``/OWNER/NAME[/...]`` a
+   repository.
 4. For a repository, read permission first: a repository the requester may not
    read does not exist for them (401 anonymous, 404 authenticated, exactly as
    for a missing one).  A wire-protocol command that writes (``unbundle``,
@@ -38,6 +42,8 @@ from hgext_hosting.service.actors import Actor
 from . import jsonpushes
 from .account_pages import AccountPages
 from .admin_pages import AdminPages
+from .api import ApiFace
+from .api import errors as api_errors
 from .auth import SESSION_COOKIE, Authenticator, Malformed, Refusal
 from .hgwebs import TOPBAR_KEY, HgwebCache
 from .web import (
@@ -152,6 +158,7 @@ class HostingApp:
         self.account_pages = AccountPages(self.pages)
         #: Set when the daemon drains for a stop: /healthz answers 503.
         self.draining = False
+        self.api = ApiFace(self)
 
     def __call__(self, environ, start_response):
         req = None
@@ -160,14 +167,18 @@ class HostingApp:
             self._authenticate(req)
             return self._route(req, start_response)
         except HTTPError as e:
-            return self.error(req, e, start_response)
+            return self.error(req, e, start_response, environ)
         except Exception:  # noqa: BLE001 - logged for the admin, one line for the user
             log.failure("unexpected failure on {path}", path=environ.get("PATH_INFO", "")[:200])
-            return self.error(req, HTTPError(500, "internal error; see the server log"), start_response)
+            return self.error(req, HTTPError(500, "internal error; see the server log"), start_response, environ)
 
     # -- errors --------------------------------------------------------------------
 
-    def error(self, req: Request | None, e: HTTPError, start_response):
+    def error(self, req: Request | None, e: HTTPError, start_response, environ: dict | None = None):
+        if environ is not None and (environ.get("PATH_INFO") or "").startswith("/api/"):
+            status, data, headers = api_errors.from_http_error(e)  # the API answers JSON, even a 400 here
+            return respond(start_response, status, api_errors.body_bytes(data), "application/json",
+                           headers=headers)
         browser = req is not None and is_browser(req)
         if e.status == 401 and browser and req.user is None and not req.header("Authorization"):
             # An anonymous browser is sent to the login form, not the Basic-auth dialog
@@ -196,12 +207,12 @@ class HostingApp:
         header = req.header("Authorization")
         if header:
             try:
-                result = self.auth.basic(header, req.address)
+                result = self.auth.verify(header, req.address)
             except Malformed as e:
                 raise HTTPError(400, str(e)) from None
             if isinstance(result, Refusal):
                 raise HTTPError(result.status, result.reason, self.auth.refusal_headers(result))
-            req.user = result
+            req.user, req.scope = result.user, result.scope
             return
         cookie = req.cookie(SESSION_COOKIE)
         if cookie:
@@ -229,6 +240,8 @@ class HostingApp:
             return self.pages.index(req, start_response)
         if seg == ["healthz"]:
             return self.health(req, start_response)
+        if seg[0] == "api":
+            return self.api(req, start_response, seg[1:])
         if seg[0] == "-" and len(seg) > 1:
             answer = self.account_pages.route(req, start_response, seg[1:])
             if answer is not None:
@@ -239,7 +252,8 @@ class HostingApp:
             if len(seg) == 3 and seg[1] == "reset":
                 return self.admin_pages.reset(req, start_response, seg[2])
             handler = {"login": self.pages.login, "logout": self.pages.logout,
-                       "new": self.pages.new_repo}.get(seg[1] if len(seg) == 2 else "")
+                       "new": self.pages.new_repo, "api": self.api.document_page}.get(
+                seg[1] if len(seg) == 2 else "")
             if handler is None:
                 raise HTTPError(404, "not found")
             return handler(req, start_response)
@@ -281,7 +295,8 @@ class HostingApp:
         if req.user is None:
             return None
         if not hasattr(req, "_subject"):
-            req._subject = pushdb.load_subject(models.connection(), req.user.name)
+            subject = pushdb.load_subject(models.connection(), req.user.name)
+            req._subject = policy.with_scope(subject, req.scope) if subject is not None and req.scope else subject
         return req._subject
 
     def _repository(self, req: Request, start_response, owner: str, name: str, rest: list[str]):

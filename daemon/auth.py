@@ -7,6 +7,10 @@
   user's ``credentials_epoch``, which every password change, token
   revocation, membership change or removal bumps, so revocation is effective
   on the next request.
+- **Bearer**: ``Authorization: Bearer TOKEN``, the token alone (the API's
+  usual form), verified and cached like a token in Basic.  Every verified
+  token carries its scope (:class:`Credential`), which caps what the request
+  may do (:func:`hgext_hosting.policy.with_scope`).
 - **Throttling** (:class:`Throttle`): failed logins, wrong tokens included, are
   counted in the database, so every worker process and every daemon on the
   same database shares the counts.  Keys: a user name from one address (10 a
@@ -73,7 +77,19 @@ def touch_session(session: Session, address: str) -> bool:
 
 
 class Malformed(ValueError):
-    """An Authorization header that is not valid HTTP Basic."""
+    """An Authorization header that is not valid HTTP Basic or Bearer."""
+
+
+#: The user name wrong Bearer tokens are counted under by the throttle (no user is named).
+BEARER_NAME = "(bearer)"
+
+
+@dataclass(frozen=True)
+class Credential:
+    """Who an Authorization header proves: the user, and the token's scope (None: a password)."""
+
+    user: Owner
+    scope: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,18 @@ def parse_basic(header: str) -> tuple[str, str]:
     if not sep or not user or any(ord(c) < 32 for c in user + secret):
         raise Malformed("the Basic credentials are not user:password")
     return user, secret
+
+
+def parse_bearer(header: str) -> str:
+    """The token of an ``Authorization: Bearer ...`` value ("" when none), or Malformed.
+
+    Anything short enough is a token to look up (a wrong one is 401, as in RFC 6750);
+    only an oversized value is malformed.
+    """
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or len(value) > 4096:
+        raise Malformed("expected Bearer credentials")
+    return value.strip()
 
 
 @dataclass(frozen=True)
@@ -352,8 +380,8 @@ class Authenticator:
         message = names.key(user).encode() + b"\0" + secret.encode("utf-8", "surrogateescape")
         return hmac.new(self._secret, message, hashlib.sha256).digest()
 
-    def _cached_user(self, key: bytes) -> Owner | None:
-        """The user of a verified pair still valid, or None.
+    def _cached_user(self, key: bytes) -> Credential | None:
+        """The user (and token scope) of a verified pair still valid, or None.
 
         One query either way: the user row, or for a token the token row with
         its user, whose ``last_used`` is refreshed at most once a minute.
@@ -380,7 +408,7 @@ class Authenticator:
             return None
         if token is not None:
             accounts.touch_token(token)
-        return user
+        return Credential(user, token.scope if token is not None else None)
 
     def _remember(self, key: bytes, user: Owner, token_id: int | None = None) -> None:
         with self._lock:
@@ -390,36 +418,52 @@ class Authenticator:
                                 time.monotonic() + self._cache_seconds, token_id)
 
     def basic(self, header: str, address: str) -> Owner | Refusal:
-        """The user an Authorization header proves, or why not (raises Malformed).
+        """The user an Authorization header proves, or why not (raises Malformed)."""
+        result = self.verify(header, address)
+        return result.user if isinstance(result, Credential) else result
+
+    def verify(self, header: str, address: str) -> Credential | Refusal:
+        """Who an Authorization header (Basic or Bearer) proves, or why not (raises Malformed).
 
         A right token is accepted even while its name or address is throttled; a
-        wrong one counts as a failed login like a wrong password.
+        wrong one counts as a failed login like a wrong password (a wrong Bearer
+        token under :data:`BEARER_NAME` and the address).
         """
+        if header.strip().partition(" ")[0].lower() == "bearer":
+            return self._token(None, parse_bearer(header), address)
         user_name, secret = parse_basic(header)
+        if secret.startswith(credentials.TOKEN_PREFIX):
+            return self._token(user_name, secret, address)
         key = self._cache_key(user_name, secret)
-        is_token = secret.startswith(credentials.TOKEN_PREFIX)
         cached = self._cached_user(key)
         if cached is not None:
             # A blocked guesser must not learn a password from the cache of the
             # user's own recent logins: cached passwords obey the throttle too.
-            if not is_token and self.throttle.blocked(user_name, address):
+            if self.throttle.blocked(user_name, address):
                 return THROTTLED
             return cached
-        if is_token:
-            token = accounts.find_token(user_name, secret)
-            if token is not None and token.user.disabled:
-                return DISABLED
-            if token is not None:
-                accounts.touch_token(token)
-                self._remember(key, token.user, token.id)
-                return token.user
-            if self.throttle.reserve(user_name, address) is None:
-                return THROTTLED
-            return WRONG
         user = self.password(user_name, secret, address)
-        if not isinstance(user, Refusal):
-            self._remember(key, user)
-        return user
+        if isinstance(user, Refusal):
+            return user
+        self._remember(key, user)
+        return Credential(user)
+
+    def _token(self, user_name: str | None, secret: str, address: str) -> Credential | Refusal:
+        """A token's user and scope (``user_name`` None: Bearer, anyone's token)."""
+        key = self._cache_key(user_name or "", secret)
+        cached = self._cached_user(key)
+        if cached is not None:
+            return cached
+        token = accounts.find_token(user_name, secret)
+        if token is not None and token.user.disabled:
+            return DISABLED
+        if token is not None:
+            accounts.touch_token(token)
+            self._remember(key, token.user, token.id)
+            return Credential(token.user, token.scope)
+        if self.throttle.reserve(user_name or BEARER_NAME, address) is None:
+            return THROTTLED
+        return WRONG
 
     def already_verified(self, header: str) -> bool:
         """Does this Authorization header prove a user without a slow hash?  Read-only.

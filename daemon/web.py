@@ -104,6 +104,7 @@ class Request:
         self.address = client_address(environ, trusted_proxies)
         self._form: dict[str, list[str]] | None = None
         self.user = None  # Owner, set by the app once authenticated
+        self.scope: str | None = None  # the API token's scope, when a token authenticated
         self.session = None  # Session, for browser logins
 
     def arg(self, name: str, default: str | None = None) -> str | None:

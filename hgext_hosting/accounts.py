@@ -94,22 +94,21 @@ def bump_credentials(user: Owner) -> None:
 # -- API tokens ------------------------------------------------------------
 
 
-def find_token(user_name: str, token: str) -> ApiToken | None:
+def find_token(user_name: str | None, token: str) -> ApiToken | None:
     """The token row (its user loaded) when ``token`` is one of the user's and has not
     expired, else None.
 
+    ``user_name`` None: anyone's (``Authorization: Bearer``, the token alone).
     Fast: one SHA-256 and one indexed lookup.
     """
     if not token.startswith(credentials.TOKEN_PREFIX) or len(token) > 128:
         return None
     digest = credentials.token_digest(token)
-    row = (
-        ApiToken.select(ApiToken, Owner)
-        .join(Owner)
-        .where((ApiToken.digest == digest) & (Owner.name_key == names.key(user_name))
-               & (ApiToken.expires.is_null() | (ApiToken.expires > utcnow())))
-        .first()
-    )
+    query = ApiToken.select(ApiToken, Owner).join(Owner).where(
+        (ApiToken.digest == digest) & (ApiToken.expires.is_null() | (ApiToken.expires > utcnow())))
+    if user_name is not None:
+        query = query.where(Owner.name_key == names.key(user_name))
+    row = query.first()
     if row is None or not credentials.digests_equal(row.digest, digest):
         return None
     return row

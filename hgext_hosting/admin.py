@@ -29,7 +29,7 @@ from collections.abc import Callable
 from operator import itemgetter
 from pathlib import Path
 
-from . import accounts, models, repositories
+from . import accounts, models, policy, repositories
 from .errors import UserError
 from .service import accounts as service_accounts
 from .service import pushes, repos
@@ -238,17 +238,18 @@ def _reset_url(site: Site, token: str) -> str:
 def cmd_token(args, site: Site) -> int:
     if args.action == "create":
         expires = service_accounts.parse_expiry(args.expires)
-        print(service_accounts.create_token(CONSOLE, args.user, args.label, expires))
+        print(service_accounts.create_token(CONSOLE, args.user, args.label, args.scope, expires))
     elif args.action == "revoke":
         service_accounts.revoke_token(CONSOLE, args.user, args.label)
         print(f"revoked token {args.label} of {args.user}")
     else:
         rows = [
-            {"label": t.label, "created": _iso(t.created), "last_used": _iso(t.last_used),
+            {"label": t.label, "scope": t.scope, "created": _iso(t.created), "last_used": _iso(t.last_used),
              **({"expires": _iso(t.expires)} if getattr(t, "expires", None) else {})}
             for t in service_accounts.list_tokens(CONSOLE, args.user)
         ]
-        columns: list[Column] = [("LABEL", itemgetter("label")), ("CREATED", itemgetter("created")),
+        columns: list[Column] = [("LABEL", itemgetter("label")), ("SCOPE", itemgetter("scope")),
+                                 ("CREATED", itemgetter("created")),
                                  ("LAST USED", lambda r: r["last_used"] or "never")]
         if any("expires" in r for r in rows):
             columns.append(("EXPIRES", lambda r: r.get("expires") or "never"))
@@ -570,6 +571,9 @@ def build_parser(serve: Callable[[Callable[..., argparse.ArgumentParser]], None]
     p.add_argument("--label", default=None)
     p.add_argument("--expires", default=None, metavar="YYYY-MM-DD",
                    help="the token stops working on this day (00:00 UTC); default: never")
+    p.add_argument("--scope", default="write", choices=policy.SCOPES,
+                   help="what the token may do: read (clone, pull, API reads), write (also push and"
+                        " repository writes; the default), admin (also site administration, for site admins)")
     p = tokens.add_parser("list", help="list a user's tokens")
     p.add_argument("user")
     listing(p)

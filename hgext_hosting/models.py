@@ -167,6 +167,9 @@ class ApiToken(BaseModel):
     last_used = pw.DateTimeField(null=True)
     #: When the token stops working (UTC); None: never.
     expires = pw.DateTimeField(null=True)
+    #: ``read``, ``write`` or ``admin`` (:data:`hgext_hosting.policy.SCOPES`): what the
+    #: token may do of what its user may (:func:`hgext_hosting.policy.with_scope`).
+    scope = pw.CharField(max_length=8, default="write")
 
     class Meta:
         indexes = ((("user", "label"), True),)
@@ -442,6 +445,14 @@ def _v8_forked_from() -> None:
                    ' REFERENCES "repository" ("id") ON DELETE SET NULL')
 
 
+def _v9_token_scopes() -> None:
+    """API tokens get a scope (read, write, admin); existing tokens become ``write``,
+    so they keep doing what they did, except site administration."""
+    if "scope" in {c.name for c in database().get_columns("api_token")}:
+        return
+    database().execute_sql("ALTER TABLE \"api_token\" ADD COLUMN \"scope\" VARCHAR(8) NOT NULL DEFAULT 'write'")
+
+
 #: Step N brings a database from version N-1 to N.  A new database gets every table
 #: as the models define them today, without replaying the steps.
 MIGRATIONS: dict[int, Callable[[], None]] = {
@@ -452,6 +463,7 @@ MIGRATIONS: dict[int, Callable[[], None]] = {
     6: _v6_password_resets,
     7: _v7_self_service,
     8: _v8_forked_from,
+    9: _v9_token_scopes,
 }
 
 

@@ -14,7 +14,7 @@ from .errors import Invalid
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 #: Owner names that would shadow a fixed URL of the daemon (``/healthz``...).
-RESERVED_OWNER_NAMES = frozenset({"healthz", "favicon.ico", "robots.txt"})
+RESERVED_OWNER_NAMES = frozenset({"healthz", "favicon.ico", "robots.txt", "api"})
 
 
 class InvalidName(Invalid, ValueError):

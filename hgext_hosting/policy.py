@@ -11,7 +11,13 @@ The rules (docs/spec.md, *Accounts and permissions*), as :func:`level_of` applie
 - grants to the user, and to every team the user is a member of, add their level;
 - anyone, anonymous included, may ``read`` a public repository;
 - a protected ref may be pushed only by the subjects on its allow-list (users,
-  or ``@team`` meaning its members) and site admins.
+  or ``@team`` meaning its members) and site admins;
+- an API token has a scope (:data:`SCOPES`) that caps what its user may do
+  through it, whatever they hold: ``read`` caps every level at ``read`` (clone,
+  pull, GET) and changes nothing of any account or site; ``write`` adds pushes
+  and repository writes; only ``admin`` lets a site admin act as one.
+  :func:`with_scope` builds the token's subject; every rule below then applies
+  the cap (a password, a session, an SSH key and the console carry no scope).
 
 The decision functions are pure: they take :class:`Subject` and :class:`RepoFacts`
 snapshots, so that every caller (CLI, hooks, daemon, SSH) shares them and the
@@ -22,12 +28,15 @@ models'); this module is a leaf: it imports only :mod:`names`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import names
 
 LEVELS = ("read", "write", "publish", "admin")
 _RANK = {level: rank for rank, level in enumerate(LEVELS, start=1)}
+#: The scopes of an API token, from the narrowest.
+SCOPES = ("read", "write", "admin")
+_SCOPE_RANK = {scope: rank for rank, scope in enumerate(SCOPES, start=1)}
 
 
 def check_level(level: str) -> str:
@@ -37,17 +46,48 @@ def check_level(level: str) -> str:
     return level
 
 
+def check_scope(scope: str) -> str:
+    """Return ``scope`` if it is one of read/write/admin, else raise ValueError."""
+    if scope not in _SCOPE_RANK:
+        raise ValueError(f"unknown scope {scope!r}: use read, write or admin")
+    return scope
+
+
 @dataclass(frozen=True)
 class Subject:
-    """An authenticated user as the policy sees it."""
+    """An authenticated user as the policy sees it.
+
+    ``is_admin`` is whether they act as a site admin *now* (through a token
+    whose scope is not ``admin``, they do not: :func:`with_scope`); ``scope`` is
+    the token's, None for a password, a session, an SSH key or the console.
+    """
 
     name: str
     is_admin: bool = False
     teams: frozenset[str] = frozenset()  # team name keys
+    scope: str | None = None
 
     @property
     def key(self) -> str:
         return names.key(self.name)
+
+
+def with_scope(subject: Subject, scope: str) -> Subject:
+    """``subject`` acting through an API token of ``scope`` (see the module's rules)."""
+    check_scope(scope)
+    return replace(subject, is_admin=subject.is_admin and scope == "admin", scope=scope)
+
+
+def scope_allows(subject: Subject | None, needed: str) -> Decision:
+    """Does ``subject``'s token scope (none: unlimited) reach ``needed``?"""
+    check_scope(needed)
+    if subject is None or subject.scope is None or _SCOPE_RANK[subject.scope] >= _SCOPE_RANK[needed]:
+        return Decision(True)
+    return Decision(False, f"this token's scope is {subject.scope}; this needs a {needed}-scoped token")
+
+
+def _read_only(subject: Subject | None) -> bool:
+    return subject is not None and subject.scope == "read"
 
 
 @dataclass(frozen=True)
@@ -79,15 +119,15 @@ def level_of(subject: Subject | None, repo: RepoFacts) -> str | None:
     if not repo.private:
         held.append("read")
     if subject is not None:
-        if subject.is_admin:
-            return "admin"
-        if not repo.owner_is_team and repo.owner == subject.key:
-            return "admin"
+        if subject.is_admin or (not repo.owner_is_team and repo.owner == subject.key):
+            return "read" if _read_only(subject) else "admin"
         if repo.owner_is_team and repo.owner in subject.teams:
             held.append("write")
         if subject.key in repo.user_grants:
             held.append(repo.user_grants[subject.key])
         held.extend(level for team, level in repo.team_grants.items() if team in subject.teams)
+        if held and _read_only(subject):
+            return "read"
     return max(held, key=_RANK.__getitem__) if held else None
 
 
@@ -100,6 +140,8 @@ def may(subject: Subject | None, level: str, repo: RepoFacts) -> Decision:
     who = subject.name if subject else "anonymous"
     if held is None:
         return Decision(False, f"{who} may not read {repo.full_name}")
+    if _read_only(subject):
+        return Decision(False, f"{who}'s token is read-scoped: it may not {level} {repo.full_name}")
     if level in ("write", "publish"):
         return Decision(False, f"{who} may not {level} to {repo.full_name}")
     return Decision(False, f"{who} is not an admin of {repo.full_name}")
@@ -123,6 +165,8 @@ def may_create_for(subject: Subject | None, owner_key: str, owner_is_team: bool)
 
     Site admins for anyone; a user for themselves and for the teams they belong to.
     """
+    if _read_only(subject):
+        return Decision(False, f"{subject.name}'s token is read-scoped: it may not create repositories")
     if subject is not None and (
         subject.is_admin
         or (owner_is_team and owner_key in subject.teams)
@@ -133,8 +177,13 @@ def may_create_for(subject: Subject | None, owner_key: str, owner_is_team: bool)
     return Decision(False, f"{who} may not create repositories for {owner_key}")
 
 
-def may_manage_user(subject: Subject | None, user_key: str) -> Decision:
-    """May ``subject`` manage the account ``user_key`` (its tokens, keys, password)?"""
+def may_manage_user(subject: Subject | None, user_key: str, write: bool = False) -> Decision:
+    """May ``subject`` manage the account ``user_key`` (its tokens, keys, password)?
+
+    ``write``: change it, which a read-scoped token may not; listing is reading.
+    """
+    if write and _read_only(subject):
+        return Decision(False, f"{subject.name}'s token is read-scoped: it may not change accounts")
     if subject is not None and (subject.is_admin or subject.key == user_key):
         return Decision(True)
     who = subject.name if subject else "anonymous"

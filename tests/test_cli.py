@@ -897,9 +897,10 @@ def test_listings_print_aligned_columns_under_a_header(site, keygen, tmp_path):
     json_created = {r["name"]: r["created"] for r in site.cli_json("repo", "list")}
     assert {r[0]: r[2] for r in rows} == json_created
     names, rows = listing("token", "list", "alice")
-    assert names == ["LABEL", "CREATED", "LAST USED"]
+    assert names == ["LABEL", "SCOPE", "CREATED", "LAST USED"]
     created = {t["label"]: t["created"] for t in site.cli_json("token", "list", "alice")}
-    assert rows == [["laptop", created["laptop"], "never"], ["ci", created["ci"], "2026-01-02T03:04:05Z"]]
+    assert rows == [["laptop", "write", created["laptop"], "never"],
+                    ["ci", "write", created["ci"], "2026-01-02T03:04:05Z"]]
     assert listing("ssh-key", "list", "alice") == (["FINGERPRINT", "TYPE", "COMMENT"], [
         [ssh_fingerprint(ed), "ssh-ed25519", "ed@example.org"]])
     names, rows = listing("pushlog", "alice/demo")

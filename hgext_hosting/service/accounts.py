@@ -42,10 +42,10 @@ def _require_site_admin(actor: Actor) -> None:
         raise Forbidden(decision.reason)
 
 
-def _account(actor: Actor, user_name: str) -> Owner:
-    """The user ``user_name`` if ``actor`` may manage that account."""
+def _account(actor: Actor, user_name: str, write: bool = False) -> Owner:
+    """The user ``user_name`` if ``actor`` may manage that account (``write``: change it)."""
     user = get_user(user_name)
-    decision = policy.may_manage_user(actor.subject, user.name_key)
+    decision = policy.may_manage_user(actor.subject, user.name_key, write)
     if not decision:
         raise Forbidden(decision.reason)
     return user
@@ -95,7 +95,7 @@ def add_user(actor: Actor, name: str, email: str = "", admin: bool = False,
 
 def set_password(actor: Actor, name: str, password: str) -> None:
     """Set a user's password; every browser session of theirs ends."""
-    user = _account(actor, name)
+    user = _account(actor, name, write=True)
     pw_hash = credentials.hash_password(password)
     with write_transaction():
         Owner.update(password_hash=pw_hash).where(Owner.id == user.id).execute()
@@ -362,13 +362,27 @@ def parse_expiry(text: str | None, today: datetime.date | None = None) -> dateti
     return datetime.datetime.combine(day, datetime.time())
 
 
-def create_token(actor: Actor, user_name: str, label: str | None = None,
-                 expires: datetime.datetime | None = None) -> str:
-    """Create a token and return it (shown once); only its digest is stored.
+def check_scope(scope: str) -> str:
+    """A token scope (read, write, admin), or Invalid naming ``scope``."""
+    try:
+        return policy.check_scope(scope)
+    except ValueError as e:
+        raise Invalid(str(e), "scope") from None
 
-    ``expires`` (from :func:`parse_expiry`): the token stops working then; None: never.
+
+def create_token(actor: Actor, user_name: str, label: str | None = None, scope: str = "write",
+                 expires: datetime.datetime | None = None) -> str:
+    """Create a token of ``scope`` and return it (shown once); only its digest is stored.
+
+    A token never reaches further than the actor making it: a scoped actor
+    (itself a token) creates tokens of its own scope at most.  ``expires`` (from
+    :func:`parse_expiry`): the token stops working then; None: never.
     """
-    user = _account(actor, user_name)
+    user = _account(actor, user_name, write=True)
+    check_scope(scope)
+    decision = policy.scope_allows(actor.subject, scope)
+    if not decision:
+        raise Forbidden(decision.reason)
     token = credentials.new_token()
     with write_transaction():
         if label is None:
@@ -380,7 +394,8 @@ def create_token(actor: Actor, user_name: str, label: str | None = None,
         names.check_name(label, "token label")
         if ApiToken.select().where((ApiToken.user == user) & (ApiToken.label == label)).exists():
             raise Conflict(f"{user.name} already has a token labelled {label!r}")
-        ApiToken.create(user=user, label=label, digest=credentials.token_digest(token), expires=expires)
+        ApiToken.create(user=user, label=label, digest=credentials.token_digest(token), scope=scope,
+                        expires=expires)
     return token
 
 
@@ -390,7 +405,7 @@ def list_tokens(actor: Actor, user_name: str) -> list[ApiToken]:
 
 
 def revoke_token(actor: Actor, user_name: str, label: str) -> None:
-    user = _account(actor, user_name)
+    user = _account(actor, user_name, write=True)
     with write_transaction():
         deleted = ApiToken.delete().where((ApiToken.user == user) & (ApiToken.label == label)).execute()
         if not deleted:
@@ -403,7 +418,7 @@ def revoke_token(actor: Actor, user_name: str, label: str) -> None:
 
 def add_ssh_key(actor: Actor, user_name: str, key_text: str) -> SshKey:
     """Register an OpenSSH public key line for a user; a key belongs to one user only."""
-    user = _account(actor, user_name)
+    user = _account(actor, user_name, write=True)
     key = sshkeys.parse_public_key(key_text)
     with write_transaction():
         if SshKey.select().where(SshKey.fingerprint == key.fingerprint).exists():
@@ -418,7 +433,7 @@ def list_ssh_keys(actor: Actor, user_name: str) -> list[SshKey]:
 
 
 def remove_ssh_key(actor: Actor, user_name: str, fingerprint: str) -> None:
-    user = _account(actor, user_name)
+    user = _account(actor, user_name, write=True)
     with write_transaction():
         deleted = (
             SshKey.delete()

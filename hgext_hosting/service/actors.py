@@ -52,6 +52,11 @@ class Actor:
         return self.subject.name if self.subject is not None else "anonymous"
 
     @property
+    def scope(self) -> str | None:
+        """The scope of the API token the actor acts through (None: no token, no cap)."""
+        return self.subject.scope if self.subject is not None else None
+
+    @property
     def is_admin(self) -> bool:
         return self.subject is not None and self.subject.is_admin
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from .. import pushlog
-from ..errors import Invalid
+from ..errors import Invalid, NotFound
 from ..models import Repository
 from .actors import Actor
 from .repos import find
@@ -48,3 +48,13 @@ def page(repo: Repository, number: int, per_page: int) -> PushPage:
     total = pushlog.last_push_id(repo)
     pushes = pushlog.pushes_up_to(repo, total - (number - 1) * per_page, per_page)
     return PushPage(pushes, number, max(1, math.ceil(total / per_page)), total)
+
+
+def one(repo: Repository, push_id: int) -> pushlog.PushView:
+    """The push ``push_id`` of a repository found for the actor; NotFound when there is none."""
+    if push_id < 1:
+        raise NotFound(f"no push {push_id} in {repo.full_name}")
+    found = pushlog.pushes_up_to(repo, push_id, 1)
+    if not found:
+        raise NotFound(f"no push {push_id} in {repo.full_name}")
+    return found[0]

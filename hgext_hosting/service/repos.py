@@ -73,6 +73,32 @@ def require(actor: Actor, repo: Repository, level: str) -> Repository:
     return repo
 
 
+@dataclass
+class RepoView:
+    """A repository as one reader sees it: the row, their level, its last push's date."""
+
+    repo: Repository
+    level: str
+    last_push: object  # datetime or None
+
+
+def view(actor: Actor, full_name: str) -> RepoView:
+    """The repository ``OWNER/NAME`` for a reader (NotFound as :func:`find`), in three queries."""
+    try:
+        owner, name = names.split_repo_name(full_name)
+    except names.InvalidName:
+        raise _missing(full_name) from None
+    repo = Repository.find(owner, name)
+    if repo is None:
+        raise _missing(full_name)
+    held = policy.level_of(actor.subject, repo_facts(repo))
+    if held is None:
+        raise _missing(repo.full_name)
+    last = (Push.select(fn.MAX(Push.date))
+            .where((Push.repository == repo.id) & (Push.state == "done")).scalar())
+    return RepoView(repo, held, Push.date.python_value(last))
+
+
 def level(actor: Actor, repo: Repository) -> str | None:
     """The level ``actor`` holds on ``repo`` (None: may not read it)."""
     return policy.level_of(actor.subject, repo_facts(repo))
@@ -141,12 +167,16 @@ def listing(actor: Actor, search: str = "", owner: str | None = None, page: int 
     total = query.count()
     rows = list(query.order_by(Owner.name_key, Repository.name_key)
                 .offset((page - 1) * per_page).limit(per_page))
-    last = dict(
-        Push.select(Push.repository, fn.MAX(Push.date))
-        .where((Push.repository.in_([r.id for r in rows])) & (Push.state == "done"))
-        .group_by(Push.repository)
-        .tuples()
-    ) if rows else {}
+    # One MAX per repository, each an index probe of (repository, state, date): a
+    # GROUP BY over the pushes would walk every push of the page's repositories.
+    newest = Push.alias()
+    last_push = newest.select(fn.MAX(newest.date)).where(
+        (newest.repository == Repository.id) & (newest.state == "done"))
+    last = {
+        rid: Push.date.python_value(date)  # a subquery's value comes as stored (text on SQLite)
+        for rid, date in Repository.select(Repository.id, last_push)
+        .where(Repository.id.in_([r.id for r in rows])).tuples()
+    } if rows else {}
     return Listing([(r, last.get(r.id)) for r in rows], page, max(1, math.ceil(total / per_page)),
                    total, per_page, search)
 
