@@ -452,6 +452,25 @@ def test_users_for_site_admins(api):
     assert status == 422 and error_of(body)["field"] == "name"
 
 
+def test_disable_and_enable_a_user(api):
+    """PUT .../disabled: the user's password stops working at once (403); DELETE: it works again."""
+    status, _, body = api.call("POST", "/users", "root", "admin",
+                               body={"name": "frank", "password": "frank-api-pw-1"})
+    assert status == 201 and body["disabled"] is False
+    frank = {"Authorization": "Basic " + base64.b64encode(b"frank:frank-api-pw-1").decode()}
+    assert request(api.daemon, "GET", "/api/v1/user", frank)[0] == 200
+    assert api.call("PUT", "/users/frank/disabled", "alice", "admin")[0] == 403
+    assert api.call("PUT", "/users/frank/disabled", "root", "write")[0] == 403
+    assert api.call("PUT", "/users/frank/disabled", "root", "admin")[0] == 204
+    status, _, body = request(api.daemon, "GET", "/api/v1/user", frank)
+    assert status == 403 and json.loads(body)["error"]["message"] == "this account is disabled"
+    assert [u["disabled"] for u in api.get("/users?per_page=100", "root", "admin")[2] if u["name"] == "frank"] == [True]
+    assert api.call("PUT", "/users/frank/disabled", "root", "admin")[0] == 204  # idempotent
+    assert api.call("PUT", "/users/nobody/disabled", "root", "admin")[0] == 404
+    assert api.call("DELETE", "/users/frank/disabled", "root", "admin")[0] == 204
+    assert request(api.daemon, "GET", "/api/v1/user", frank)[0] == 200
+
+
 # -- the session cookie -----------------------------------------------------------------------------------------
 
 

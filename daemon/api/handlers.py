@@ -104,7 +104,8 @@ def paged(call: Call, items: list, total: int, page: int, per_page: int) -> Repl
 
 
 def user_json(user: Owner) -> dict:
-    return {"name": user.name, "email": user.email, "is_admin": bool(user.is_admin), "created": iso(user.created)}
+    return {"name": user.name, "email": user.email, "is_admin": bool(user.is_admin),
+            "disabled": bool(user.disabled), "created": iso(user.created)}
 
 
 def repo_json(call: Call, repo, last_push=None, permission: str | None = None) -> dict:
@@ -384,6 +385,18 @@ def list_users(call: Call) -> Reply:
     page, per_page = call.page()
     users = [user_json(u) for u in accounts.list_users(call.actor)]
     return paged(call, users[(page - 1) * per_page:page * per_page], len(users), page, per_page)
+
+
+def disable_user(call: Call) -> Reply:
+    """Disable a user (idempotent): every login ends, nothing of theirs is deleted."""
+    accounts.disable_user(call.actor, call.params["user"])
+    return NO_CONTENT
+
+
+def enable_user(call: Call) -> Reply:
+    """Enable a disabled user again (idempotent)."""
+    accounts.enable_user(call.actor, call.params["user"])
+    return NO_CONTENT
 
 
 def create_user(call: Call) -> Reply:

@@ -141,6 +141,10 @@ ROUTES: tuple[Route, ...] = (
           response=array_of("User"), paged=True, query=PAGE, anonymous=False),
     Route("POST", "/users", h.create_user, "Create a user (site admins)", "users", "admin", "NewUser",
           ref("User"), 201, anonymous=False),
+    Route("PUT", "/users/{user}/disabled", h.disable_user, "Disable a user: every login ends, nothing is"
+          " deleted (site admins)", "users", "admin", status=204, anonymous=False),
+    Route("DELETE", "/users/{user}/disabled", h.enable_user, "Enable a disabled user again (site admins)",
+          "users", "admin", status=204, anonymous=False),
 )
 
 

@@ -49,8 +49,8 @@ SCHEMAS: dict[str, dict] = {
     }, ("status", "message"))}, ("error",)),
     "User": obj({
         "name": {"type": "string"}, "email": {"type": "string"}, "is_admin": {"type": "boolean"},
-        "created": DATE,
-    }, ("name", "is_admin", "created")),
+        "disabled": {"type": "boolean"}, "created": DATE,
+    }, ("name", "is_admin", "disabled", "created")),
     "NewUser": obj({
         "name": NAME, "email": {"type": "string", "maxLength": 254}, "admin": {"type": "boolean"},
         "password": {"type": "string", "minLength": 1, "maxLength": 1024},
