@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -75,13 +76,14 @@ def render_haproxy(http_bind: str, ssh_bind: str, http_ports: list[int], ssh_por
 class HAProxy:
     """``haproxy -db -f CFG`` in the foreground, with an admin socket to read server states."""
 
-    def __init__(self, work: Path, http_ports: list[int]):
+    def __init__(self, work: Path, http_ports: list[int], ssh_ports: list[int] | None = None):
         haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
         if not os.path.exists(haproxy):
             pytest.skip("haproxy is not installed (.ci/run installs Debian's haproxy)")
         self.port = free_port()
         self.socket = work / "haproxy.sock"
-        cfg = render_haproxy(f"127.0.0.1:{self.port}", f"127.0.0.1:{free_port()}", http_ports, [])
+        self.ssh_port = free_port()
+        cfg = render_haproxy(f"127.0.0.1:{self.port}", f"127.0.0.1:{self.ssh_port}", http_ports, ssh_ports or [])
         cfg = cfg.replace("global\n", f"global\n    stats socket {self.socket} level admin\n", 1)
         self.cfg = work / "haproxy.cfg"
         self.cfg.write_text(cfg)
@@ -132,13 +134,14 @@ class Cluster:
     def __init__(self, site: SiteHandle, work: Path):
         self.site, self.work = site, work
         self.ports = [free_port() for _ in range(DAEMONS)]
+        self.ssh_ports = [free_port() for _ in range(DAEMONS)]
         self.daemons: list[Daemon] = [self.start(i) for i in range(DAEMONS)]
         self.logs: list[str] = []
-        self.haproxy = HAProxy(work, self.ports)
+        self.haproxy = HAProxy(work, self.ports, self.ssh_ports)
         self.token = site.cli("token", "create", "alice", "--label", "cluster").stdout.strip()
 
     def start(self, i: int) -> Daemon:
-        return Daemon(self.site, "--http", f"127.0.0.1:{self.ports[i]}")
+        return Daemon(self.site, "--http", f"127.0.0.1:{self.ports[i]}", "--ssh", f"127.0.0.1:{self.ssh_ports[i]}")
 
     def restart(self, i: int) -> None:
         self.logs.append(self.daemons[i].log())
@@ -158,7 +161,7 @@ def cluster(tmp_path_factory, postgres_url):
     site.root.mkdir()
     hgrc = SITE_HGRC_TEMPLATE.replace("\ndatabase =\n", f"\ndatabase = {postgres_url}\n")
     hgrc = hgrc.replace("\n[hosting]\n", "\n[hosting]\ntrusted-proxies = 127.0.0.1\n"
-                        "http-max-per-address = 100000\ndrain-seconds = 20\n", 1)
+                        "http-max-per-address = 100000\nssh-max-per-address = 100000\ndrain-seconds = 20\n", 1)
     # The kill -9 test's hook: while the flag file exists, a push waits inside its
     # transaction after writing the pid of the daemon running it ($PPID: hg runs the
     # hook with sh -c).
@@ -315,6 +318,32 @@ def test_disabled_user_refused_on_every_daemon(cluster: Cluster):
     del ways["session"]  # ended for good by the disable
     assert answers() == {way: [200] * DAEMONS for way in ways}
     assert [r["name"] for r in site.cli_json("repo", "list") if r["owner"] == "dora"] == ["dora/own"]
+
+
+# -- SSH through HAProxy (TCP mode) ------------------------------------------------------------
+
+
+def test_ssh_clone_and_push_through_haproxy(cluster: Cluster, tmp_path: Path):
+    """HAProxy's TCP frontend hands SSH sessions to the daemons' Conch servers (one host key: the
+    site's): a clone, a push and a pull over ``ssh://`` through it, the push recorded once."""
+    site = cluster.site
+    key = tmp_path / "id_alice"
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "alice", "-f", str(key)],
+        {"PATH": os.environ["PATH"]})
+    site.cli("ssh-key", "add", "alice", str(key) + ".pub")
+    site.cli("repo", "create", "alice/over-ssh")
+    ssh = shlex.join(["ssh", "-i", str(key), "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+                      "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                      "-o", "LogLevel=ERROR"])
+    url = f"ssh://hg@127.0.0.1:{cluster.haproxy.ssh_port}/alice/over-ssh"
+    wc = tmp_path / "wc"
+    hg_ok(site, "--config", f"ui.ssh={ssh}", "clone", "-q", url, str(wc))
+    commit(site.hg, wc, "a.txt", "over ssh\n", "over ssh")
+    hg_ok(site, "--config", f"ui.ssh={ssh}", "push", "-q", url, cwd=wc)
+    assert pushlog_ids(site, "alice/over-ssh") == [1]
+    other = tmp_path / "other"
+    hg_ok(site, "--config", f"ui.ssh={ssh}", "clone", "-q", url, str(other))
+    assert site.hg("log", "-T", "{desc}", cwd=other).stdout == "over ssh"
 
 
 # -- concurrent pushes through HAProxy ------------------------------------------------------
