@@ -589,6 +589,16 @@ class WorkersService(service.Service):
         return self._all_ended
 
 
+def _base_url(http) -> str:
+    """The daemon's own URL for links in payloads and mails (``[hosting] base-url`` overrides it)."""
+    if isinstance(http, HTTPService) and http.listening is not None:
+        h = http.listening.getHost()
+        return url_of("http", h.host, h.port).rstrip("/")
+    if isinstance(http, WorkersService):
+        return url_of("http", http.host, http.port).rstrip("/")
+    return ""
+
+
 def make_service(site, http_address: tuple[str, int] | None, ssh: tuple[str, int] | None = None,
                  workers: int = 1, reactor=None, settings: Settings | None = None) -> service.MultiService:
     """The whole daemon as one service (nothing starts until it is started).
@@ -597,13 +607,19 @@ def make_service(site, http_address: tuple[str, int] | None, ssh: tuple[str, int
     """
     top = service.MultiService()
     ssh_address = f"{ssh[0]}:{ssh[1]}" if ssh else None
+    http = None
     if http_address is not None:
         if workers > 1:
-            WorkersService(site, http_address[0], http_address[1], workers, ssh_address,
-                           reactor).setServiceParent(top)
+            http = WorkersService(site, http_address[0], http_address[1], workers, ssh_address, reactor)
         else:
-            HTTPService(site, http_address[0], http_address[1], ssh_address=ssh_address, reactor=reactor,
-                        settings=settings).setServiceParent(top)
+            http = HTTPService(site, http_address[0], http_address[1], ssh_address=ssh_address, reactor=reactor,
+                               settings=settings)
+        http.setServiceParent(top)
+    # Events (issue 14): one delivering service per daemon (the master with --workers N); the
+    # outbox claims make it safe next to other daemons on the same database.
+    from .deliveries import DeliveryService
+
+    DeliveryService(site, base_url=lambda: _base_url(http), reactor=reactor).setServiceParent(top)
     if ssh:
         from .ssh import make_ssh_service
 

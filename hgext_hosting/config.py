@@ -45,6 +45,26 @@ configitem(b"hosting", b"http-max-per-address", default=128)
 configitem(b"hosting", b"ssh-login-seconds", default=30)
 #: Open SSH connections one client address may hold (0: no limit).
 configitem(b"hosting", b"ssh-max-per-address", default=16)
+#: Events (:mod:`hgext_hosting.outbox`, :mod:`daemon.deliveries`).  Webhook receivers at
+#: loopback, private, link-local or metadata addresses are refused unless listed here
+#: (host names as written in the URL, addresses, or networks such as 10.0.0.0/8).
+configitem(b"hosting", b"webhook-allow", default=list)
+#: Seconds a webhook request may take (connecting, sending, the answer).
+configitem(b"hosting", b"webhook-timeout", default=10.0)
+#: The first retry after a failure (seconds); each next one waits twice as long, at most
+#: ``webhook-retry-max``; a delivery failing for ``webhook-give-up`` seconds is given up.
+configitem(b"hosting", b"webhook-retry-first", default=5.0)
+configitem(b"hosting", b"webhook-retry-max", default=3600.0)
+configitem(b"hosting", b"webhook-give-up", default=86400.0)
+#: A hook failing without a success for this long (seconds) is disabled.
+configitem(b"hosting", b"webhook-disable-after", default=259200.0)
+#: The site's public URL (``https://hg.example.org``) for links in payloads, mails and
+#: feeds; empty: the daemon's own address (or the request's Host for pages).
+configitem(b"hosting", b"base-url", default=b"")
+#: ``HOST[:PORT]`` of the SMTP server for watchers' mails; empty: no mail is sent.
+configitem(b"hosting", b"smtp", default=b"")
+#: The ``From`` address of those mails.
+configitem(b"hosting", b"mail-from", default=b"hg-hosting@localhost")
 
 _registered = False
 

@@ -392,7 +392,7 @@ def test_init_upgrades_a_version_1_site(tmp_path):
     db_query(site, "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     assert "schema version 1" in site.refuse("user", "list")
     site.cli("init")
-    assert db_query(site, "SELECT value FROM meta WHERE key = 'schema_version'") == [("4",)]
+    assert db_query(site, "SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
     assert db_query(site, "SELECT login_epoch FROM owner WHERE name = 'olga'") == [(0,)]
     assert db_query(site, "SELECT COUNT(*) FROM login_throttle") == [(0,)]
     assert [u["name"] for u in site.cli_json("user", "list")] == ["olga"]

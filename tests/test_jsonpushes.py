@@ -265,7 +265,7 @@ def test_schema_step_3_adds_the_reader_indexes(tmp_path):
     site.cli("init")
     names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'push'")}
     assert new <= names
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [("4",)]  # step 4 (publishing) follows
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [("5",)]  # steps 4 (publishing) and 5 (events) follow
 
 
 # -- the cost does not grow with the history ---------------------------------------------------
