@@ -170,6 +170,8 @@ class HostingApp:
         if seg == ["healthz"]:
             return self.health(req, start_response)
         if seg[0] == "-":
+            if seg[1:] == ["admin", "audit"]:
+                return self.pages.events.audit(req, start_response)
             handler = {"login": self.pages.login, "logout": self.pages.logout,
                        "new": self.pages.new_repo}.get(seg[1] if len(seg) == 2 else "")
             if handler is None:
@@ -213,6 +215,8 @@ class HostingApp:
         row, facts, level = self.lookup(req, owner, name)
         if req.arg("cmd") is None and (not rest or rest[0] in self.pages.repo_pages):
             page = rest[0] if rest else "overview"
+            if rest[:2] == ["settings", "hooks"]:
+                page = "settings/hooks"
             if page == "json-pushes":
                 return jsonpushes.serve(req, start_response, row.id, lambda: self._open(row), rest[1:],
                                         self.repo_path(row) / ".hg" / "store" / "obsstore")

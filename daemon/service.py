@@ -56,6 +56,7 @@ from hgext_hosting import pushlog
 from hgext_hosting.errors import UserError
 from hgext_hosting.models import Owner, Repository
 
+from . import eventpages
 from .app import HostingApp
 from .auth import Authenticator, Limits, trusted_networks
 from .bodylimit import BoundedRequest
@@ -378,6 +379,7 @@ class HTTPService(Abandonable, service.Service):
         self.tracker = InFlight(self.reactor)
         auth = Authenticator.for_site(site)
         pages = Pages(site, auth, ssh_address=ssh_address)
+        eventpages.install(pages)
         baseui = daemon_baseui(site)
         self.app = HostingApp(site, auth, HgwebCache(baseui), pages, baseui)
         pages.app = self.app
