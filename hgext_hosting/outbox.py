@@ -40,6 +40,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from . import faults
 from .models import (
     Delivery,
     DeliveryAttempt,
@@ -151,6 +152,7 @@ def fan_out(build_push_payload, smtp: bool, limit: int = 100) -> int:
                 Delivery.insert_many(rows_to_insert).execute()
             else:  # nobody to tell: the event has done its work
                 Event.delete().where(Event.id == event_id).execute()
+        faults.point("outbox-after-fan-out")
         fanned += 1
     return fanned
 
@@ -267,6 +269,7 @@ def claim(holder: str, limit: int, skip: set[int] = frozenset(), lease: float = 
                 (holder, now + lease, delivery_id, now)).fetchall()
         if rows:
             taken.append(delivery_id)
+            faults.point("delivery-after-claim")
     return [c for c in (_load(i) for i in taken) if c is not None]
 
 
@@ -299,6 +302,7 @@ class Outcome:
 
 def finish(claimed: Claimed, holder: str, outcome: Outcome, retry: Retry) -> str:
     """Record an attempt and decide what follows; return the delivery's new state."""
+    faults.point("delivery-before-record")
     now = time.time()
     with write_transaction():
         d = Delivery.get_or_none(Delivery.id == claimed.id)
