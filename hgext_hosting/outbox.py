@@ -158,13 +158,14 @@ def fan_out(build_push_payload, smtp: bool, limit: int = 100) -> int:
 
 
 def _targets(event: Event, smtp: bool) -> tuple[list[int], list[int]]:
-    """The ids of the active hooks that want ``event``, and of its watchers (push events)."""
+    """The ids of the active hooks that want ``event`` (and existed then), and of its watchers (push events)."""
     owner_name = event.repository_name.split("/", 1)[0]
     owner = Owner.get_or_none(Owner.name == owner_name)
     condition = Webhook.repository == event.repository_id
     if owner is not None:
         condition |= (Webhook.owner == owner.id) & Webhook.repository.is_null()
-    hooks = [h.id for h in Webhook.select(Webhook.id, Webhook.events).where(condition & (Webhook.active == True))  # noqa: E712
+    condition &= (Webhook.active == True) & (Webhook.created <= event.created)  # noqa: E712 - SQL
+    hooks = [h.id for h in Webhook.select(Webhook.id, Webhook.events).where(condition)
              if event.kind in h.events.split(",")]
     watchers: list[int] = []
     if smtp and event.kind == "push":
