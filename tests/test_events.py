@@ -22,7 +22,7 @@ from pathlib import Path
 import feedparser
 import pytest
 from conftest import Daemon, SiteHandle, commit, site_handle
-from hookreceiver import Receiver
+from hookreceiver import Receiver, attempts, wait_until
 
 PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3", "root": "root-pw-4"}
 _names = itertools.count(1)
@@ -295,10 +295,9 @@ def test_backoff_then_give_up_then_disable(events_site, daemon, tmp_path):
         hook_id = site.cli_json("webhook", "list", full)[0]["id"]
         commit(site.hg, wc, "b.txt", "b\n")
         push(site, wc, full)
-        deadline = time.monotonic() + 20
-        while not ((rows := site.cli_json("webhook", "deliveries", str(hook_id))) and rows[0]["state"] == "failed"):
-            assert time.monotonic() < deadline, rows
-            time.sleep(0.2)
+        db = site.root / "hosting.db"
+        wait_until(lambda: (rows := attempts(db, hook_id)) and rows[0][2] == "failed", timeout=30)
+        rows = site.cli_json("webhook", "deliveries", str(hook_id))
         times = sorted(time.mktime(time.strptime(r["date"], "%Y-%m-%dT%H:%M:%SZ")) for r in rows)
         assert 3 <= len(rows) <= 8  # 0, 0.2, 0.6, 1.0, 1.4 s...: retried, not hammered
         assert all(r["status"] == 500 and r["response"] == "broken" for r in rows)
@@ -307,9 +306,8 @@ def test_backoff_then_give_up_then_disable(events_site, daemon, tmp_path):
         time.sleep(1.2)
         commit(site.hg, wc, "c.txt", "c\n")
         push(site, wc, full)
-        while not (hook := site.cli_json("webhook", "list", full)[0])["disabled_reason"]:
-            assert time.monotonic() < deadline + 20
-            time.sleep(0.2)
+        wait_until(lambda: len(attempts(db, hook_id)) > len(rows), timeout=30)
+        hook = site.cli_json("webhook", "list", full)[0]
         assert hook["active"] is False and hook["disabled_reason"].startswith("disabled: failing since")
         assert "failing since" in site.cli("webhook", "list", full).stdout
         # Enabled again and answered: the pending delivery goes out.
@@ -317,3 +315,16 @@ def test_backoff_then_give_up_then_disable(events_site, daemon, tmp_path):
         site.cli("webhook", "enable", str(hook_id))
         (hit,) = receiver.wait(1)
         assert hit.json["push"]["id"] == 2
+
+
+def test_a_receiver_that_never_answers_times_out(events_site, daemon, tmp_path):
+    site = events_site
+    full, wc = new_repo(site, tmp_path)
+    with Receiver() as receiver:
+        receiver.mode = "hang"
+        site.cli("webhook", "add", full, receiver.url, "--secret-stdin", input="k\n")
+        hook_id = site.cli_json("webhook", "list", full)[0]["id"]
+        commit(site.hg, wc, "t.txt", "t\n")
+        push(site, wc, full)
+        ((status, error, state), *_) = wait_until(lambda: attempts(site.root / "hosting.db", hook_id), timeout=30)
+        assert status is None and error == "no answer within 2 s" and state == "pending"

@@ -6,7 +6,7 @@ claiming a delivery, after the receiver answered but before the answer was
 recorded, or at a random moment; then a daemon runs again and every
 committed push must reach the receiver, with its changesets, under one
 delivery id, first arriving in push order.  ``crashloop.py --events`` runs
-a hundred trials and more; the note of issue 14 has the tally.
+a hundred trials and more (the random kills too); the note of issue 14 has the tally.
 """
 
 from __future__ import annotations
@@ -31,14 +31,16 @@ def lab(tmp_path_factory, corpus: Path):
     lab.receiver.stop()
 
 
-@pytest.mark.parametrize("mode", list(crashloop.DELIVERY_MODES))
+#: The named windows; ``daemon-kill-random`` runs in the crash loop only.
+MODES = [m for m in crashloop.DELIVERY_MODES if crashloop.DELIVERY_MODES[m]]
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_a_killed_daemon_delivers_every_push_once_back(lab, mode):
     outcome = crashloop.run_delivery_trial(lab, mode, random.Random(mode))
-    if mode != "daemon-kill-random":
-        assert outcome.startswith("killed"), "the fault point was never reached"
+    assert outcome.startswith("killed"), "the fault point was never reached"
 
 
 def test_a_killed_push_leaves_no_event(lab):
     """A push killed after its record committed and before hg did: settled, and delivered only if kept."""
     crashloop.run_trial(lab, "kill-after-db-commit", "local", random.Random(1))
-    crashloop.run_trial(lab, "hg-abort-post-finalize", "local", random.Random(2))

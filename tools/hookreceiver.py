@@ -36,6 +36,29 @@ class Hit:
         return self.headers.get("x-hghosting-delivery", "")
 
 
+def wait_until(predicate, timeout: float = 20, interval: float = 0.05):
+    """Poll ``predicate()`` until it returns something true; return that (AssertionError on timeout)."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {predicate}")
+        time.sleep(interval)
+    return result
+
+
+def attempts(db_path, hook_id: int) -> list[tuple]:
+    """``(status, error, state)`` of a hook's recorded attempts, newest first, read from the site's SQLite file."""
+    import sqlite3
+
+    conn = sqlite3.connect(db_path, timeout=30)
+    try:
+        return conn.execute(
+            "SELECT a.status, a.error, d.state FROM delivery_attempt a JOIN delivery d ON d.id = a.delivery_id"
+            " WHERE a.webhook_id = ? ORDER BY a.id DESC", (hook_id,)).fetchall()
+    finally:
+        conn.close()
+
+
 def verify(secret: str, hit: Hit) -> bool:
     """Does the hit carry the HMAC-SHA256 signature of its body with ``secret``?"""
     expected = "sha256=" + hmac.new(secret.encode(), hit.body, hashlib.sha256).hexdigest()
