@@ -272,9 +272,18 @@ class DeliveryService(service.Service):
         return outbox.claim(self.holder, room, busy, self.settings.lease)
 
     def _push_payload(self, event) -> dict:
+        """The payload of a push event, read from the repository where it is now (renamed or not)."""
         from mercurial import hg
 
-        repo = hg.repository(self.site.ui.copy(), os.fsencode(self.site.repo_path(*event.repository_name.split("/", 1))))
+        from hgext_hosting.models import Owner, Repository
+
+        repo = None
+        row = Repository.select(Repository, Owner).join(Owner).where(Repository.id == event.repository_id).first()
+        try:
+            if row is not None:
+                repo = hg.repository(self.site.ui.copy(), os.fsencode(self.site.repo_path(row.owner.name, row.name)))
+        except Exception:  # noqa: BLE001 - told without the details rather than never
+            log.failure("reading the pushed changesets of {repo}", repo=event.repository_name)
         return outbox.push_payload(event, repo, self.base_url())
 
     def _start(self, claimed: list[outbox.Claimed]) -> None:

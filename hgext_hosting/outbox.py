@@ -159,8 +159,11 @@ def fan_out(build_push_payload, smtp: bool, limit: int = 100) -> int:
 
 def _targets(event: Event, smtp: bool) -> tuple[list[int], list[int]]:
     """The ids of the active hooks that want ``event`` (and existed then), and of its watchers (push events)."""
-    owner_name = event.repository_name.split("/", 1)[0]
-    owner = Owner.get_or_none(Owner.name == owner_name)
+    current = Repository.get_or_none(Repository.id == event.repository_id)
+    if current is not None:  # its owner now (a transfer moves the owner's hooks' attention)
+        owner = Owner.get_or_none(Owner.id == current.owner_id)
+    else:  # deleted: the owner it had
+        owner = Owner.get_or_none(Owner.name == event.repository_name.split("/", 1)[0])
     condition = Webhook.repository == event.repository_id
     if owner is not None:
         condition |= (Webhook.owner == owner.id) & Webhook.repository.is_null()
@@ -176,8 +179,9 @@ def _targets(event: Event, smtp: bool) -> tuple[list[int], list[int]]:
 def push_payload(event: Event, repo, base_url: str = "") -> dict:
     """The ``push`` payload of an event: repository, pusher, push, changesets, bookmarks, compare link.
 
-    ``repo``: the repository, opened (Mercurial).  At most :data:`MAX_CHANGESETS`
-    changesets, ``changeset_count`` all of them.
+    ``repo``: the repository, opened (Mercurial), or None when it cannot be
+    (then the changesets carry their node alone).  At most
+    :data:`MAX_CHANGESETS` changesets, ``changeset_count`` all of them.
     """
     from mercurial import patch, util
 
@@ -187,9 +191,12 @@ def push_payload(event: Event, repo, base_url: str = "") -> dict:
     push = Push.get_by_id(event.push_id)
     view = views([push])[0]
     repository = Repository.select(Repository, Owner).join(Owner).where(Repository.id == event.repository_id).get()
-    unfi = repo.unfiltered()
-    changesets = []
+    unfi = repo.unfiltered() if repo is not None else None
+    changesets: list[dict] = []
     for node in view.changesets[:MAX_CHANGESETS]:
+        if unfi is None or not unfi.changelog.index.has_node(bytes.fromhex(node)):
+            changesets.append({"node": node})
+            continue
         ctx = unfi[bytes.fromhex(node)]
         stat = patch.diffstatdata(util.iterlines(ctx.diff(opts=patch.diffallopts(repo.ui, {"git": True}))))
         changesets.append({
@@ -214,7 +221,7 @@ def push_payload(event: Event, repo, base_url: str = "") -> dict:
         "changeset_count": len(view.changesets),
         "bookmarks": [{"name": n, "old": o, "new": w} for n, o, w in view.bookmarks],
     }
-    if view.changesets and base_url:
+    if view.changesets and base_url and unfi is not None and "author" in changesets[0]:
         first = unfi[bytes.fromhex(view.changesets[0])]
         base = first.p1().hex().decode() if first.p1().rev() >= 0 else "null"
         payload["compare"] = f"{base_url}/{repository.full_name}/log?rev={base}::{view.changesets[-1]}"

@@ -277,3 +277,26 @@ def test_the_outbox_row_goes_with_a_rolled_back_push(events_site, daemon, receiv
     receiver.wait(2)
     time.sleep(0.5)
     assert [h.json["push"]["id"] for h in receiver.hits] == [1, 2]
+
+
+def test_pushes_made_while_no_daemon_runs_go_out_when_one_runs(site, tmp_path):
+    """A local push with no daemon, the repository renamed before any daemon ran: delivered under its new name."""
+    with open(site.root / "hgrc", "a") as f:
+        f.write(SETTINGS)
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/quiet")
+    wc = tmp_path / "wc"
+    site.hg("clone", "-q", str(site.repo_path("alice/quiet")), str(wc))
+    with Receiver() as receiver:
+        add_hook(site, "alice/quiet", receiver.url, events="push")
+        node = commit(site.hg, wc, "q.txt", "q\n")
+        push_local(site, wc, "alice/quiet")
+        site.cli("repo", "rename", "alice/quiet", "alice/loud")
+        d = Daemon(site)
+        try:
+            (hit,) = receiver.wait(1)
+        finally:
+            d.stop()
+        assert hit.json["repository"]["full_name"] == "alice/loud"
+        assert hit.json["changesets"][0]["node"] == node and hit.json["changesets"][0]["files"] == ["q.txt"]
+        assert verify("s3cret", hit)
