@@ -687,13 +687,15 @@ def populate(site_dir: str, bundle: str, count: int) -> int:
     except ImportError:
         request = dispatch.request
 
-    from hgext_hosting import accounts, repositories
+    from hgext_hosting import repositories
+    from hgext_hosting.service import accounts
+    from hgext_hosting.service.actors import Actor
     from hgext_hosting.site import Site
 
     site = Site(site_dir).open()
     owners = [f"u{i:02d}" for i in range(MANY_OWNERS)]
     for owner in owners:
-        accounts.add_user(owner, email=f"{owner}@example.org")
+        accounts.add_user(Actor.of_console(), owner, email=f"{owner}@example.org")
     for i in range(count):
         owner = owners[i % MANY_OWNERS]
         repo = repositories.create_repo(site, f"{owner}/r{i:03d}", description=f"repository number {i}")

@@ -30,6 +30,7 @@ from twisted.logger import Logger
 
 from hgext_hosting import hooks, names, policy, pushdb
 from hgext_hosting.models import Owner, Repository
+from hgext_hosting.service.actors import Actor
 
 from . import jsonpushes
 from .auth import SESSION_COOKIE, Authenticator, Malformed, Refusal
@@ -204,11 +205,18 @@ class HostingApp:
             raise self.hidden(req)
         return row, facts, level
 
+    def actor(self, req: Request) -> Actor:
+        """The service layer's actor for this request: the logged-in user or anonymous."""
+        if not hasattr(req, "_actor"):
+            user = req.user
+            req._actor = Actor(self.subject(req), user.id if user is not None else None, req.address)
+        return req._actor
+
     def subject(self, req: Request) -> policy.Subject | None:
         if req.user is None:
             return None
         if not hasattr(req, "_subject"):
-            req._subject = policy.load_subject(req.user.name)
+            req._subject = pushdb.load_subject(pushdb.models_connection(), req.user.name)
         return req._subject
 
     def _repository(self, req: Request, start_response, owner: str, name: str, rest: list[str]):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import hmac
-import math
 import os
 import secrets
 import threading
@@ -28,22 +27,23 @@ from importlib import resources
 
 import jinja2
 from mercurial.hgweb import webutil
-from peewee import fn
 
-from hgext_hosting import names, policy, pushlog, repositories
-from hgext_hosting.errors import UserError
-from hgext_hosting.models import Membership, Owner, Push, Repository
+from hgext_hosting import pushlog
+from hgext_hosting.errors import NotFound, UserError
+from hgext_hosting.models import Push, Repository
+from hgext_hosting.service import pushes as service_pushes
+from hgext_hosting.service import repos
 
 from . import jsonpushes
 from . import readme as readmes
 from .auth import SESSION_COOKIE, Refusal
-from .web import HTTPError, Request, redirect, respond
+from .web import HTTPError, Request, page_status, redirect, respond
 
 LOGIN_CSRF_COOKIE = "hgh_login_csrf"
 PUSHES_PER_PAGE = 20
 #: The most pushes ``pushloghtml`` shows of a range.
 RANGE_PUSHES = 500
-REPOS_PER_PAGE = 100
+REPOS_PER_PAGE = repos.MAX_PER_PAGE
 #: Rendered READMEs kept in memory (one per repository and tip).
 README_CACHE_SIZE = 256
 README_NAMES = readmes.README_NAMES
@@ -178,54 +178,27 @@ class Pages:
 
     # -- index and owners --------------------------------------------------------------
 
-    def _listing(self, req: Request, query) -> dict:
-        """One page of a repository listing (search ``q``, page ``page``) for a template."""
-        search = (req.arg("q") or "").strip()[:100]
-        if search:
-            like = f"%{search.lower()}%"
-            query = query.where(
-                (fn.LOWER(Repository.name).contains(search.lower()))
-                | (fn.LOWER(Owner.name).contains(search.lower()))
-                | (fn.LOWER(Repository.description) ** like)
-            )
-        page = req.page_arg()
-        total = query.count()
-        pages = max(1, math.ceil(total / REPOS_PER_PAGE))
-        rows = list(query.order_by(Owner.name_key, Repository.name_key)
-                    .offset((page - 1) * REPOS_PER_PAGE).limit(REPOS_PER_PAGE))
-        last = dict(
-            Push.select(Push.repository, fn.MAX(Push.date))
-            .where((Push.repository.in_([r.id for r in rows])) & (Push.state == "done"))
-            .group_by(Push.repository)
-            .tuples()
-        ) if rows else {}
+    def _listing(self, req: Request, owner: str | None = None) -> dict:
+        """One page of the repositories the visitor may read (search ``q``, page ``page``) for a template."""
+        found = repos.listing(self.app.actor(req), search=req.arg("q") or "", owner=owner,
+                              page=req.page_arg(), per_page=REPOS_PER_PAGE)
         return {
-            "repos": [{"row": r, "last_push": last.get(r.id)} for r in rows],
-            "page": page, "pages": pages, "total": total, "q": search,
-            "query_prefix": "?" + (urllib.parse.urlencode({"q": search}) + "&" if search else ""),
+            "repos": [{"row": row, "last_push": last} for row, last in found.repos],
+            "page": found.page, "pages": found.pages, "total": found.total, "q": found.search,
+            "query_prefix": "?" + (urllib.parse.urlencode({"q": found.search}) + "&" if found.search else ""),
         }
 
     def index(self, req: Request, start_response):
-        subject = self.app.subject(req)
-        listing = self._listing(req, policy.readable_repositories(subject))
-        return self.render(req, start_response, "index.html", title="Repositories", **listing)
+        return self.render(req, start_response, "index.html", title="Repositories", **self._listing(req))
 
     def owner(self, req: Request, start_response, owner_name: str):
         try:
-            names.check_name(owner_name)
-        except names.InvalidName:
+            owner = repos.find_owner(owner_name)
+        except NotFound:
             raise HTTPError(404, "not found") from None
-        owner = Owner.get_or_none(Owner.name_key == names.key(owner_name))
-        if owner is None:
-            raise HTTPError(404, "not found")
-        subject = self.app.subject(req)
-        listing = self._listing(req, policy.readable_repositories(subject).where(Repository.owner == owner.id))
-        members = []
-        if owner.is_team:
-            members = [m.user.name for m in Membership.select(Membership, Owner)
-                       .join(Owner, on=(Membership.user == Owner.id)).where(Membership.team == owner.id)]
+        members = repos.team_members(owner) if owner.is_team else []
         return self.render(req, start_response, "owner.html", owner=owner, members=members,
-                           title=owner.name, **listing)
+                           title=owner.name, **self._listing(req, owner=owner.name))
 
     # -- a repository ------------------------------------------------------------------
 
@@ -293,20 +266,11 @@ class Pages:
                            archives=self.archive_suffixes(), topics=topics)
 
     def pushlog(self, req: Request, start_response, row, facts, level):
-        """The push log, newest first, by pages of :data:`PUSHES_PER_PAGE`.
-
-        Push ids are contiguous per repository (a rolled-back push's id is reused), so
-        the highest done id is the number of pushes and page N holds the ids from
-        that id minus (N-1) pages down: an index probe and a range, whatever the
-        history's length.  (Only ``check --repair`` leaves gaps, dropping pushes a
-        strip emptied: the count then includes them and their pages show fewer rows.)
-        """
-        page = req.page_arg()
-        total = pushlog.last_push_id(row)
-        pages = max(1, math.ceil(total / PUSHES_PER_PAGE))
-        pushes = pushlog.pushes_up_to(row, total - (page - 1) * PUSHES_PER_PAGE, PUSHES_PER_PAGE)
-        return self.render(req, start_response, "pushlog.html", repo=row, level=level, pushes=pushes,
-                           page=page, pages=pages, total=total, title=f"{row.full_name}: push log")
+        """The push log, newest first, by pages of :data:`PUSHES_PER_PAGE` (:func:`service.pushes.page`)."""
+        found = service_pushes.page(row, req.page_arg(), PUSHES_PER_PAGE)
+        return self.render(req, start_response, "pushlog.html", repo=row, level=level, pushes=found.pushes,
+                           page=found.page, pages=found.pages, total=found.total,
+                           title=f"{row.full_name}: push log")
 
     def pushloghtml(self, req: Request, start_response, row, facts, level):
         """``pushloghtml?fromchange=A&tochange=B`` (Mozilla's links): the pushes of a range.
@@ -328,83 +292,77 @@ class Pages:
                            title=f"{row.full_name}: push log")
 
     def settings(self, req: Request, start_response, row, facts, level):
+        """The repository's settings (admin level): grants, protected refs, visibility, description."""
         self.require_login(req)
-        if level != "admin":
-            raise HTTPError(403, f"{req.user.name} is not an admin of {row.full_name}")
+        actor = self.app.actor(req)
+        try:
+            repos.require(actor, row, "admin")
+        except UserError as e:
+            raise HTTPError(page_status(e), str(e)) from None
         message = error = None
+        status = 200
         if req.method == "POST":
             self.check_csrf(req)
             try:
-                message = self._apply_setting(req, row)
-                if req.field("action") == "delete":
-                    return redirect(start_response, f"/{row.owner.name}")
+                message = self._apply_setting(req, actor, row.full_name)
                 row = Repository.get_by_id(row.id)
             except UserError as e:
-                error = str(e)
+                error, status = str(e), page_status(e)
         return self.render(
-            req, start_response, "settings.html", status=400 if error else 200, repo=row, level=level,
-            grants=repositories.list_grants(row), protected=repositories.list_protected(row),
+            req, start_response, "settings.html", status=status, repo=row, level=level,
+            grants=repos.grants(actor, row.full_name), protected=repos.protected(actor, row.full_name),
             message=message, error=error, title=f"{row.full_name}: settings",
         )
 
-    def _apply_setting(self, req: Request, row: Repository) -> str:
+    def _apply_setting(self, req: Request, actor, full: str) -> str:
+        """Apply the settings form's ``action``; the message to show, or a UserError."""
         action = req.field("action")
-        full = row.full_name
         if action == "grant":
-            repositories.grant(full, req.field("subject").strip(), req.field("level"))
-            return f"granted {req.field('level')} to {req.field('subject').strip()}"
+            subject, level = req.field("subject").strip(), req.field("level")
+            repos.grant(actor, full, subject, level)
+            return f"granted {level} to {subject}"
         if action == "revoke":
-            repositories.revoke(full, req.field("subject"))
-            return f"revoked the grant of {req.field('subject')}"
+            repos.revoke(actor, full, req.field("subject"))
+            return f"revoked the grant of {req.field('subject').strip()}"
         if action == "protect":
-            allow = [s for s in req.field("allow").replace(",", " ").split() if s]
-            repositories.protect(full, req.field("ref").strip(), allow)
+            repos.protect(actor, full, req.field("ref"), req.field("allow"))
             return f"protected {req.field('ref').strip()}"
         if action == "unprotect":
-            repositories.unprotect(full, req.field("ref"))
-            return f"unprotected {req.field('ref')}"
+            repos.unprotect(actor, full, req.field("ref"))
+            return f"unprotected {req.field('ref').strip()}"
         if action == "settings":
             publishing = {"true": True, "false": False}.get(req.field("publishing"))  # absent: unchanged
-            repositories.set_repo_settings(full, private=req.field("private") == "on",
-                                           description=req.field("description"),
-                                           publishing=publishing, site=self.site)
+            repos.update(self.site, actor, full, private=req.field("private") == "on",
+                         description=req.field("description"), publishing=publishing)
             return "saved"
-        raise UserError("unknown action")
+        raise HTTPError(400, "unknown action")
 
     def fork(self, req: Request, start_response, row, facts, level):
-        def make(target: str) -> Repository:
-            return repositories.fork_repo(self.site, full_name(row), target, user=req.user.name)
+        def make(actor, target: str) -> Repository:
+            return repos.fork(self.site, actor, row.full_name, target)
 
         return self._new_repository_form(req, start_response, "fork.html", make, repo=row,
                                          title=f"Fork {row.full_name}")
 
     def _new_repository_form(self, req: Request, start_response, template: str, make, **context):
-        """GET: the form; POST: ``make("OWNER/NAME")`` for an owner the user may create for."""
+        """GET: the form; POST: ``make(actor, "OWNER/NAME")``, then to the new repository."""
         self.require_login(req)
-        owners = self._owner_choices(req)
-        error = None
+        actor = self.app.actor(req)
+        error, status = None, 200
         if req.method == "POST":
             self.check_csrf(req)
-            owner, name = req.field("owner"), req.field("name").strip()
             try:
-                if names.key(owner) not in {names.key(o) for o in owners}:
-                    raise UserError(f"you may not create repositories for {owner!r}")
-                repo = make(f"{owner}/{name}")
+                repo = make(actor, f"{req.field('owner')}/{req.field('name').strip()}")
                 return redirect(start_response, f"/{repo.owner.name}/{repo.name}")
             except UserError as e:
-                error = str(e)
-        return self.render(req, start_response, template, status=400 if error else 200, owners=owners,
+                error, status = str(e), page_status(e)
+        return self.render(req, start_response, template, status=status, owners=repos.owner_choices(actor),
                            error=error, **context)
 
-    def _owner_choices(self, req: Request) -> list[str]:
-        teams = (Owner.select(Owner.name).join(Membership, on=(Membership.team == Owner.id))
-                 .where(Membership.user == req.user.id).order_by(Owner.name_key))
-        return [req.user.name] + [t.name for t in teams]
-
     def new_repo(self, req: Request, start_response):
-        def make(target: str) -> Repository:
-            return repositories.create_repo(self.site, target, private=req.field("private") == "on",
-                                            description=req.field("description"))
+        def make(actor, target: str) -> Repository:
+            return repos.create(self.site, actor, target, private=req.field("private") == "on",
+                                description=req.field("description"))
 
         return self._new_repository_form(req, start_response, "new.html", make, title="New repository")
 
@@ -439,9 +397,3 @@ class Pages:
             self.auth.end_session(req.session)
         return redirect(start_response, "/", headers=[
             _cookie(SESSION_COOKIE, "", secure=self._secure(req), max_age=0)])
-
-
-def full_name(row: Repository) -> str:
-    return f"{row.owner.name}/{row.name}"
-
-

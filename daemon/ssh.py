@@ -96,7 +96,6 @@ from zope.interface import implementer
 
 from hgext_hosting import accounts, models, sshcommand
 from hgext_hosting.errors import UserError
-from hgext_hosting.repositories import repo_dir
 from hgext_hosting.site import Site, write_private_file
 from hgext_hosting.sshkeys import fingerprint_of_blob
 
@@ -421,12 +420,7 @@ def _user_for_blob(blob: bytes) -> str | None:
 def _authorize(site: Site, user: str, owner: str, name: str) -> Path:
     """The repository's absolute path if ``user`` may read ``owner/name``, else UserError."""
     with models.db.connection_context():
-        repo = sshcommand.authorize_read(user, owner, name)
-        path = repo_dir(site, repo)
-    if not (path / ".hg").is_dir():
-        log.warn("ssh: {owner}/{name} has a database row but no repository at {path}",
-                 owner=owner, name=name, path=str(path))
-        raise UserError(f"no repository {owner}/{name}")
+        path = sshcommand.repository_path(site, user, owner, name)
     # the child's environment as HgSession._spawn builds it (SSH_* aside): will it run the extension?
     child_env = sshcommand.session_environ(os.environ, user, drop=("HG_", "SSH_"))
     sshcommand.require_enforced(site, path, f"{owner}/{name}", child_env)

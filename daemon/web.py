@@ -17,6 +17,8 @@ import urllib.parse
 from collections.abc import Iterable
 from http.cookies import CookieError, SimpleCookie
 
+from hgext_hosting.errors import Forbidden, NotFound, Throttled, UserError
+
 MAX_URI = 8192
 MAX_FORM = 64 * 1024
 #: What a database integer column holds (SQLite and PostgreSQL ``bigint``).
@@ -34,6 +36,17 @@ class HTTPError(Exception):
         self.status = status
         self.reason = _latin1_line(reason)
         self.headers = headers or []
+
+
+def page_status(error: UserError) -> int:
+    """The HTTP status a page answers a refusal of the service layer with (errors.py's table)."""
+    if isinstance(error, NotFound):
+        return 404
+    if isinstance(error, Forbidden):
+        return 403
+    if isinstance(error, Throttled):
+        return 429
+    return 400
 
 
 def _latin1_line(text: str) -> str:

@@ -31,6 +31,9 @@ from pathlib import Path
 
 from . import accounts, repositories
 from .errors import UserError
+from .service import accounts as service_accounts
+from .service import pushes, repos
+from .service.actors import Actor
 from .site import Site, SiteError, resolve_site_dir
 
 
@@ -145,6 +148,9 @@ def _table(header: list[str], rows: list[list[str]], gap: int = 2) -> list[str]:
 
 # -- commands -----------------------------------------------------------------
 
+#: Who the command line acts as: the site's administrator, allowed everything.
+CONSOLE = Actor.of_console()
+
 
 def cmd_init(args, site: Site) -> int:
     """Create the site; make a first site admin if asked; say who the site admins are and how to reset one."""
@@ -152,10 +158,10 @@ def cmd_init(args, site: Site) -> int:
     for item in created:
         print(f"created {item}")
     print(f"site ready at {site.root}" if created else f"site at {site.root} is up to date")
-    admins = [u.name for u in accounts.list_users() if u.is_admin]
+    admins = service_accounts.site_admin_names()
     if args.admin and not admins:
         password = os.environ.get("HG_HOSTING_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
-        accounts.add_user(args.admin, admin=True, password=password)
+        service_accounts.add_user(CONSOLE, args.admin, admin=True, password=password)
         print(f"created site admin {args.admin}")
         if "HG_HOSTING_ADMIN_PASSWORD" not in os.environ:
             print(f"password (shown once): {password}")
@@ -193,22 +199,22 @@ def cmd_serve(args, site: Site) -> int:
 def cmd_user(args, site: Site) -> int:
     if args.action == "add":
         if args.password_prompt:  # refuse a taken or bad name before asking for a password
-            accounts.check_new_user_name(args.name)
+            service_accounts.check_new_owner_name(args.name)
         password = _new_password(args, prompt_by_default=False)
-        accounts.add_user(args.name, email=args.email or "", admin=args.admin, password=password)
+        service_accounts.add_user(CONSOLE, args.name, email=args.email or "", admin=args.admin, password=password)
         print(f"added user {args.name}")
         if password is None:
             print(f"{args.name} has no password and can only use API tokens until one is set"
                   f" (hg-hosting user passwd {args.name})")
     elif args.action == "passwd":
         accounts.get_user(args.name)  # refuse an unknown user before asking for a password
-        accounts.set_password(args.name, _new_password(args, prompt_by_default=True))
+        service_accounts.set_password(CONSOLE, args.name, _new_password(args, prompt_by_default=True))
         print(f"changed the password of {args.name}")
     elif args.action == "remove":
-        accounts.remove_user(args.name)
+        service_accounts.remove_user(CONSOLE, args.name)
         print(f"removed user {args.name}")
     else:
-        rows = [{"name": u.name, "email": u.email, "admin": u.is_admin} for u in accounts.list_users()]
+        rows = [{"name": u.name, "email": u.email, "admin": u.is_admin} for u in service_accounts.list_users(CONSOLE)]
         _emit(args, rows, [("NAME", itemgetter("name")), ("EMAIL", itemgetter("email")),
                            ("ADMIN", itemgetter("admin"))])
     return 0
@@ -216,15 +222,15 @@ def cmd_user(args, site: Site) -> int:
 
 def cmd_token(args, site: Site) -> int:
     if args.action == "create":
-        print(accounts.create_token(args.user, args.label))
+        print(service_accounts.create_token(CONSOLE, args.user, args.label))
     elif args.action == "revoke":
-        accounts.revoke_token(args.user, args.label)
+        service_accounts.revoke_token(CONSOLE, args.user, args.label)
         print(f"revoked token {args.label} of {args.user}")
     else:
         rows = [
             {"label": t.label, "created": _iso(t.created), "last_used": _iso(t.last_used),
              **({"expires": _iso(t.expires)} if getattr(t, "expires", None) else {})}
-            for t in accounts.list_tokens(args.user)
+            for t in service_accounts.list_tokens(CONSOLE, args.user)
         ]
         columns: list[Column] = [("LABEL", itemgetter("label")), ("CREATED", itemgetter("created")),
                                  ("LAST USED", lambda r: r["last_used"] or "never")]
@@ -244,15 +250,15 @@ def cmd_ssh_key(args, site: Site) -> int:
                     text = f.read(65536)
             except OSError as e:
                 raise UserError(f"cannot read {args.file}: {e.strerror}") from None
-        key = accounts.add_ssh_key(args.user, text)
+        key = service_accounts.add_ssh_key(CONSOLE, args.user, text)
         print(f"added key {key.fingerprint} for {args.user}")
     elif args.action == "remove":
-        accounts.remove_ssh_key(args.user, args.fingerprint)
+        service_accounts.remove_ssh_key(CONSOLE, args.user, args.fingerprint)
         print(f"removed key {args.fingerprint} of {args.user}")
     else:
         rows = [
             {"fingerprint": k.fingerprint, "type": k.key_type, "comment": k.comment}
-            for k in accounts.list_ssh_keys(args.user)
+            for k in service_accounts.list_ssh_keys(CONSOLE, args.user)
         ]
         _emit(args, rows, [("FINGERPRINT", itemgetter("fingerprint")), ("TYPE", itemgetter("type")),
                            ("COMMENT", itemgetter("comment"))])
@@ -261,19 +267,19 @@ def cmd_ssh_key(args, site: Site) -> int:
 
 def cmd_team(args, site: Site) -> int:
     if args.action == "add":
-        accounts.add_team(args.name)
+        service_accounts.add_team(CONSOLE, args.name)
         print(f"added team {args.name}")
     elif args.action == "remove":
-        accounts.remove_team(args.name)
+        service_accounts.remove_team(CONSOLE, args.name)
         print(f"removed team {args.name}")
     elif args.action == "member-add":
-        accounts.add_member(args.team, args.user)
+        service_accounts.add_member(CONSOLE, args.team, args.user)
         print(f"added {args.user} to {args.team}")
     elif args.action == "member-remove":
-        accounts.remove_member(args.team, args.user)
+        service_accounts.remove_member(CONSOLE, args.team, args.user)
         print(f"removed {args.user} from {args.team}")
     else:
-        rows = [{"name": t.name, "members": members} for t, members in accounts.list_teams()]
+        rows = [{"name": t.name, "members": members} for t, members in service_accounts.list_teams(CONSOLE)]
         _emit(args, rows, [("NAME", itemgetter("name")), ("MEMBERS", itemgetter("members"))])
     return 0
 
@@ -291,25 +297,25 @@ def _repo_row(repo) -> dict:
 
 def cmd_repo(args, site: Site) -> int:
     if args.action == "create":
-        repo = repositories.create_repo(site, args.name, private=args.private, description=args.description or "",
-                                        publishing=not args.non_publishing)
+        repo = repos.create(site, CONSOLE, args.name, private=args.private, description=args.description or "",
+                            publishing=not args.non_publishing)
         print(f"created {repo.full_name}" + ("" if repo.publishing else " (non-publishing)"))
     elif args.action == "set":
         changes = _repo_settings(args.settings)
-        repo = repositories.set_repo_settings(args.name, site=site, **changes)
+        repo = repos.update(site, CONSOLE, args.name, **changes)
         print(f"{repo.full_name}: " + ", ".join(f"{k}={str(v).lower()}" for k, v in changes.items()))
     elif args.action == "remove":
-        repositories.remove_repo(site, args.name)
+        repos.remove(site, CONSOLE, args.name)
         print(f"removed {args.name}")
     elif args.action == "rename":
-        repo = repositories.rename_repo(site, args.src, args.dst)
+        repo = repos.rename(site, CONSOLE, args.src, args.dst)
         print(f"renamed {args.src} to {repo.full_name}")
     elif args.action == "fork":
-        repo = repositories.fork_repo(site, args.src, args.dst, user=args.user,
-                                      private=True if args.private else None)
+        repo = repos.fork(site, CONSOLE, args.src, args.dst, user=args.user,
+                          private=True if args.private else None)
         print(f"forked {args.src} to {repo.full_name}")
     else:
-        rows = [_repo_row(r) for r in repositories.list_repos()]
+        rows = [_repo_row(r) for r in repos.all_repositories()]
         _emit(args, rows, [("NAME", itemgetter("name")),
                            ("VISIBILITY", lambda r: "private" if r["private"] else "public"),
                            ("CREATED", itemgetter("created")), ("DESCRIPTION", itemgetter("description"))])
@@ -338,25 +344,25 @@ def _repo_settings(pairs: list[str]) -> dict:
 
 
 def cmd_grant(args, site: Site) -> int:
-    repositories.grant(args.repo, args.subject, args.level)
+    repos.grant(CONSOLE, args.repo, args.subject, args.level)
     print(f"granted {args.level} on {args.repo} to {args.subject}")
     return 0
 
 
 def cmd_revoke(args, site: Site) -> int:
-    repositories.revoke(args.repo, args.subject)
+    repos.revoke(CONSOLE, args.repo, args.subject)
     print(f"revoked the grant of {args.subject} on {args.repo}")
     return 0
 
 
 def cmd_protect(args, site: Site) -> int:
-    repositories.protect(args.repo, args.ref, args.allow or [])
-    print(f"protected {args.ref} in {args.repo} (allowed: {' '.join(args.allow)})")
+    allowed = repos.protect(CONSOLE, args.repo, args.ref, args.allow or [])
+    print(f"protected {args.ref} in {args.repo} (allowed: {' '.join(allowed)})")
     return 0
 
 
 def cmd_unprotect(args, site: Site) -> int:
-    repositories.unprotect(args.repo, args.ref)
+    repos.unprotect(CONSOLE, args.repo, args.ref)
     print(f"unprotected {args.ref} in {args.repo}")
     return 0
 
@@ -385,12 +391,7 @@ _PUSH_COLUMNS: list[Column] = [
 
 
 def cmd_pushlog(args, site: Site) -> int:
-    from . import pushlog
-
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be at least 1")
-    repo = repositories.get_repo(args.repo)
-    rows = [p.as_json() for p in pushlog.recent_pushes(repo, args.limit)]
+    rows = [p.as_json() for p in pushes.recent(CONSOLE, args.repo, args.limit)]
     _emit(args, rows, _PUSH_COLUMNS + ([("PHASES", _push_phases)] if any("phases" in r for r in rows) else []))
     return 0
 
@@ -448,10 +449,7 @@ def cmd_ssh_serve(args, site: Site) -> int:
     from . import models, sshcommand
 
     owner, name = sshcommand.parse_command(os.environ.get("SSH_ORIGINAL_COMMAND"))
-    repo = sshcommand.authorize_read(args.user, owner, name)
-    path = repositories.repo_dir(site, repo)
-    if not (path / ".hg").is_dir():
-        raise UserError(f"no repository {owner}/{name}")
+    path = sshcommand.repository_path(site, args.user, owner, name)
     hg = sshcommand.hg_executable()
     env = sshcommand.session_environ(os.environ, args.user)
     sshcommand.require_enforced(site, path, f"{owner}/{name}", env)

@@ -9,10 +9,16 @@ that ran ``hg-hosting``), with the address ``local``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import getpass
 import json
+from collections.abc import Iterator
 
 from .models import AuditEntry
+
+#: ``(actor, address)`` of the operation running in this context (:func:`acting`).
+_acting: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("hosting_acting", default=None)
 
 
 def cli_actor() -> str:
@@ -21,6 +27,41 @@ def cli_actor() -> str:
         return "cli:" + getpass.getuser()
     except Exception:  # noqa: BLE001 - no account name in this environment
         return "cli"
+
+
+def who(actor) -> tuple[str, str]:
+    """``(actor name, address)`` of a service :class:`~hgext_hosting.service.actors.Actor`."""
+    if actor.console:
+        return cli_actor(), "local"
+    return actor.name, actor.address or ""
+
+
+def record_for(actor, action: str, target: str = "", **details) -> None:
+    """:func:`record` for a service Actor, in the caller's transaction."""
+    name, address = who(actor)
+    record(name, action, target, address, **details)
+
+
+@contextlib.contextmanager
+def acting(actor) -> Iterator[None]:
+    """Name the actor of the operations below, whose transactions are opened deeper
+    (:mod:`hgext_hosting.repositories`): they call :func:`record_acting` inside them."""
+    token = _acting.set(who(actor))
+    try:
+        yield
+    finally:
+        _acting.reset(token)
+
+
+def current() -> tuple[str, str]:
+    """``(actor, address)`` set by :func:`acting`, else ``("", "")``."""
+    return _acting.get() or ("", "")
+
+
+def record_acting(action: str, target: str = "", **details) -> None:
+    """:func:`record` with the actor of :func:`acting`, in the caller's transaction."""
+    name, address = current()
+    record(name, action, target, address, **details)
 
 
 def record(actor: str, action: str, target: str = "", address: str = "", **details) -> None:

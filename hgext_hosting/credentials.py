@@ -15,7 +15,7 @@ import secrets
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from .errors import UserError
+from .errors import Invalid
 
 _hasher = PasswordHasher()
 
@@ -26,8 +26,11 @@ TOKEN_PREFIX = "hgh_"
 MAX_PASSWORD_BYTES = 1024
 
 
-class BadPassword(UserError, ValueError):
+class BadPassword(Invalid, ValueError):
     """A password that cannot be set; the message is fit for a user."""
+
+    def __init__(self, message: str, field: str = "password"):
+        super().__init__(message, field)
 
 
 def check_new_password(password: str) -> str:

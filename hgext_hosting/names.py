@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import UserError
+from .errors import Invalid
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
@@ -17,8 +17,11 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 RESERVED_OWNER_NAMES = frozenset({"healthz", "favicon.ico", "robots.txt"})
 
 
-class InvalidName(UserError, ValueError):
+class InvalidName(Invalid, ValueError):
     """A name that docs/spec.md does not allow; the message is fit for a user."""
+
+    def __init__(self, message: str, field: str = "name"):
+        super().__init__(message, field)
 
 
 def key(name: str) -> str:

@@ -85,7 +85,14 @@ def iso(dt: datetime.datetime) -> str:
 
 
 def record_event(action: str, repository: Repository, actor: str = "", **extra) -> None:
-    """A repository event (created, renamed, transferred, deleted, forked), in the caller's transaction."""
+    """A repository event (created, renamed, transferred, deleted, forked), in the caller's transaction.
+
+    Also its audit entry (``repo.ACTION``), by the actor of :func:`hgext_hosting.audit.acting`.
+    """
+    from . import audit
+
+    audit.record_acting(f"repo.{action}", repository.full_name, **extra)
+    actor = actor or audit.current()[0]
     payload = {"event": "repository", "action": action, "repository": _repository_facts(repository),
                "sender": actor, **extra}
     Event.create(repository_id=repository.id, repository_name=repository.full_name, kind="repository",

@@ -15,22 +15,16 @@ The rules (docs/spec.md, *Accounts and permissions*), as :func:`level_of` applie
 
 The decision functions are pure: they take :class:`Subject` and :class:`RepoFacts`
 snapshots, so that every caller (CLI, hooks, daemon, SSH) shares them and the
-table-driven tests need no database.  :func:`load_subject` and
-:func:`load_repo_facts` build the snapshots from the database the models are
-bound to, with the SQL of :mod:`hgext_hosting.pushdb` (which the hooks run on
-their own connection).  This module imports neither peewee nor the models at
-load time, so that a push process does not pay for them.
+table-driven tests need no database.  :mod:`hgext_hosting.pushdb` builds the
+snapshots (the push path on its own connection, the service layer on the
+models'); this module is a leaf: it imports only :mod:`names`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from . import names
-
-if TYPE_CHECKING:
-    from .models import Repository
 
 LEVELS = ("read", "write", "publish", "admin")
 _RANK = {level: rank for rank, level in enumerate(LEVELS, start=1)}
@@ -121,48 +115,35 @@ def may_push_ref(subject: Subject, allow: frozenset[str]) -> bool:
     return any("@" + team in allow for team in subject.teams)
 
 
-# -- snapshots from the database ---------------------------------------------
+# -- owners and accounts ------------------------------------------------------
 
 
-def load_subject(user_name: str | None) -> Subject | None:
-    """The Subject for an existing user name (any case), or None."""
-    from . import pushdb
+def may_create_for(subject: Subject | None, owner_key: str, owner_is_team: bool) -> Decision:
+    """May ``subject`` create (or fork, or move) a repository owned by the owner ``owner_key``?
 
-    return pushdb.load_subject(pushdb.models_connection(), user_name)
-
-
-def load_repo_facts(repo: Repository) -> RepoFacts:
-    """The RepoFacts of a repository row (its owner loaded)."""
-    from . import pushdb
-
-    return pushdb.load_repo_facts(pushdb.models_connection(), pushdb.RepoRow.of(repo))
-
-
-def load_protected_refs(repo: Repository) -> dict[str, frozenset[str]]:
-    """``{ref name: allow-list}`` for a repository (allow-list as :func:`may_push_ref` wants)."""
-    from . import pushdb
-
-    return pushdb.load_protected_refs(pushdb.models_connection(), repo.id)
-
-
-def readable_repositories(subject: Subject | None):
-    """A query of the repositories ``subject`` may read (same rules as :func:`level_of`).
-
-    One query, whatever the number of repositories: the index and owner pages use it.
+    Site admins for anyone; a user for themselves and for the teams they belong to.
     """
-    from .models import Grant, Owner, Repository
-    query = Repository.select(Repository, Owner).join(Owner)
+    if subject is not None and (
+        subject.is_admin
+        or (owner_is_team and owner_key in subject.teams)
+        or (not owner_is_team and owner_key == subject.key)
+    ):
+        return Decision(True)
+    who = subject.name if subject else "anonymous"
+    return Decision(False, f"{who} may not create repositories for {owner_key}")
+
+
+def may_manage_user(subject: Subject | None, user_key: str) -> Decision:
+    """May ``subject`` manage the account ``user_key`` (its tokens, keys, password)?"""
+    if subject is not None and (subject.is_admin or subject.key == user_key):
+        return Decision(True)
+    who = subject.name if subject else "anonymous"
+    return Decision(False, f"{who} may not manage the account {user_key}")
+
+
+def may_administer_site(subject: Subject | None) -> Decision:
+    """May ``subject`` manage users and teams?  Site admins only."""
     if subject is not None and subject.is_admin:
-        return query
-    visible = Repository.private == False  # noqa: E712 - peewee expression
-    if subject is not None:
-        team_keys = list(subject.teams)
-        subject_ids = Owner.select(Owner.id).where(
-            (Owner.name_key == subject.key) | (Owner.name_key.in_(team_keys) & (Owner.kind == "team"))
-        )
-        granted = Grant.select(Grant.repository).where(Grant.subject.in_(subject_ids))
-        visible |= (Owner.name_key == subject.key) & (Owner.kind == "user")
-        if team_keys:
-            visible |= (Owner.name_key.in_(team_keys)) & (Owner.kind == "team")
-        visible |= Repository.id.in_(granted)
-    return query.where(visible)
+        return Decision(True)
+    who = subject.name if subject else "anonymous"
+    return Decision(False, f"{who} is not a site admin")

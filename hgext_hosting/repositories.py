@@ -34,14 +34,11 @@ from typing import TypeVar
 from mercurial import error as hgerror
 from mercurial import hg
 
-from . import faults, names, outbox, policy, pushdb
-from .accounts import get_owner, get_subject, get_user, subject_label
-from .errors import UserError
+from . import audit, faults, names, outbox, pushdb
+from .accounts import get_owner, get_user
+from .errors import Conflict, Invalid, NotFound, UserError
 from .models import (
-    Grant,
     Owner,
-    ProtectedRef,
-    ProtectedRefAllow,
     Repository,
     write_transaction,
 )
@@ -51,10 +48,10 @@ T = TypeVar("T")
 
 
 def get_repo(full_name: str) -> Repository:
-    """The repository ``OWNER/NAME`` (any case), or UserError."""
+    """The repository ``OWNER/NAME`` (any case), or NotFound."""
     repo = Repository.find(*names.split_repo_name(full_name))
     if repo is None:
-        raise UserError(f"no repository {full_name!r}")
+        raise NotFound(f"no repository {full_name!r}")
     return repo
 
 
@@ -103,7 +100,7 @@ def _repo_locked(site: Site, path: Path) -> Iterator[object]:
         with repo.wlock(), repo.lock():
             yield repo
     except hgerror.LockHeld:
-        raise UserError(f"{path.name} is busy (locked by another process); try again") from None
+        raise Conflict(f"{path.name} is busy (locked by another process); try again") from None
 
 
 @contextlib.contextmanager
@@ -204,10 +201,10 @@ def _check_free(owner: Owner, name: str, site: Site, ignore: Repository | None =
         (Repository.owner == owner.id) & (Repository.name_key == names.key(name))
     )
     if clash is not None and (ignore is None or clash.id != ignore.id):
-        raise UserError(f"repository {owner.name}/{clash.name} already exists")
+        raise Conflict(f"repository {owner.name}/{clash.name} already exists")
     path = site.repo_path(owner.name, name)
     if os.path.lexists(path) and not (ignore and path == repo_dir(site, ignore)):
-        raise UserError(f"{path} already exists on disk (see 'hg-hosting check')")
+        raise Conflict(f"{path} already exists on disk (see 'hg-hosting check')")
     return path
 
 
@@ -315,7 +312,7 @@ def rename_repo(site: Site, src_name: str, dst_name: str) -> Repository:
     dst_owner_name, dst_name_only = names.split_repo_name(dst_name)
     dst_owner = get_owner(dst_owner_name)
     if dst_owner.id == repo.owner.id and dst_name_only == repo.name:
-        raise UserError(f"{src_name} is already called {dst_name}")
+        raise Conflict(f"{src_name} is already called {dst_name}")
     src = repo_dir(site, repo)
     dst = _check_free(dst_owner, dst_name_only, site, ignore=repo)
 
@@ -347,7 +344,7 @@ def fork_repo(
     dst_owner = get_owner(dst_owner_name)
     if user is None:
         if dst_owner.is_team:
-            raise UserError("a fork into a team needs --user: the user who forks")
+            raise Invalid("a fork into a team needs --user: the user who forks", "user")
         user = dst_owner.name
     forker = get_user(user)
     _check_free(dst_owner, name, site)
@@ -384,7 +381,7 @@ def fork_repo(
 
 def _check_description(description: str) -> None:
     if len(description) > 2000 or "\0" in description:
-        raise UserError("the description is too long or contains NUL characters")
+        raise Invalid("the description is too long or contains NUL characters", "description")
 
 
 def set_repo_settings(full_name: str, private: bool | None = None, description: str | None = None,
@@ -397,6 +394,8 @@ def set_repo_settings(full_name: str, private: bool | None = None, description: 
     daemon drop its cached hgweb, which read the old configuration.
     """
     with write_transaction():
+        audit.record_acting("repo.update", full_name, **{k: v for k, v in (
+            ("private", private), ("description", description), ("publishing", publishing)) if v is not None})
         repo = get_repo(full_name)
         if private is not None:
             repo.private = private
@@ -416,84 +415,8 @@ def set_repo_settings(full_name: str, private: bool | None = None, description: 
         return repo
 
 
-def _bump_settings(repo: Repository) -> None:
+def bump_settings(repo: Repository) -> None:
+    """Make every daemon drop what it cached about ``repo`` (its hgweb, its facts)."""
     Repository.update(settings_epoch=Repository.settings_epoch + 1).where(
         Repository.id == repo.id
     ).execute()
-
-
-# -- grants -----------------------------------------------------------------
-
-
-def grant(full_name: str, subject: str, level: str) -> None:
-    try:
-        policy.check_level(level)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    with write_transaction():
-        repo, who = get_repo(full_name), get_subject(subject)
-        Grant.insert(repository=repo, subject=who, level=level).on_conflict(
-            conflict_target=[Grant.repository, Grant.subject], update={Grant.level: level}
-        ).execute()
-        _bump_settings(repo)
-
-
-def revoke(full_name: str, subject: str) -> None:
-    with write_transaction():
-        repo, who = get_repo(full_name), get_subject(subject)
-        deleted = Grant.delete().where((Grant.repository == repo) & (Grant.subject == who)).execute()
-        if not deleted:
-            raise UserError(f"{subject} has no grant on {repo.full_name}")
-        _bump_settings(repo)
-
-
-def list_grants(repo: Repository) -> list[tuple[str, str]]:
-    """``[(subject label, level)]`` for a repository."""
-    rows = Grant.select(Grant, Owner).join(Owner).where(Grant.repository == repo.id)
-    return sorted((subject_label(g.subject), g.level) for g in rows)
-
-
-# -- protected refs -----------------------------------------------------------
-
-
-def check_ref_name(ref: str) -> str:
-    """A branch or bookmark name as Mercurial allows it."""
-    if (not ref or ref != ref.strip() or len(ref.encode("utf-8")) > 255
-            or any(c in ref for c in ":\0\r\n") or ref.isdigit() or ref in (".", "null", "tip")):
-        raise UserError(f"invalid branch or bookmark name {ref!r}")
-    return ref
-
-
-def protect(full_name: str, ref: str, allow: list[str]) -> None:
-    """Protect a branch/bookmark; the allow-list replaces any previous one."""
-    check_ref_name(ref)
-    if not allow:
-        raise UserError("protect needs at least one --allow SUBJECT")
-    with write_transaction():
-        repo = get_repo(full_name)
-        subjects = {get_subject(s).id: get_subject(s) for s in allow}
-        row, _ = ProtectedRef.get_or_create(repository=repo, name=ref)
-        ProtectedRefAllow.delete().where(ProtectedRefAllow.ref == row).execute()
-        for who in subjects.values():
-            ProtectedRefAllow.create(ref=row, subject=who)
-        _bump_settings(repo)
-
-
-def unprotect(full_name: str, ref: str) -> None:
-    with write_transaction():
-        repo = get_repo(full_name)
-        deleted = ProtectedRef.delete().where(
-            (ProtectedRef.repository == repo) & (ProtectedRef.name == ref)
-        ).execute()
-        if not deleted:
-            raise UserError(f"{ref!r} is not protected in {repo.full_name}")
-        _bump_settings(repo)
-
-
-def list_protected(repo: Repository) -> list[tuple[str, list[str]]]:
-    """``[(ref, [subject labels])]`` for a repository."""
-    result = []
-    for ref in ProtectedRef.select().where(ProtectedRef.repository == repo.id).order_by(ProtectedRef.name):
-        allowed = ProtectedRefAllow.select(ProtectedRefAllow, Owner).join(Owner).where(ProtectedRefAllow.ref == ref)
-        result.append((ref.name, sorted(subject_label(a.subject) for a in allowed)))
-    return result

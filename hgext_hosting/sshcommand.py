@@ -33,11 +33,12 @@ This module is the shared filter, so that the two cannot drift apart:
     exactly ``hg -R ABS serve --stdio``, which Mercurial itself also insists on
     (``dispatch.py``: "potentially unsafe serve --stdio invocation").
 
-:func:`authorize_read`
-    Looks the repository and the user up (needs the bound database) and
-    applies :func:`hgext_hosting.policy.may` for ``read``.  A repository the
-    user may not read is reported exactly like one that does not exist
-    (``no repository OWNER/NAME``), so SSH reveals no more than HTTP does.
+:func:`repository_path`
+    Looks the repository up for the user through the service layer
+    (:func:`hgext_hosting.service.repos.find`, ``read``; needs the bound
+    database).  A repository the user may not read, or whose directory is
+    missing, is reported exactly like one that does not exist (``no
+    repository OWNER/NAME``), so SSH reveals no more than HTTP does.
     Write permission is not decided here: the extension's hooks (and its
     ``unbundle`` wrapper, which refuses before the upload) decide it inside the
     ``hg serve`` process, with ``HG_HOSTING_USER`` as the identity.
@@ -78,8 +79,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import names, policy
-from .errors import UserError
+from . import names
+from .errors import NotFound, UserError
 
 #: What we tell a user who asked for something else.
 ACCEPTED = "hg -R OWNER/NAME serve --stdio"
@@ -108,7 +109,7 @@ def parse_command(command: str | bytes | None) -> tuple[str, str]:
     ``command`` is what the client asked to run: the SSH exec request's
     payload, or OpenSSH's ``SSH_ORIGINAL_COMMAND`` (None or empty: the client
     asked for a shell).  The names are returned as the client spelled them;
-    look them up case-insensitively (:func:`authorize_read` does).
+    look them up case-insensitively (:func:`repository_path` does).
     """
     if isinstance(command, bytes):
         try:
@@ -159,28 +160,33 @@ def split_path(path: str) -> tuple[str, str]:
         raise CommandRefused(f"invalid repository path {_show(path)}: expected OWNER/NAME") from None
 
 
-def authorize_read(user: str, owner: str, name: str):
-    """The repository row ``owner/name`` if ``user`` may read it, else UserError.
+def repository_path(site, user: str, owner: str, name: str) -> Path:
+    """The directory of ``owner/name`` if ``user`` may read it, else UserError.
 
-    Needs the site database bound (``Site.open()``).  A missing repository and
-    one that ``user`` may not read give the same message, ``no repository
-    OWNER/NAME`` (with the names as the client typed them).  An unknown
-    ``user`` is refused too: a key or forced command naming a removed user
-    must not serve even public repositories as that name.
+    Needs the site database bound (``Site.open()``).  A missing repository, one
+    that ``user`` may not read and one whose directory is missing give the same
+    message, ``no repository OWNER/NAME`` (with the names as the client typed
+    them).  An unknown ``user`` is refused too: a key or forced command naming a
+    removed user must not serve even public repositories as that name.  Both
+    SSH paths (``hg-hosting ssh-serve`` and the daemon's Conch server) ask here.
     """
-    from .repositories import get_repo  # imports mercurial.hg; only needed here
+    from .repositories import repo_dir  # imports mercurial.hg; only needed here
+    from .service import repos
+    from .service.actors import Actor
 
-    subject = policy.load_subject(user)
-    if subject is None:
-        raise UserError(f"unknown user {_show(user)}")
-    missing = UserError(f"no repository {owner}/{name}")
     try:
-        repo = get_repo(f"{owner}/{name}")
-    except UserError:
+        actor = Actor.of_user(user)
+    except NotFound:
+        raise UserError(f"unknown user {_show(user)}") from None
+    missing = NotFound(f"no repository {owner}/{name}")
+    try:
+        repo = repos.find(actor, f"{owner}/{name}", "read")
+    except NotFound:
         raise missing from None
-    if not policy.may(subject, "read", policy.load_repo_facts(repo)):
+    path = repo_dir(site, repo)
+    if not (path / ".hg").is_dir():
         raise missing
-    return repo
+    return path
 
 
 def require_enforced(site, path: Path, full_name: str, environ: Mapping[str, str]) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
-from .errors import UserError
+from .errors import Invalid
 
 #: The key types we accept, as OpenSSH names them.
 ACCEPTED_TYPES = frozenset(
@@ -31,8 +31,11 @@ ACCEPTED_TYPES = frozenset(
 MIN_RSA_BITS = 2048
 
 
-class BadKey(UserError, ValueError):
+class BadKey(Invalid, ValueError):
     """A key that cannot be registered; the message is fit for a user."""
+
+    def __init__(self, message: str, field: str = "key"):
+        super().__init__(message, field)
 
 
 @dataclass(frozen=True)

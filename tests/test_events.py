@@ -12,6 +12,7 @@ import email
 import email.policy
 import http.client
 import itertools
+import json
 import re
 import socket
 import threading
@@ -328,3 +329,33 @@ def test_a_receiver_that_never_answers_times_out(events_site, daemon, tmp_path):
         push(site, wc, full)
         ((status, error, state), *_) = wait_until(lambda: attempts(site.root / "hosting.db", hook_id), timeout=30)
         assert status is None and error == "no answer within 2 s" and state == "pending"
+
+
+def test_administrative_changes_are_audited_with_their_actor(events_site, daemon):
+    site = events_site
+    site.cli("team", "add", "auditors")
+    site.cli("team", "member-add", "auditors", "bob")
+    site.cli("repo", "create", "auditors/ledger", "--private")
+    site.cli("grant", "auditors/ledger", "carol", "read")
+    site.refuse("grant", "auditors/ledger", "nobody", "read")  # refused: nothing recorded
+    site.cli("protect", "auditors/ledger", "default", "--allow", "bob")
+    site.cli("repo", "set", "auditors/ledger", "description=Money")
+    token = site.cli("token", "create", "carol", "--label", "ci").stdout.strip()
+    assert token
+    site.cli("repo", "rename", "auditors/ledger", "auditors/books")
+    entries = site.cli_json("audit", "--limit", "8")
+    assert [(e["action"], e["target"]) for e in reversed(entries)] == [
+        ("team.add", "auditors"), ("team.member-add", "auditors"), ("repo.created", "auditors/ledger"),
+        ("grant", "auditors/ledger"), ("protect", "auditors/ledger"), ("repo.update", "auditors/ledger"),
+        ("token.create", "carol"), ("repo.renamed", "auditors/books")]
+    assert all(e["actor"].startswith("cli") and e["address"] == "local" for e in entries)
+    assert entries[0]["details"] == {"old_name": "auditors/ledger"}
+    assert not any(token in json.dumps(e) for e in entries)
+    # A change on a page is the logged-in user's, from their address.
+    alice = Browser(daemon, "alice")
+    full = "alice/audited"
+    site.cli("repo", "create", full)
+    alice.post(f"/{full}/settings", {"action": "grant", "subject": "bob", "level": "write"})
+    last = site.cli_json("audit", "--limit", "1")[0]
+    assert (last["actor"], last["action"], last["target"], last["address"]) == ("alice", "grant", full, "127.0.0.1")
+    assert last["details"] == {"subject": "bob", "level": "write"}

@@ -353,62 +353,90 @@ def auth_header(value: bytes) -> bytes:
 
 ALICE_AUTH = auth_header(basic("alice", PASSWORDS["alice"]).encode())
 
-#: name -> raw request; every one must be answered 4xx (or, for the huge header, a close)
-BAD_REQUESTS: dict[str, bytes] = {
-    "traversal-raw": raw_request(b"/../../etc/passwd"),
-    "traversal-raw-in-repo": raw_request(b"/alice/../../x"),
-    "traversal-raw-under-repo": raw_request(b"/alice/demo/../../../etc/passwd"),
-    "traversal-encoded-dots": raw_request(b"/%2e%2e/%2e%2e/etc/passwd"),
-    "traversal-encoded-slash": raw_request(b"/alice%2f..%2f..%2fetc%2fpasswd"),
-    "traversal-double-encoded": raw_request(b"/%252e%252e/%252e%252e/etc/passwd"),
-    "traversal-backslash": raw_request(b"/alice/..%5c..%5cetc%5cpasswd"),
-    "traversal-static": raw_request(b"/alice/demo/static/%2e%2e%2f%2e%2e%2fhgrc"),
-    "nul-in-path": raw_request(b"/alice/demo%00"),
-    "nul-in-file-path": raw_request(b"/alice/demo/file/tip/a.txt%00.png"),
-    "basic-not-base64": raw_request(b"/alice/demo", auth_header(b"Basic !!!not*base64!!!")),
-    "basic-no-colon": raw_request(b"/alice/demo", auth_header(b"Basic " + base64.b64encode(b"alice"))),
-    "basic-wrong-scheme": raw_request(b"/alice/demo", auth_header(b"Bearer abcdef")),
-    "basic-5000-chars": raw_request(b"/alice/demo", auth_header(b"Basic " + b"QUFB" * 1250)),
-    "basic-control-chars": raw_request(b"/alice/demo", auth_header(b"Basic " + base64.b64encode(b"ali\x01ce:pw"))),
-    "header-100k": raw_request(b"/alice/demo", b"X-Big: " + b"a" * 100_000 + b"\r\n"),
-    "headers-40k-total": raw_request(b"/alice/demo", b"".join(b"X-Big-%d: %s\r\n" % (i, b"a" * 4000)
+#: The one-line plain-text answers of the daemon's own edge (status line reason = body).
+MALFORMED_PATH = "400 malformed request path"
+NOT_UTF8_PATH = "400 the request path is not UTF-8"
+BAD_QUERY = "400 malformed query string"
+#: Twisted's own refusal of what it cannot parse: a bare ``400 Bad Request``, no body.
+TWISTED_400 = "400 Bad Request"
+
+
+def edge(status: str) -> tuple[str, bytes]:
+    """A refusal of the daemon's edge: the status line's reason is the whole one-line body."""
+    return status, status.split(" ", 1)[1].encode() + b"\n"
+
+
+#: hgweb's HTML error page for an unknown command: the body holds this (chunked), not only this.
+HGWEB_PAGE = b"method not found"
+
+#: name -> (raw request, the status line after ``HTTP/1.1 ``, the exact body; for HGWEB_PAGE a
+#: line of the body).  ``None, None``: Twisted closes the connection without a word.
+BAD_REQUESTS: dict[str, tuple[bytes, str | None, bytes | None]] = {
+    "traversal-raw": (raw_request(b"/../../etc/passwd"), *edge(MALFORMED_PATH)),
+    "traversal-raw-in-repo": (raw_request(b"/alice/../../x"), *edge(MALFORMED_PATH)),
+    "traversal-raw-under-repo": (raw_request(b"/alice/demo/../../../etc/passwd"), *edge(MALFORMED_PATH)),
+    "traversal-encoded-dots": (raw_request(b"/%2e%2e/%2e%2e/etc/passwd"), *edge(MALFORMED_PATH)),
+    "traversal-encoded-slash": (raw_request(b"/alice%2f..%2f..%2fetc%2fpasswd"), *edge(MALFORMED_PATH)),
+    # one decoding: owner "%2e%2e", a valid-looking name that does not exist: hidden as a private one
+    "traversal-double-encoded": (raw_request(b"/%252e%252e/%252e%252e/etc/passwd"),
+                                 *edge("401 authorization required")),
+    "traversal-backslash": (raw_request(b"/alice/..%5c..%5cetc%5cpasswd"), *edge(MALFORMED_PATH)),
+    "traversal-static": (raw_request(b"/alice/demo/static/%2e%2e%2f%2e%2e%2fhgrc"), *edge(MALFORMED_PATH)),
+    "nul-in-path": (raw_request(b"/alice/demo%00"), *edge(MALFORMED_PATH)),
+    "nul-in-file-path": (raw_request(b"/alice/demo/file/tip/a.txt%00.png"), *edge(MALFORMED_PATH)),
+    "basic-not-base64": (raw_request(b"/alice/demo", auth_header(b"Basic !!!not*base64!!!")),
+                       *edge("400 the Basic credentials are not valid base64 UTF-8")),
+    "basic-no-colon": (raw_request(b"/alice/demo", auth_header(b"Basic " + base64.b64encode(b"alice"))),
+                     *edge("400 the Basic credentials are not user:password")),
+    "basic-wrong-scheme": (raw_request(b"/alice/demo", auth_header(b"Bearer abcdef")),
+                         *edge("400 expected HTTP Basic credentials")),
+    "basic-5000-chars": (raw_request(b"/alice/demo", auth_header(b"Basic " + b"QUFB" * 1250)),
+                       *edge("400 expected HTTP Basic credentials")),
+    "basic-control-chars": (raw_request(b"/alice/demo", auth_header(b"Basic " + base64.b64encode(b"ali\x01ce:pw"))),
+                          *edge("400 the Basic credentials are not user:password")),
+    "header-100k": (raw_request(b"/alice/demo", b"X-Big: " + b"a" * 100_000 + b"\r\n"), None, None),
+    "headers-40k-total": (raw_request(b"/alice/demo", b"".join(b"X-Big-%d: %s\r\n" % (i, b"a" * 4000)
                                                              for i in range(10))),
-    "path-not-utf8": raw_request(b"/alice/%ff"),
-    "file-path-not-utf8": raw_request(b"/alice/demo/file/tip/%ff%fe"),
-    "query-not-utf8-encoded": raw_request(b"/alice/demo?cmd=capabilities&x=%ff"),
-    "query-not-utf8-page": raw_request(b"/alice/demo/log?rev=%ff%fe"),
-    "query-not-utf8-raw": raw_request(b"/alice/demo?cmd=\xff\xfe"),
-    "uri-10k": raw_request(b"/alice/" + b"a" * 10_000),
-    "post-bad-content-length": raw_request(b"/-/login", b"Content-Length: abc\r\n", b"POST"),
-    "login-without-csrf": raw_request(
+                          TWISTED_400, b""),
+    "path-not-utf8": (raw_request(b"/alice/%ff"), *edge(NOT_UTF8_PATH)),
+    "file-path-not-utf8": (raw_request(b"/alice/demo/file/tip/%ff%fe"), *edge(NOT_UTF8_PATH)),
+    "query-not-utf8-encoded": (raw_request(b"/alice/demo?cmd=capabilities&x=%ff"), *edge(BAD_QUERY)),
+    "query-not-utf8-page": (raw_request(b"/alice/demo/log?rev=%ff%fe"), *edge(BAD_QUERY)),
+    "query-not-utf8-raw": (raw_request(b"/alice/demo?cmd=\xff\xfe"), TWISTED_400, b""),
+    "uri-10k": (raw_request(b"/alice/" + b"a" * 10_000), *edge("414 request URI too long")),
+    "post-bad-content-length": (raw_request(b"/-/login", b"Content-Length: abc\r\n", b"POST"), TWISTED_400, b""),
+    "login-without-csrf": (raw_request(
         b"/-/login", b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 33\r\n", b"POST",
-        b"user=alice&password=alice-pw-1&x="),
-    "unbundle-get-anonymous": raw_request(b"/alice/demo?cmd=unbundle"),
-    "unbundle-get-alice": raw_request(b"/alice/demo?cmd=unbundle", ALICE_AUTH),
-    "unknown-cmd-anonymous": raw_request(b"/alice/demo?cmd=frobnicate"),
-    "unknown-cmd-alice": raw_request(b"/alice/demo?cmd=frobnicate", ALICE_AUTH),
-    "json-pushes-bad-id": raw_request(b"/alice/demo/json-pushes?startID=abc"),
-    "unknown-hosting-page": raw_request(b"/-/../etc"),
+        b"user=alice&password=alice-pw-1&x="), *edge("403 the login form has expired; reload and try again")),
+    "unbundle-get-anonymous": (raw_request(b"/alice/demo?cmd=unbundle"), *edge("401 authorization required to push")),
+    # hgweb's wire answer: the return code 0, then the reason
+    "unbundle-get-alice": (raw_request(b"/alice/demo?cmd=unbundle", ALICE_AUTH),
+                           "405 push requires POST request", b"0\npush requires POST request\n"),
+    # an unknown command may write, as far as the daemon knows: anonymous must log in first
+    "unknown-cmd-anonymous": (raw_request(b"/alice/demo?cmd=frobnicate"), *edge("401 authorization required to push")),
+    "unknown-cmd-alice": (raw_request(b"/alice/demo?cmd=frobnicate", ALICE_AUTH), "400 method not found", HGWEB_PAGE),
+    "json-pushes-bad-id": (raw_request(b"/alice/demo/json-pushes?startID=abc"), "400 Bad Request",
+                           b'{"error": "startID must be an integer from -9223372036854775808 to 9223372036854775807"}\n'),
+    "unknown-hosting-page": (raw_request(b"/-/../etc"), *edge(MALFORMED_PATH)),
 }
 
 
-def test_bad_requests_answered_4xx(shared):
-    """Each of 31 malformed requests (path traversal raw and encoded, NUL, malformed Basic headers, huge headers, non-UTF-8 path and query, a 10 KB URI, a bad Content-Length, a login without CSRF, GET unbundle, unknown commands) is answered 4xx — the 100 KB header line by Twisted closing the connection — with no traceback nor site path in the body; then the daemon still serves a clone and its log has no traceback."""
+def test_bad_requests_answered_exactly(shared):
+    """Each of 31 malformed requests (path traversal raw and encoded, NUL, malformed Basic headers, huge headers, non-UTF-8 path and query, a 10 KB URI, a bad Content-Length, a login without CSRF, GET unbundle, unknown commands) gets its exact status line and body (BAD_REQUESTS) — the 100 KB header line: Twisted closes the connection unanswered — with no traceback nor site path in it; then the daemon still serves a clone and its log has no traceback."""
     leaks = (str(shared.site.root), str(shared.root), "/work/", "site-packages")
     problems = []
-    for name, data in BAD_REQUESTS.items():
+    for name, (data, status, body) in BAD_REQUESTS.items():
         response = raw_exchange(shared.daemon.port, data)
-        status_line, _, _ = response.partition(b"\r\n")
-        print(f"{name}: {status_line.decode('latin-1') or '(closed without a response)'}")
-        if name == "header-100k" and response == b"":
-            continue  # Twisted: a header line over 16 KiB closes the connection unanswered
-        parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            problems.append(f"{name}: no HTTP response: {response[:100]!r}")
-            continue
-        status = int(parts[1])
-        if not 400 <= status < 500:
-            problems.append(f"{name}: answered {status_line.decode('latin-1')}")
+        head, _, got_body = response.partition(b"\r\n\r\n")
+        got_status = head.partition(b"\r\n")[0].decode("latin-1").removeprefix("HTTP/1.1 ")
+        if status is None:
+            expected = response == b""
+        elif body is HGWEB_PAGE:
+            expected = got_status == status and HGWEB_PAGE in got_body
+        else:
+            expected = (got_status, got_body) == (status, body)
+        if not expected:
+            problems.append(f"{name}: expected {status} {body!r}, got {response[:300]!r}")
         for needle in ("Traceback", *leaks):
             if needle.encode() in response:
                 problems.append(f"{name}: the response contains {needle!r}")
@@ -434,22 +462,44 @@ def test_batch_cannot_smuggle_a_write(shared):
     assert "evil" not in marks.stdout.split()
 
 
-def test_malformed_wire_arguments_answered_4xx(shared):
-    """Malformed arguments of read-only wire commands (non-hex nodes, undecodable bytes, a garbage batch) are answered 4xx without a traceback in the daemon's log (a daemon of its own on the shared site)."""
-    daemon = Daemon(shared.site)
-    try:
-        requests = [
-            raw_request(b"/alice/demo?cmd=known&nodes=zz"),
-            raw_request(b"/alice/demo?cmd=known", b"X-HgArg-1: nodes=%ff\r\n"),
-            raw_request(b"/alice/demo?cmd=between&pairs=xx"),
-            raw_request(b"/alice/demo?cmd=batch", b"X-HgArg-1: cmds=garbage\r\n"),
-            raw_request(b"/alice/demo?cmd=getbundle", b"X-HgArg-1: heads=zz&common=qq\r\n"),
-        ]
-        statuses = [raw_exchange(daemon.port, r).split(b" ", 2)[1] for r in requests]
-        log = daemon.log()
-    finally:
-        daemon.stop()
-    assert all(s.startswith(b"4") for s in statuses), statuses
+def dechunk(body: bytes) -> bytes:
+    """The payload of a chunked body."""
+    payload = b""
+    while True:
+        size, _, rest = body.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            return payload
+        payload, body = payload + rest[:n], rest[n + 2:]
+
+
+def wait_for_log(daemon: Daemon, predicate, what: str, timeout: float = 30) -> str:
+    """The daemon's log once ``predicate(log)`` holds (the daemon wrote what we wait for)."""
+    deadline = time.monotonic() + timeout
+    while not predicate(log := daemon.log()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log[-3000:]}"
+        time.sleep(0.05)
+    return log
+
+
+def test_malformed_wire_arguments_answered_400(shared):
+    """Malformed arguments of read-only wire commands (non-hex nodes, undecodable bytes, a garbage batch) are each answered ``400 malformed request`` with that one line, and the daemon logs one ``hgweb refused`` line for each, no traceback."""
+    requests = [
+        raw_request(b"/alice/demo?cmd=known&nodes=zz"),
+        raw_request(b"/alice/demo?cmd=known", b"X-HgArg-1: nodes=%ff\r\n"),
+        raw_request(b"/alice/demo?cmd=between&pairs=xx"),
+        raw_request(b"/alice/demo?cmd=batch", b"X-HgArg-1: cmds=garbage\r\n"),
+        raw_request(b"/alice/demo?cmd=getbundle", b"X-HgArg-1: heads=zz&common=qq\r\n"),
+    ]
+    offset = len(shared.daemon.log())
+    for data in requests:
+        head, _, body = raw_exchange(shared.daemon.port, data).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 malformed request\r\n"), head
+        assert dechunk(body) == b"malformed request\n"
+    # the access log line of the last request is written once it was answered: all are logged
+    log = wait_for_log(shared.daemon, lambda text: "GET /alice/demo?cmd=getbundle HTTP/1.1\" 400" in text[offset:],
+                       "the access log line of the last request")[offset:]
+    assert log.count("hgweb refused /alice/demo: ") == len(requests), log
     assert "Traceback" not in log
 
 
@@ -605,8 +655,9 @@ def test_sigterm_lets_a_large_clone_finish(big_site, tmp_path):
             assert daemon.proc.poll() is None, f"the daemon exited during a clone:\n{daemon.log()}"
             assert time.monotonic() < deadline, daemon.log()
             time.sleep(0.05)
+        # A marker request served after the drain began: the daemon is still up, draining. That
+        # it stays up until the clone ends is shown by the clone completing intact below.
         assert status_of(daemon, "/healthz") == 503
-        time.sleep(0.5)
         assert daemon.proc.poll() is None, "the daemon did not wait for the clone"
         client.send_signal(signal.SIGCONT)
         _, err = client.communicate(timeout=120)

@@ -190,14 +190,20 @@ def test_may_push_ref(subject, allow, expected):
 _LOAD_SCRIPT = r"""
 import json, sys
 from hgext_hosting import policy, pushdb, repositories
+from hgext_hosting.service import repos
+from hgext_hosting.service.actors import Actor, repo_facts
 from hgext_hosting.site import Site
 
 site = Site(sys.argv[1]).open()
 hook_conn = site.push_connection(site.ui)  # the hooks' own sqlite3 connection
 out = []
 for user_name, repo_name in json.loads(sys.argv[2]):
-    subject = policy.load_subject(user_name)
-    facts = policy.load_repo_facts(repositories.get_repo(repo_name))
+    subject = pushdb.load_subject(pushdb.models_connection(), user_name)
+    repo = repositories.get_repo(repo_name)
+    facts = repo_facts(repo)
+    # the listings' SQL form of the read rule agrees with level_of
+    listed = repos.readable(Actor(subject)).where(repositories.Repository.id == repo.id).exists()
+    assert listed == (policy.level_of(subject, facts) is not None), (user_name, repo_name)
     row = pushdb.find_repository(hook_conn, *repo_name.split("/"))
     assert isinstance(hook_conn, pushdb.SqliteConnection)
     assert pushdb.load_subject(hook_conn, user_name) == subject, (user_name, repo_name)

@@ -2,10 +2,12 @@
 
 Two front ends serve ``hg -R OWNER/NAME serve --stdio`` and nothing else:
 
-* the daemon's SSH server (``daemon/ssh.py``), run here by
-  ``tests/ssh_server_runner.py`` in a subprocess on port 0 (the runner prints
-  the bound port); the real ``ssh`` client connects with keys made by
-  ``ssh-keygen`` and registered with ``hg-hosting ssh-key add``;
+* the daemon's SSH server (``daemon/ssh.py``), run here as an administrator
+  runs it, ``hg-hosting serve --ssh 127.0.0.1:0`` (the console script in a
+  subprocess; the bound port is read from its ``serving SSH on`` log line);
+  the real ``ssh`` client connects with keys made by ``ssh-keygen`` and
+  registered with ``hg-hosting ssh-key add``.  The session-limit test runs
+  ``tests/ssh_server_runner.py`` instead, the one way to set a limit of 1;
 * ``hg-hosting ssh-serve USER``, the OpenSSH forced command, run the way sshd
   would run it: a fake ``ssh`` given to ``hg --ssh`` runs the ``command="..."``
   of the user's ``hg-hosting ssh-authorized-keys`` line with ``sh -c`` and
@@ -185,7 +187,7 @@ def child_pids(pid: int) -> list[int]:
 
 @dataclass
 class Daemon:
-    """An SSH server subprocess (``ssh_server_runner.py``) and its bound port."""
+    """An SSH server subprocess (``hg-hosting serve --ssh`` or ``ssh_server_runner.py``) and its bound port."""
 
     proc: subprocess.Popen
     port: int
@@ -201,8 +203,23 @@ class Daemon:
                 self.proc.wait()
 
 
+def serve_ssh(site: SiteHandle, log: Path) -> Daemon:
+    """``hg-hosting serve --ssh 127.0.0.1:0``, the real CLI; wait for the line naming its port."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([HG_HOSTING, "--site", str(site.root), "serve", "--ssh", "127.0.0.1:0"],
+                                env=site.env, stdout=out, stderr=subprocess.STDOUT)
+    pattern = re.compile(r"serving SSH on ssh://127\.0\.0\.1:(\d+)/")
+    deadline = time.monotonic() + 60
+    while not (match := pattern.search(log.read_text())):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"hg-hosting serve --ssh did not start (exit {proc.wait()}):\n{log.read_text()}")
+        time.sleep(0.05)
+    return Daemon(proc, int(match.group(1)), log)
+
+
 def start_daemon(site: SiteHandle, log: Path, *extra: str) -> Daemon:
-    """Start the runner; wait for the port line it prints once it listens."""
+    """Start the runner (for its ``--max-sessions``); wait for the port line it prints once it listens."""
     proc = subprocess.Popen([sys.executable, str(RUNNER), str(site.root), "--log", str(log), *extra],
                             env=site.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
@@ -278,6 +295,12 @@ def commit_file(world: World, wc: Path, name: str) -> str:
     return match.group(1)
 
 
+def repo_log(world: World, full: str) -> list[str]:
+    """Every changeset of a site repository with its phase and bookmarks, hidden ones too."""
+    return run([HG, "log", "-R", str(world.site.repo_path(full)), "--hidden", "-T", "{node} {phase} {bookmarks}\n"],
+               world.site.env).stdout.splitlines()
+
+
 def push_count(world: World) -> int:
     """How many push records the site holds (read-only look into the database)."""
     with contextlib.closing(sqlite3.connect(f"file:{world.site.root / 'hosting.db'}?mode=ro", uri=True)) as db:
@@ -287,19 +310,21 @@ def push_count(world: World) -> int:
 #: The site, made through the library in one process (the CLI has its own tests).
 SETUP = """
 import sys
-from hgext_hosting import accounts, repositories
+from hgext_hosting.service import accounts, repos
+from hgext_hosting.service.actors import Actor
 from hgext_hosting.site import Site
 
 root, keys = sys.argv[1], sys.argv[2]
 site = Site(root)
 site.init()
+console = Actor.of_console()
 for user in ("alice", "bob", "carol"):
-    accounts.add_user(user, email=user + "@example.org")
-    accounts.add_ssh_key(user, open(keys + "/" + user + ".pub").read())
-accounts.add_ssh_key("alice", open(keys + "/alice2.pub").read())
-repositories.create_repo(site, "alice/demo", description="public")
-repositories.create_repo(site, "alice/secret", private=True)
-repositories.grant("alice/demo", "bob", "write")
+    accounts.add_user(console, user, email=user + "@example.org")
+    accounts.add_ssh_key(console, user, open(keys + "/" + user + ".pub").read())
+accounts.add_ssh_key(console, "alice", open(keys + "/alice2.pub").read())
+repos.create(site, console, "alice/demo", description="public")
+repos.create(site, console, "alice/secret", private=True)
+repos.grant(console, "alice/demo", "bob", "write")
 """
 
 
@@ -313,7 +338,7 @@ def world(tmp_path_factory) -> Iterator[World]:
     key_dir.mkdir()
     keys = {name: make_key(key_dir, name) for name in (*USERS, "alice2", "stranger")}
     run([sys.executable, "-c", SETUP, str(site.root), str(key_dir)], site.env)
-    daemon = start_daemon(site, tmp / "daemon.log")
+    daemon = serve_ssh(site, tmp / "daemon.log")
     try:
         world = World(site, tmp, keys, daemon)
         # a client repository with one changeset nobody pushes: for pushes that must be refused
@@ -322,6 +347,8 @@ def world(tmp_path_factory) -> Iterator[World]:
         yield world
     finally:
         daemon.stop()
+    log = daemon.log.read_text()
+    assert daemon.proc.returncode == 0 and "Traceback" not in log, log[-3000:]
 
 
 # -- the daemon's SSH server -----------------------------------------------------------
@@ -362,13 +389,14 @@ def test_unregistered_key_is_refused(world):
 
 @needs_ssh
 def test_user_without_write_cannot_push(world):
-    """carol may read the public repository, but her push is refused with the reason, before upload."""
-    before = push_count(world)
+    """carol may read the public repository, but her push is refused with the reason, before
+    upload, and neither the repository nor the push records change."""
+    before = (push_count(world), repo_log(world, "alice/demo"))
     proc = world.hg("carol", "push", "-f", world.url("alice/demo"), cwd=world.seed)
     assert proc.returncode != 0
     assert "carol may not write to alice/demo" in proc.stdout + proc.stderr
     assert "adding changesets" not in proc.stdout + proc.stderr
-    assert push_count(world) == before
+    assert (push_count(world), repo_log(world, "alice/demo")) == before
 
 
 @needs_ssh
@@ -439,8 +467,8 @@ def test_host_key_is_the_sites(world):
 @needs_ssh
 def test_client_disconnect_ends_the_hg_child(world):
     """When the client goes away mid-session, the server's hg child is terminated."""
-    runner = world.daemon.proc.pid
-    before = set(child_pids(runner))
+    server = world.daemon.proc.pid
+    before = set(child_pids(server))
     client = subprocess.Popen([*world.ssh_argv("alice"), "hg@127.0.0.1", "hg -R alice/demo serve --stdio"],
                               env=world.site.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
@@ -449,12 +477,12 @@ def test_client_disconnect_ends_the_hg_child(world):
         client.stdin.write(b"hello\n")
         client.stdin.flush()
         assert client.stdout.readline().strip().isdigit()  # hg answered: the child runs
-        started = set(child_pids(runner)) - before
+        started = set(child_pids(server)) - before
         assert started, "no hg child was seen"
     finally:
         client.kill()
         client.wait()
-    wait_for(lambda: not (set(child_pids(runner)) & started), what="the hg child to exit")
+    wait_for(lambda: not (set(child_pids(server)) & started), what="the hg child to exit")
 
 
 def hold_session(world: World, key: str, port: int) -> subprocess.Popen:
@@ -585,12 +613,12 @@ def test_forced_command_clone_push_pull(world):
 
 @needs_ssh
 def test_forced_command_without_write_cannot_push(world):
-    """carol's push through ssh-serve is refused with the reason, and nothing is recorded."""
-    before = push_count(world)
+    """carol's push through ssh-serve is refused with the reason, and neither the repository nor the push records change."""
+    before = (push_count(world), repo_log(world, "alice/demo"))
     proc = run([HG, "push", "-f", "--ssh", forced_ssh(world, "carol"), "ssh://x/alice/demo"], world.site.env,
                cwd=world.seed, check=False)
     assert proc.returncode != 0 and "carol may not write to alice/demo" in proc.stdout + proc.stderr
-    assert push_count(world) == before
+    assert (push_count(world), repo_log(world, "alice/demo")) == before
 
 
 @needs_ssh
