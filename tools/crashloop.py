@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                 except TrialFailed as e:
                     failures.append(str(e))
                     tally[(mode, transport, "FAILED")] += 1
-                    outcome = "FAILED"
+                    outcome = f"FAILED: {str(e)[:500]}"
                 print(f"trial {i + 1}/{args.trials}: {mode}/{transport}: {outcome}", flush=True)
         finally:
             if lab.events:
