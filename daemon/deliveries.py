@@ -48,7 +48,7 @@ from twisted.internet import defer, endpoints, protocol, task, threads
 from twisted.internet import reactor as default_reactor
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -179,6 +179,14 @@ class _FirstBytes(protocol.Protocol):
             self.done.callback(self.data)
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False  # no "Starting factory" / "Stopping factory" lines per delivery
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietFactory
+
+
 def signature(secret: str, body: bytes) -> str:
     """The ``X-HgHosting-Signature-256`` value of ``body``."""
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
@@ -200,7 +208,7 @@ class DeliveryService(service.Service):
         self._base_url = base_url  # a callable: the daemon's URL is known once it listens
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.pool = ThreadPool(minthreads=1, maxthreads=4, name="hosting-deliveries")
-        self.http_pool = HTTPConnectionPool(self.reactor, persistent=False)
+        self.http_pool = _QuietPool(self.reactor, persistent=False)
         self.in_flight: dict[int, defer.Deferred] = {}
         self._loop: task.LoopingCall | None = None
         self._ticking = False

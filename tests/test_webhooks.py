@@ -49,6 +49,7 @@ def daemon(events_site: SiteHandle):
     yield d
     d.stop()
     assert "Traceback" not in d.log(), d.log()[-3000:]
+    assert "Starting factory" not in d.log()  # no log line per delivery
 
 
 @pytest.fixture
