@@ -62,6 +62,8 @@ log = Logger()
 POLL_SECONDS = 0.2
 #: Deliveries in flight per process.
 MAX_IN_FLIGHT = 16
+#: How often events whose deliveries were all pruned are deleted.
+PRUNE_SECONDS = 60.0
 #: Bytes of a receiver's answer kept.
 KEEP_RESPONSE = 1024
 
@@ -213,6 +215,7 @@ class DeliveryService(service.Service):
         self._loop: task.LoopingCall | None = None
         self._ticking = False
         self._again = False
+        self._pruned = 0.0
 
     # -- life --------------------------------------------------------------------------
 
@@ -272,8 +275,11 @@ class DeliveryService(service.Service):
         d.addBoth(done)
 
     def _round(self, busy: set[int]) -> list[outbox.Claimed]:
-        """In a pool thread: fan out new events, claim due deliveries."""
+        """In a pool thread: fan out new events, claim due deliveries (and now and then prune)."""
         outbox.fan_out(self._push_payload, bool(self.settings.smtp))
+        if time.monotonic() - self._pruned > PRUNE_SECONDS:
+            self._pruned = time.monotonic()
+            outbox.prune_events()
         room = MAX_IN_FLIGHT - len(busy)
         if room <= 0:
             return []
