@@ -314,9 +314,18 @@ class DeliveryService(service.Service):
                     self.tick()  # the next event of this repository may be due now
                 return result
 
+            d.addErrback(self._unexpected)
             d.addCallback(recorded)
             d.addErrback(lambda f: None if f.check(defer.CancelledError) else log.failure("delivery", f))
             d.addBoth(finished)
+
+    @staticmethod
+    def _unexpected(failure):
+        """A bug or surprise while delivering: logged, and counted as a failed attempt (retried later)."""
+        if failure.check(defer.CancelledError):
+            return failure
+        log.failure("delivering an event", failure)
+        return outbox.Outcome(False, error=f"internal error: {_one_line(failure.value)}")
 
     def deliver(self, c: outbox.Claimed) -> defer.Deferred:
         """Send one claimed delivery; fires with an :class:`~hgext_hosting.outbox.Outcome`."""
@@ -381,14 +390,15 @@ class DeliveryService(service.Service):
 
     def mail(self, c: outbox.Claimed) -> outbox.Outcome:
         """In a pool thread: mail a watcher about a push, if they may still read the repository."""
-        from hgext_hosting import policy
+        from hgext_hosting import policy, pushdb
         from hgext_hosting.models import Owner, Repository
+        from hgext_hosting.service.actors import repo_facts
 
         started = time.monotonic()
         repo = (Repository.select(Repository, Owner).join(Owner).where(Repository.id == c.repository_id).first()
                 if c.repository_id is not None else None)
-        subject = policy.load_subject(c.user)
-        if repo is None or subject is None or not c.email or not policy.may(subject, "read", policy.load_repo_facts(repo)):
+        subject = pushdb.load_subject(pushdb.models_connection(), c.user) if c.user else None
+        if repo is None or subject is None or not c.email or not policy.may(subject, "read", repo_facts(repo)):
             return outbox.Outcome(False, skipped=True)
         message = compose_mail(c.payload, repo.full_name, c.email, self.settings.mail_from, self.base_url())
         host, _, port = self.settings.smtp.rpartition(":") if ":" in self.settings.smtp else (self.settings.smtp, "", "25")
