@@ -9,6 +9,11 @@ Two sites, each with one repository and a daemon running:
 
 A trial pushes one new changeset locally (``hg push``, ``HG_HOSTING_USER``)
 to each site, in ABBA order; the wall time of the push process is measured.
+After a ``hooks`` push the script waits for its 3 requests and 5 mails, and
+for the daemon to have recorded them, before the next push, so that no push is
+timed while the daemon delivers (on two cores that work, and its fsyncs, would
+compete with the push).  ``--control`` configures nothing on the second site
+either (an A/A run: how far apart two equal sites measure).
 The push never waits for delivery: it only writes the event row with its push
 record.  Printed: the ratio of the medians (target <= 1.05) and, for the
 ``hooks`` site, the median latency from the push's commit to the receiver's
@@ -71,6 +76,21 @@ def make_site(work: Path, env: dict, name: str, settings: str) -> tuple[Path, Pa
     return site, wc
 
 
+def _wait_recorded(site: Path, timeout: float = 60) -> None:
+    """Until the daemon has recorded every attempt (no delivery pending or claimed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        db = sqlite3.connect(site / "hosting.db", timeout=30)
+        try:
+            (left,) = db.execute("SELECT COUNT(*) FROM delivery WHERE state = 'pending'").fetchone()
+            (fresh,) = db.execute("SELECT COUNT(*) FROM event WHERE fanned = 0").fetchone()
+        finally:
+            db.close()
+        if not left and not fresh:
+            return
+        time.sleep(0.02)
+
+
 def timed_push(site: Path, wc: Path, env: dict, i: int) -> float:
     (wc / f"f{i}.txt").write_text(f"{i}\n")
     subprocess.run([HG, "commit", "-q", "-A", "-m", f"change {i}"], cwd=wc, env=env, check=True)
@@ -84,6 +104,8 @@ def timed_push(site: Path, wc: Path, env: dict, i: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--control", action="store_true",
+                        help="configure no hook and no watcher on the second site either (an A/A run)")
     args = parser.parse_args(argv)
     from aiosmtpd.controller import Controller
 
@@ -97,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         none_site, none_wc = make_site(work, env, "none", common)
         hooks_site, hooks_wc = make_site(work, env, "hooks", common + f"smtp = 127.0.0.1:{smtp.port}\n")
         run = [HG_HOSTING, "--site", str(hooks_site)]
-        for _ in range(3):
+        for _ in range(0 if args.control else 3):
             subprocess.run([*run, "webhook", "add", "alice/demo", receiver.url, "--secret-stdin"],
                            env=env, input="k\n", text=True, check=True, capture_output=True)
-        for i in range(5):
+        for i in range(0 if args.control else 5):
             subprocess.run([*run, "user", "add", f"watcher{i}", "--email", f"w{i}@example.org"],
                            env=env, check=True, capture_output=True)
             subprocess.run([*run, "watch", "alice/demo", f"watcher{i}"], env=env, check=True, capture_output=True)
@@ -111,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             ends: list[float] = []
             timed_push(none_site, none_wc, env, 0)  # warm-up pair
             timed_push(hooks_site, hooks_wc, env, 0)
-            receiver.wait(3, timeout=30)
+            receiver.wait(0 if args.control else 3, timeout=30)
+            deadline = time.monotonic() + 60
+            while _Sink.count < (0 if args.control else 5) and time.monotonic() < deadline:
+                time.sleep(0.02)
             for t in range(1, args.trials + 1):
                 order = [("none", none_site, none_wc), ("hooks", hooks_site, hooks_wc)]
                 for kind, site, wc in (order if t % 2 else order[::-1]):
@@ -119,7 +144,18 @@ def main(argv: list[str] | None = None) -> int:
                     times[kind].append(seconds)
                     if kind == "hooks":
                         ends.append(time.time())
-                time.sleep(0.3)  # let the deliveries of this trial go before the next push
+                        # The next push starts once this one's deliveries are done, so that it
+                        # is timed alone (on 2 cores the daemon's delivery work would compete).
+                        receiver.wait(0 if args.control else 3 * (t + 1), timeout=60)
+                        deadline = time.monotonic() + 60
+                        while _Sink.count < (0 if args.control else 5 * (t + 1)) and time.monotonic() < deadline:
+                            time.sleep(0.02)
+                        _wait_recorded(hooks_site)
+            if args.control:
+                print(f"A/A: medians {statistics.median(times['none']) * 1000:.1f} ms and"
+                      f" {statistics.median(times['hooks']) * 1000:.1f} ms, ratio"
+                      f" {statistics.median(times['hooks']) / statistics.median(times['none']):.3f}")
+                return 0
             hits = receiver.wait(3 * (args.trials + 1), timeout=60)
             db = sqlite3.connect(hooks_site / "hosting.db")
             dates = {pid: datetime.datetime.fromisoformat(d).replace(tzinfo=datetime.UTC).timestamp()
