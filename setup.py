@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=9,<10", "pytest-xdist>=3.6,<4", "ruff>=0.15", "playwright>=1.65,<2",
-                 "psycopg2-binary>=2.9,<3", "aiosmtpd>=1.4,<2", "schemathesis==4.32.5"],
+                 "psycopg2-binary>=2.9,<3", "aiosmtpd>=1.4,<2", "schemathesis==4.32.5", "feedparser>=6,<7"],
         "postgresql": ["psycopg2-binary>=2.9,<3"],
     },
     entry_points={"console_scripts": ["hg-hosting = daemon.cli:main"]},

@@ -247,6 +247,8 @@ class HostingApp:
             if answer is not None:
                 return answer
         if seg[0] == "-":
+            if seg[1:] == ["admin", "audit"]:
+                return self.pages.events.audit(req, start_response)
             if len(seg) >= 2 and seg[1] == "admin":
                 return self.admin_pages.route(req, start_response, seg[2:])
             if len(seg) == 3 and seg[1] == "reset":
@@ -303,6 +305,8 @@ class HostingApp:
         row, facts, level = self.lookup(req, owner, name)
         if req.arg("cmd") is None and (not rest or rest[0] in self.pages.repo_pages):
             page = rest[0] if rest else "overview"
+            if rest[:2] == ["settings", "hooks"]:
+                page = "settings/hooks"
             if page == "json-pushes":
                 return jsonpushes.serve(req, start_response, row.id, lambda: self._open(row), rest[1:],
                                         self.repo_path(row) / ".hg" / "store" / "obsstore")

@@ -331,6 +331,19 @@ class Throttle:
             )
 
 
+def record_failed_login(user_name: str, address: str, kind: str) -> None:
+    """A wrong password or token, in the audit log (throttled attempts are not checked, nor logged)."""
+    from twisted.logger import Logger
+
+    from hgext_hosting import audit
+
+    try:
+        with write_transaction():
+            audit.record(user_name, "login.failed", user_name, address, credential=kind)
+    except Exception:  # noqa: BLE001 - a busy database must not turn a 401 into a 500
+        Logger().failure("recording a failed login")
+
+
 def trusted_networks(entries: list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """``[hosting] trusted-proxies``: addresses or networks (``10.0.0.0/8``), or UserError."""
     networks = []
@@ -463,6 +476,7 @@ class Authenticator:
             return Credential(token.user, token.scope)
         if self.throttle.reserve(user_name or BEARER_NAME, address) is None:
             return THROTTLED
+        record_failed_login(user_name or BEARER_NAME, address, "token")
         return WRONG
 
     def already_verified(self, header: str) -> bool:
@@ -493,6 +507,7 @@ class Authenticator:
             return THROTTLED
         user = accounts.check_password(user_name, password) if user_name else None
         if user is None:
+            record_failed_login(user_name, address, "password")
             return WRONG
         if user.disabled:
             return DISABLED  # counted as a failure: no probing of a disabled account

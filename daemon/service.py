@@ -58,6 +58,7 @@ from hgext_hosting import models, pushlog
 from hgext_hosting.errors import UserError
 from hgext_hosting.models import Owner, Repository
 
+from . import eventpages
 from .account_pages import redacted_log_formatter
 from .app import HostingApp, setup_hgweb
 from .auth import Authenticator, Limits, trusted_networks
@@ -599,7 +600,13 @@ def make_app(site, ssh_address: str | None = None) -> HostingApp:
     auth = Authenticator.for_site(site)
     baseui = daemon_baseui(site)
     return HostingApp(site, auth, HgwebCache(baseui), baseui,
-                      pages=lambda app: Pages(site, auth, app, ssh_address=ssh_address))
+                      pages=lambda app: _with_event_pages(Pages(site, auth, app, ssh_address=ssh_address)))
+
+
+def _with_event_pages(pages: Pages) -> Pages:
+    """``pages`` with the event pages added (the feed, watching, the webhooks page)."""
+    eventpages.install(pages)
+    return pages
 
 
 def make_http_service(site, host: str, port: int, *, ssh_address: str | None = None,
@@ -613,6 +620,16 @@ def make_http_service(site, host: str, port: int, *, ssh_address: str | None = N
                        settings=settings or Settings.from_ui(site.ui), **options)
 
 
+def _base_url(http) -> str:
+    """The daemon's own URL for links in payloads and mails (``[web] baseurl`` overrides it)."""
+    if isinstance(http, HTTPService) and http.listening is not None:
+        h = http.listening.getHost()
+        return url_of("http", h.host, h.port).rstrip("/")
+    if isinstance(http, WorkersService):
+        return url_of("http", http.host, http.port).rstrip("/")
+    return ""
+
+
 def make_service(site, http_address: tuple[str, int] | None, ssh: tuple[str, int] | None = None,
                  workers: int = 1, reactor=None, settings: Settings | None = None) -> service.MultiService:
     """The whole daemon as one service (nothing starts until it is started).
@@ -623,13 +640,19 @@ def make_service(site, http_address: tuple[str, int] | None, ssh: tuple[str, int
     models.bind(site.database())
     top = service.MultiService()
     ssh_address = f"{ssh[0]}:{ssh[1]}" if ssh else None
+    http = None
     if http_address is not None:
         if workers > 1:
-            WorkersService(site, http_address[0], http_address[1], workers, ssh_address,
-                           reactor).setServiceParent(top)
+            http = WorkersService(site, http_address[0], http_address[1], workers, ssh_address, reactor)
         else:
-            make_http_service(site, http_address[0], http_address[1], ssh_address=ssh_address, reactor=reactor,
-                              settings=settings).setServiceParent(top)
+            http = make_http_service(site, http_address[0], http_address[1], ssh_address=ssh_address,
+                                     reactor=reactor, settings=settings)
+        http.setServiceParent(top)
+    # Events (issue 14): one delivering service per daemon (the master with --workers N); the
+    # outbox claims make it safe next to other daemons on the same database.
+    from .deliveries import DeliveryService
+
+    DeliveryService(site, base_url=lambda: _base_url(http), reactor=reactor).setServiceParent(top)
     if ssh:
         from .ssh import make_ssh_service
 

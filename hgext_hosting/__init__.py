@@ -53,6 +53,17 @@ repository recovers the interrupted transaction and settles its record, with
 no administrator needed; ``hg-hosting check`` reports and ``check --repair``
 mends any difference between repositories and database.
 
+Events
+------
+
+Each push record is written with an event in the same database transaction
+(the outbox), so an event exists exactly for a push that landed.  The daemon
+delivers events, once their push is confirmed, to webhooks (``hg-hosting
+webhook add``: signed with HMAC-SHA256, retried with backoff, in order per
+repository) and, with ``smtp`` set, as mail to the repository's watchers who
+may read it (``hg-hosting watch``).  Pushes made while no daemon runs are
+delivered when one runs; a push never waits for a delivery.
+
 Configuration
 -------------
 
@@ -100,11 +111,24 @@ In the site ``hgrc``::
   # invite (with a link from `hg-hosting invite create`) or open (anyone;
   # with mail set up the address is confirmed by a mailed link first)
   registration = closed
-  # outgoing mail (password reset links, address checks): an SMTP relay
-  # HOST:PORT that needs no login and the From address; links in mails start
-  # with [web] baseurl (the site's public URL); mail is off unless all three are set
+  # outgoing mail (password reset links, address checks, watchers' push mails):
+  # an SMTP relay HOST:PORT that needs no login and the From address; links in
+  # mails, webhook payloads and feeds start with [web] baseurl (the site's public
+  # URL); account mail is off unless all three are set
   smtp =
   mail-from =
+  # hosts, addresses or networks (10.0.0.0/8) webhooks may reach although they
+  # are loopback, private or link-local (refused otherwise)
+  webhook-allow =
+  # seconds a webhook request may take
+  webhook-timeout = 10
+  # seconds before the first retry of a failed delivery (doubling up to the
+  # maximum), before a delivery is given up, and before a hook failing without a
+  # success is disabled
+  webhook-retry-first = 5
+  webhook-retry-max = 3600
+  webhook-give-up = 86400
+  webhook-disable-after = 259200
 
 The site ``hgrc`` must keep ``[extensions] hosting =``, and every repository's
 ``.hg/hgrc`` must include the site ``hgrc``: a process that does not load the

@@ -510,6 +510,67 @@ def cmd_ssh_authorized_keys(args, site: Site) -> int:
 # -- the parser -------------------------------------------------------------------
 
 
+# -- events (issue 14): thin wrappers over hgext_hosting.webhooks and hgext_hosting.audit --------
+
+
+def cmd_webhook(args, site: Site) -> int:
+    from . import audit, webhooks
+
+    actor, address = audit.cli_actor(), "local"
+    if args.action == "add":
+        secret = _password_from_stdin() if args.secret_stdin else None
+        hook, secret = webhooks.add(args.target, args.url, secret, args.events, actor, address)
+        print(f"added webhook {hook.id} for {webhooks.label(hook)}: {hook.url}")
+        if not args.secret_stdin:
+            print(f"secret (shown once): {secret}")
+    elif args.action == "list":
+        rows = [webhooks.as_json(h) for h in webhooks.hooks_of(args.target)]
+        _emit(args, rows, [("ID", itemgetter("id")), ("TARGET", itemgetter("target")), ("URL", itemgetter("url")),
+                           ("EVENTS", itemgetter("events")), ("ACTIVE", itemgetter("active")),
+                           ("STATE", lambda r: r["disabled_reason"] or (
+                               f"failing since {r['failing_since']}" if r["failing_since"] else "ok"))])
+    elif args.action == "remove":
+        webhooks.remove(args.id, actor, address)
+        print(f"removed webhook {args.id}")
+    elif args.action in ("enable", "disable"):
+        webhooks.set_active(args.id, args.action == "enable", actor, address)
+        print(f"{args.action}d webhook {args.id}")
+    elif args.action == "deliveries":
+        if args.limit < 1:
+            raise UserError("--limit must be at least 1")
+        _emit(args, webhooks.deliveries(args.id, args.limit),
+              [("DATE", itemgetter("date")), ("DELIVERY", itemgetter("delivery")), ("EVENT", itemgetter("event")),
+               ("REPOSITORY", itemgetter("repository")), ("STATUS", lambda r: r["status"] or r["error"]),
+               ("MS", itemgetter("duration_ms")), ("STATE", itemgetter("state"))])
+    elif args.action == "redeliver":
+        webhooks.redeliver(args.delivery, actor, address)
+        print(f"delivery {args.delivery} will be sent again")
+    return 0
+
+
+def cmd_watch(args, site: Site) -> int:
+    from . import audit, webhooks
+
+    if args.command == "watch":
+        done = webhooks.watch(args.repo, args.user, audit.cli_actor(), "local")
+        print(f"{args.user} {'now watches' if done else 'already watches'} {args.repo}")
+    else:
+        done = webhooks.unwatch(args.repo, args.user, audit.cli_actor(), "local")
+        print(f"{args.user} {'no longer watches' if done else 'did not watch'} {args.repo}")
+    return 0
+
+
+def cmd_audit(args, site: Site) -> int:
+    from . import audit
+
+    if args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    _emit(args, audit.entries(args.limit),
+          [("DATE", itemgetter("date")), ("ACTOR", itemgetter("actor")), ("ACTION", itemgetter("action")),
+           ("TARGET", itemgetter("target")), ("ADDRESS", itemgetter("address"))])
+    return 0
+
+
 def build_parser(serve: Callable[[Callable[..., argparse.ArgumentParser]], None] | None = None
                  ) -> argparse.ArgumentParser:
     """The CLI's parser; ``serve(command)`` adds the ``serve`` command (``daemon.cli.add_serve``)."""
@@ -672,6 +733,32 @@ def build_parser(serve: Callable[[Callable[..., argparse.ArgumentParser]], None]
     invites = actions(command("invite", cmd_invite, "invite people to sign up ([hosting] registration = invite)"))
     p = invites.add_parser("create", help="print a single-use sign-up link /-/join/TOKEN (valid 7 days)")
     p.add_argument("--email", default=None, help="the address it is meant for (filled in on the form)")
+    hooks = actions(command("webhook", cmd_webhook, "manage webhooks (per repository or per owner)"))
+    p = hooks.add_parser("add", help="add a webhook to OWNER/NAME, or to OWNER (all its repositories)")
+    p.add_argument("target", metavar="OWNER[/NAME]")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("--secret-stdin", action="store_true", help="read the signing secret from stdin"
+                   " (default: a random one, printed once)")
+    p.add_argument("--events", default="push,repository", metavar="KINDS", help="push, repository (comma-separated)")
+    listing(p := hooks.add_parser("list", help="list webhooks"))
+    p.add_argument("target", nargs="?", metavar="OWNER[/NAME]")
+    for action, helptext in (("remove", "remove a webhook"), ("enable", "enable a (disabled) webhook"),
+                             ("disable", "stop delivering to a webhook")):
+        hooks.add_parser(action, help=helptext).add_argument("id", metavar="ID")
+    p = hooks.add_parser("deliveries", help="the last deliveries to a webhook, newest first")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--limit", type=int, default=50, metavar="N")
+    listing(p)
+    hooks.add_parser("redeliver", help="send a delivery again (same delivery id)").add_argument(
+        "delivery", metavar="DELIVERY")
+    for name, helptext in (("watch", "USER gets a mail after each push to OWNER/NAME"),
+                           ("unwatch", "USER no longer gets mails about OWNER/NAME")):
+        p = command(name, cmd_watch, helptext)
+        p.add_argument("repo", metavar="OWNER/NAME")
+        p.add_argument("user", metavar="USER")
+    p = command("audit", cmd_audit, "show the audit log, newest first")
+    p.add_argument("--limit", type=int, default=50, metavar="N")
+    listing(p)
     return parser
 
 

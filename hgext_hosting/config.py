@@ -40,9 +40,11 @@ configitem(b"hosting", b"signup-throttle", default=10)
 #: Who may make themselves an account: ``closed`` (only admins create users),
 #: ``invite`` (with a site admin's single-use link) or ``open`` (anyone).
 configitem(b"hosting", b"registration", default=b"closed")
-#: Outgoing mail (password resets, address checks): ``HOST:PORT`` of an SMTP server
-#: (plain, no login; empty: no mail) and the ``From`` address.  Links in mails start
-#: with Mercurial's ``[web] baseurl``; mail is off unless all three are set.
+#: Outgoing mail (password resets, address checks, watchers' push mails): ``HOST:PORT``
+#: of an SMTP server (plain, no login; empty: no mail) and the ``From`` address.  Links
+#: in mails, payloads and feeds start with Mercurial's ``[web] baseurl`` (the site's
+#: public URL); account mail is off unless all three are set, watchers' mail unless
+#: ``smtp`` and ``mail-from`` are (their links then fall back to the daemon's address).
 configitem(b"hosting", b"smtp", default=b"")
 configitem(b"hosting", b"mail-from", default=b"")
 #: Seconds a stopping daemon waits for requests and SSH sessions in flight (it stops
@@ -56,6 +58,19 @@ configitem(b"hosting", b"http-max-per-address", default=128)
 configitem(b"hosting", b"ssh-login-seconds", default=30)
 #: Open SSH connections one client address may hold (0: no limit).
 configitem(b"hosting", b"ssh-max-per-address", default=16)
+#: Events (:mod:`hgext_hosting.outbox`, :mod:`daemon.deliveries`).  Webhook receivers at
+#: loopback, private, link-local or metadata addresses are refused unless listed here
+#: (host names as written in the URL, addresses, or networks such as 10.0.0.0/8).
+configitem(b"hosting", b"webhook-allow", default=list)
+#: Seconds a webhook request may take (connecting, sending, the answer).
+configitem(b"hosting", b"webhook-timeout", default=10.0)
+#: The first retry after a failure (seconds); each next one waits twice as long, at most
+#: ``webhook-retry-max``; a delivery failing for ``webhook-give-up`` seconds is given up.
+configitem(b"hosting", b"webhook-retry-first", default=5.0)
+configitem(b"hosting", b"webhook-retry-max", default=3600.0)
+configitem(b"hosting", b"webhook-give-up", default=86400.0)
+#: A hook failing without a success for this long (seconds) is disabled.
+configitem(b"hosting", b"webhook-disable-after", default=259200.0)
 
 _registered = False
 

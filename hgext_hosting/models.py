@@ -301,6 +301,112 @@ class LoginThrottle(BaseModel):
     expires = pw.BigIntegerField(index=True)
 
 
+class Event(BaseModel):
+    """The outbox: something that happened, to be told to webhooks and watchers.
+
+    A push event is written by the push path (:func:`hgext_hosting.pushdb.insert_event`)
+    in the database transaction of its push record, and goes with it: deleted with the
+    push (a push that did not land has no event), deliverable only once the push is
+    ``done``.  Repository events (created, renamed, ...) are written in the transaction
+    of the change.  ``repository_id`` is no foreign key: a deleted repository's event
+    outlives it.  ``fanned``: the daemon has made its :class:`Delivery` rows
+    (:mod:`hgext_hosting.outbox`); ``payload`` is the JSON it built then.
+    """
+
+    repository_id = pw.IntegerField(null=True)
+    repository_name = pw.CharField(max_length=130, default="")
+    push = pw.ForeignKeyField(Push, null=True, on_delete="CASCADE", backref="events")
+    kind = pw.CharField(max_length=16)  # "push" or "repository"
+    action = pw.CharField(max_length=16)  # "push", "created", "renamed", ...
+    actor = pw.CharField(max_length=64, default="")
+    payload = pw.TextField(default="")
+    created = pw.DateTimeField(default=utcnow)
+    fanned = pw.BooleanField(default=False)
+
+    class Meta:
+        indexes = ((("fanned", "id"), False),)
+
+
+class Webhook(BaseModel):
+    """A URL told about the events of one repository, or of every repository of an owner."""
+
+    owner = pw.ForeignKeyField(Owner, on_delete="CASCADE", backref="webhooks")
+    repository = pw.ForeignKeyField(Repository, null=True, on_delete="CASCADE", backref="webhooks")
+    url = pw.TextField()
+    secret = pw.CharField(max_length=255)
+    events = pw.CharField(max_length=64, default="push,repository")
+    active = pw.BooleanField(default=True)
+    created = pw.DateTimeField(default=utcnow)
+    #: Unix time of the first failure since the last success (None: not failing).
+    failing_since = pw.DoubleField(null=True)
+    #: Why the daemon disabled it (empty: it did not).
+    disabled_reason = pw.TextField(default="")
+
+
+class Watch(BaseModel):
+    """A user watching a repository: a mail after each push they may read."""
+
+    user = pw.ForeignKeyField(Owner, on_delete="CASCADE", backref="watching")
+    repository = pw.ForeignKeyField(Repository, on_delete="CASCADE", backref="watchers")
+
+    class Meta:
+        indexes = ((("user", "repository"), True),)
+
+
+class Delivery(BaseModel):
+    """One event for one webhook (or one watcher's mail): claimed, tried, retried, given up.
+
+    ``guid`` is the ``X-HgHosting-Delivery`` header, the same for every attempt.
+    A process claims a row by writing ``claimed_by`` and a lease ``claim_until``
+    (Unix time): another process takes it only once the lease has run out.  The
+    rows of one repository and one hook go out in event order (:mod:`hgext_hosting.outbox`).
+    """
+
+    event = pw.ForeignKeyField(Event, on_delete="CASCADE", backref="deliveries")
+    webhook = pw.ForeignKeyField(Webhook, null=True, on_delete="CASCADE", backref="deliveries")
+    recipient = pw.ForeignKeyField(Owner, null=True, on_delete="CASCADE")
+    repository_id = pw.IntegerField(null=True)
+    guid = pw.CharField(max_length=36, unique=True)
+    state = pw.CharField(max_length=10, default="pending")  # pending, delivered, failed
+    attempts = pw.IntegerField(default=0)
+    first_try = pw.DoubleField(null=True)
+    next_try = pw.DoubleField(default=0)
+    claimed_by = pw.CharField(max_length=64, null=True)
+    claim_until = pw.DoubleField(null=True)
+
+    class Meta:
+        indexes = (
+            (("state", "next_try"), False),
+            (("webhook", "repository_id", "state", "event"), False),
+        )
+
+
+class DeliveryAttempt(BaseModel):
+    """One try of a delivery: what the receiver said.  The last 50 per hook are kept."""
+
+    delivery = pw.ForeignKeyField(Delivery, on_delete="CASCADE", backref="tries")
+    webhook = pw.ForeignKeyField(Webhook, null=True, on_delete="CASCADE")
+    date = pw.DateTimeField(default=utcnow)
+    status = pw.IntegerField(null=True)
+    duration_ms = pw.IntegerField(default=0)
+    response = pw.TextField(default="")  # the first KiB of the body
+    error = pw.TextField(default="")
+
+    class Meta:
+        indexes = ((("webhook", "id"), False),)
+
+
+class AuditEntry(BaseModel):
+    """An administrative change or a failed login: who, what, on what, when, from where."""
+
+    date = pw.DateTimeField(default=utcnow, index=True)
+    actor = pw.CharField(max_length=64, default="")
+    action = pw.CharField(max_length=64)
+    target = pw.CharField(max_length=255, default="")
+    address = pw.CharField(max_length=64, default="")
+    details = pw.TextField(default="")
+
+
 ALL_MODELS = [
     Meta,
     Owner,
@@ -318,6 +424,12 @@ ALL_MODELS = [
     LoginThrottle,
     PasswordReset,
     SignupToken,
+    Event,
+    Webhook,
+    Watch,
+    Delivery,
+    DeliveryAttempt,
+    AuditEntry,
 ]
 
 
@@ -453,6 +565,11 @@ def _v9_token_scopes() -> None:
     database().execute_sql("ALTER TABLE \"api_token\" ADD COLUMN \"scope\" VARCHAR(8) NOT NULL DEFAULT 'write'")
 
 
+def _v10_events() -> None:
+    """The outbox of events, webhooks, watchers, deliveries and the audit log (issue 14)."""
+    database().create_tables([Event, Webhook, Watch, Delivery, DeliveryAttempt, AuditEntry], safe=True)
+
+
 #: Step N brings a database from version N-1 to N.  A new database gets every table
 #: as the models define them today, without replaying the steps.
 MIGRATIONS: dict[int, Callable[[], None]] = {
@@ -464,6 +581,7 @@ MIGRATIONS: dict[int, Callable[[], None]] = {
     7: _v7_self_service,
     8: _v8_forked_from,
     9: _v9_token_scopes,
+    10: _v10_events,
 }
 
 

@@ -36,7 +36,7 @@ from . import names
 from .policy import RepoFacts, Subject
 
 #: Bumped with every change of the tables in models.py; models.MIGRATIONS gets a step.
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 class SchemaError(RuntimeError):
@@ -385,3 +385,20 @@ def delete_push(conn: Connection, row_id: int) -> None:
 
 def mark_done(conn: Connection, row_id: int) -> None:
     conn.execute("UPDATE push SET state = 'done' WHERE id = ?", (row_id,))
+
+
+# -- the outbox -----------------------------------------------------------------------
+
+
+def insert_push_event(conn: Connection, repository_id: int, push_row_id: int, user: str) -> None:
+    """The outbox row of a push, in the caller's write transaction with the push record.
+
+    It goes when the push record goes (``ON DELETE CASCADE``), and the daemon
+    only delivers it once the push is ``done`` (:mod:`hgext_hosting.outbox`).
+    """
+    conn.execute(
+        "INSERT INTO event (repository_id, repository_name, push_id, kind, action, actor, payload,"
+        " created, fanned) SELECT r.id, o.name || '/' || r.name, ?, 'push', 'push', ?, '', ?, ?"
+        " FROM repository r JOIN owner o ON o.id = r.owner_id WHERE r.id = ?",
+        (push_row_id, user, str(utcnow()), False, repository_id),
+    )

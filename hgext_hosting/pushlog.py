@@ -24,7 +24,10 @@ REPAIR_USER = "(repair)"
 def settle(repo, repository_id: int) -> list[str]:
     """Recover an abandoned transaction and settle ``pending`` rows; return what was done.
 
-    Takes the repository lock (waiting for a live push to finish first).
+    Takes the repository lock (waiting for a live push to finish first).  A
+    push's outbox event (:mod:`hgext_hosting.outbox`) follows its record: kept
+    (and then delivered) when the push is marked done, deleted with it
+    (``ON DELETE CASCADE``) when it had been rolled back.
     """
     done: list[str] = []
     with repo.lock():

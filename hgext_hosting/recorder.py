@@ -13,7 +13,9 @@ record is tied to the hg transaction (``mercurial/transaction.py``) like this:
    (validator ``001-userhooks``) that refuses the push leaves nothing behind.
 2. Finalizer ``txn-hosting`` (sorted after ``000-cl-*`` and the revlog
    finalizers, before ``txnclose-hook``): one short ``BEGIN IMMEDIATE``
-   transaction inserts the row with ``state='pending'`` and commits.  Any
+   transaction inserts the row with ``state='pending'`` and its outbox event
+   (the ``event`` table, which the daemon delivers to webhooks and watchers
+   once the push is ``done``: :mod:`hgext_hosting.outbox`) and commits.  Any
    failure (lock held past the busy timeout, disk full, missing or foreign
    schema) raises ``Abort``, and hg rolls the push back: nothing landed.
    The SQLite write lock is held for milliseconds, never during the upload.
@@ -89,6 +91,7 @@ class PendingPush:
                     conn, self.repository_id, self.user, self.txnid,
                     json.dumps(self.details, sort_keys=True), self.nodes, self.bookmarks,
                 )
+                pushdb.insert_push_event(conn, self.repository_id, row_id, self.user)
                 faults.point("pushlog-before-db-commit")
             self.row_id = row_id
         except Exception as e:  # noqa: BLE001 - every failure must abort the push

@@ -34,7 +34,7 @@ from typing import TypeVar
 from mercurial import error as hgerror
 from mercurial import hg
 
-from . import faults, models, names, pushdb
+from . import audit, faults, models, names, outbox, pushdb
 from .accounts import get_owner, get_user
 from .errors import Conflict, Invalid, NotFound, UserError
 from .models import (
@@ -272,10 +272,12 @@ def create_repo(site: Site, full_name: str, private: bool = False, description: 
 
         def insert() -> Repository:
             _check_free(owner, name, site)
-            return Repository.create(
+            repo = Repository.create(
                 owner=owner, name=name, name_key=names.key(name),
                 private=private, description=description, uuid=new_uuid, publishing=publishing,
             )
+            outbox.record_event("created", repo)  # in this transaction (issue 14)
+            return repo
 
         return _move_in_transaction(site, new_uuid, stage, site.repo_path(owner.name, name), insert,
                                     "repo-create-after-move")
@@ -287,14 +289,21 @@ def remove_repo(site: Site, full_name: str) -> None:
     path = repo_dir(site, repo)
     if not path.is_dir():
         with write_transaction():
+            outbox.record_event("deleted", repo)
             repo.delete_instance()
         return
     site.tmp.mkdir(mode=0o700, exist_ok=True)
     trash = site.tmp / f"removed-{secrets.token_hex(6)}"
     with _repo_locked(site, path):
-        _move_in_transaction(site, repo.uuid, path, trash, lambda: get_repo(full_name).delete_instance(),
+        _move_in_transaction(site, repo.uuid, path, trash, lambda: _delete_row(full_name),
                              "repo-remove-after-move")
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def _delete_row(full_name: str) -> None:
+    repo = get_repo(full_name)
+    outbox.record_event("deleted", repo)
+    repo.delete_instance()
 
 
 def rename_repo(site: Site, src_name: str, dst_name: str) -> Repository:
@@ -310,11 +319,14 @@ def rename_repo(site: Site, src_name: str, dst_name: str) -> Repository:
     def update() -> Repository:
         current = get_repo(src_name)
         _check_free(dst_owner, dst_name_only, site, ignore=current)
+        old_name, old_owner = current.full_name, current.owner_id
         current.owner = dst_owner
         current.name = dst_name_only
         current.name_key = names.key(dst_name_only)
         current.settings_epoch += 1
         current.save()
+        outbox.record_event("transferred" if old_owner != dst_owner.id else "renamed", current,
+                            old_name=old_name)
         return current
 
     with _repo_locked(site, src):
@@ -359,6 +371,7 @@ def fork_repo(
                 pushdb.insert_push(models.connection(), fork.id, forker.name, "fork", "{}",
                                    nodes, [(bm, None, node) for bm, node in sorted(bookmarks.items())],
                                    state="done")
+            outbox.record_event("forked", fork, forker.name, source=src_repo.full_name)
             faults.point("repo-fork-before-move")
             return fork
 
@@ -381,6 +394,8 @@ def set_repo_settings(full_name: str, private: bool | None = None, description: 
     daemon drop its cached hgweb, which read the old configuration.
     """
     with write_transaction():
+        audit.record_acting("repo.update", full_name, **{k: v for k, v in (
+            ("private", private), ("description", description), ("publishing", publishing)) if v is not None})
         repo = get_repo(full_name)
         if private is not None:
             repo.private = private

@@ -1086,7 +1086,7 @@ REFUSALS = [
                  "no repository 'alice/nosuch'", id="pushlog-unknown-repo"),
     # usage errors
     pytest.param(("bogus",), None,
-                 "argument COMMAND: invalid choice: 'bogus' (choose from 'init', 'serve', 'user', 'token', 'ssh-key', 'team', 'repo', 'grant', 'revoke', 'protect', 'unprotect', 'pushlog', 'check', 'db', 'backup', 'restore', 'ssh-serve', 'ssh-authorized-keys') (see 'hg-hosting --help')", id="unknown-command"),
+                 "argument COMMAND: invalid choice: 'bogus' (choose from 'init', 'serve', 'user', 'token', 'ssh-key', 'team', 'repo', 'grant', 'revoke', 'protect', 'unprotect', 'pushlog', 'check', 'db', 'backup', 'restore', 'ssh-serve', 'ssh-authorized-keys', 'webhook', 'watch', 'unwatch', 'audit') (see 'hg-hosting --help')", id="unknown-command"),
     pytest.param(("user",), None,
                  "the following arguments are required: ACTION (see 'hg-hosting user --help')", id="missing-action"),
     pytest.param(("user", "add"), None,

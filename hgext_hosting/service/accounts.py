@@ -15,7 +15,7 @@ import secrets
 
 from peewee import fn as pw_fn
 
-from .. import credentials, names, policy, sshkeys
+from .. import audit, credentials, names, policy, sshkeys
 from ..accounts import bump_credentials, check_password, end_logins, get_team, get_user
 from ..errors import Conflict, Forbidden, Invalid, NotFound
 from ..models import (
@@ -62,10 +62,12 @@ def check_new_owner_name(name: str, kind: str = "user") -> str:
     return name
 
 
-def _create_owner(name: str, kind: str, **fields) -> Owner:
+def _create_owner(actor: Actor, name: str, kind: str, **fields) -> Owner:
     with write_transaction():
         check_new_owner_name(name, kind)
-        return Owner.create(name=name, name_key=names.key(name), kind=kind, **fields)
+        owner = Owner.create(name=name, name_key=names.key(name), kind=kind, **fields)
+        audit.record_for(actor, f"{kind}.add", name, **({"admin": True} if fields.get("is_admin") else {}))
+        return owner
 
 
 def _refuse_if_owning(owner: Owner) -> None:
@@ -90,7 +92,7 @@ def add_user(actor: Actor, name: str, email: str = "", admin: bool = False,
     _require_site_admin(actor)
     check_email(email or "")
     pw_hash = credentials.hash_password(password) if password is not None else None
-    return _create_owner(name, "user", email=email or "", is_admin=admin, password_hash=pw_hash)
+    return _create_owner(actor, name, "user", email=email or "", is_admin=admin, password_hash=pw_hash)
 
 
 def set_password(actor: Actor, name: str, password: str) -> None:
@@ -100,6 +102,7 @@ def set_password(actor: Actor, name: str, password: str) -> None:
     with write_transaction():
         Owner.update(password_hash=pw_hash).where(Owner.id == user.id).execute()
         end_logins(user)
+        audit.record_for(actor, "user.password", user.name)
 
 
 def remove_user(actor: Actor, name: str) -> None:
@@ -110,6 +113,7 @@ def remove_user(actor: Actor, name: str) -> None:
         _refuse_if_owning(user)
         end_logins(user)
         user.delete_instance()
+        audit.record_for(actor, "user.remove", user.name)
 
 
 def list_users(actor: Actor) -> list[Owner]:
@@ -278,7 +282,7 @@ def site_admin_names() -> list[str]:
 
 def add_team(actor: Actor, name: str) -> Owner:
     _require_site_admin(actor)
-    return _create_owner(name, "team")
+    return _create_owner(actor, name, "team")
 
 
 def remove_team(actor: Actor, name: str) -> None:
@@ -287,6 +291,7 @@ def remove_team(actor: Actor, name: str) -> None:
         team = get_team(name)
         _refuse_if_owning(team)
         team.delete_instance()
+        audit.record_for(actor, "team.remove", team.name)
 
 
 def _member(user_name: str) -> Owner:
@@ -304,6 +309,7 @@ def add_member(actor: Actor, team_name: str, user_name: str) -> None:
             raise Conflict(f"{user.name} is already a member of {team.name}")
         Membership.create(team=team, user=user)
         bump_credentials(user)
+        audit.record_for(actor, "team.member-add", team.name, user=user.name)
 
 
 def remove_member(actor: Actor, team_name: str, user_name: str) -> None:
@@ -318,6 +324,7 @@ def remove_member(actor: Actor, team_name: str, user_name: str) -> None:
         if not deleted:
             raise NotFound(f"{user.name} is not a member of {team.name}")
         bump_credentials(user)
+        audit.record_for(actor, "team.member-remove", team.name, user=user.name)
 
 
 def list_teams(actor: Actor) -> list[tuple[Owner, list[str]]]:
@@ -396,6 +403,7 @@ def create_token(actor: Actor, user_name: str, label: str | None = None, scope: 
             raise Conflict(f"{user.name} already has a token labelled {label!r}")
         ApiToken.create(user=user, label=label, digest=credentials.token_digest(token), scope=scope,
                         expires=expires)
+        audit.record_for(actor, "token.create", user.name, label=label)
     return token
 
 
@@ -411,6 +419,7 @@ def revoke_token(actor: Actor, user_name: str, label: str) -> None:
         if not deleted:
             raise NotFound(f"{user.name} has no token labelled {label!r}")
         bump_credentials(user)
+        audit.record_for(actor, "token.revoke", user.name, label=label)
 
 
 # -- SSH keys ----------------------------------------------------------------------------------
@@ -423,6 +432,7 @@ def add_ssh_key(actor: Actor, user_name: str, key_text: str) -> SshKey:
     with write_transaction():
         if SshKey.select().where(SshKey.fingerprint == key.fingerprint).exists():
             raise Conflict(f"the key {key.fingerprint} is already registered")
+        audit.record_for(actor, "ssh-key.add", user.name, fingerprint=key.fingerprint)
         return SshKey.create(user=user, fingerprint=key.fingerprint, key_type=key.type,
                              blob=key.blob, comment=key.comment[:255])
 
@@ -442,6 +452,7 @@ def remove_ssh_key(actor: Actor, user_name: str, fingerprint: str) -> None:
         )
         if not deleted:
             raise NotFound(f"{user.name} has no key with fingerprint {fingerprint!r}")
+        audit.record_for(actor, "ssh-key.remove", user.name, fingerprint=fingerprint.strip())
 
 
 # -- the signed-in user's own account (/-/settings) ---------------------------------------------

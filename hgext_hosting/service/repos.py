@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from peewee import fn
 
-from .. import names, policy, repositories
+from .. import audit, names, policy, repositories
 from ..accounts import get_owner, get_subject, subject_label
 from ..errors import Forbidden, Invalid, NotFound
 from ..models import (
@@ -228,14 +228,16 @@ def create(site: Site, actor: Actor, full_name: str, private: bool = False, desc
            publishing: bool = True) -> Repository:
     """Create an empty repository ``OWNER/NAME``."""
     _target_owner(actor, full_name)
-    return repositories.create_repo(site, full_name, private=private, description=description or "",
-                                    publishing=publishing)
+    with audit.acting(actor):  # the event and audit entry are written in the move's transaction
+        return repositories.create_repo(site, full_name, private=private, description=description or "",
+                                        publishing=publishing)
 
 
 def remove(site: Site, actor: Actor, full_name: str) -> None:
     """Remove a repository with its history, settings and push log (admin level)."""
     repo = find(actor, full_name, "admin")
-    repositories.remove_repo(site, repo.full_name)
+    with audit.acting(actor):
+        repositories.remove_repo(site, repo.full_name)
 
 
 def rename(site: Site, actor: Actor, full_name: str, new_full_name: str) -> Repository:
@@ -244,7 +246,8 @@ def rename(site: Site, actor: Actor, full_name: str, new_full_name: str) -> Repo
     owner, _ = names.split_repo_name(new_full_name)
     if names.key(owner) != repo.owner.name_key:
         _target_owner(actor, new_full_name)
-    return repositories.rename_repo(site, repo.full_name, new_full_name)
+    with audit.acting(actor):
+        return repositories.rename_repo(site, repo.full_name, new_full_name)
 
 
 def fork(site: Site, actor: Actor, full_name: str, new_full_name: str, private: bool | None = None,
@@ -262,15 +265,17 @@ def fork(site: Site, actor: Actor, full_name: str, new_full_name: str, private: 
         if owner.is_team:
             raise Invalid("a fork into a team needs --user: the user who forks", "user")
         user = owner.name
-    return repositories.fork_repo(site, source.full_name, new_full_name, user=user, private=private)
+    with audit.acting(actor):
+        return repositories.fork_repo(site, source.full_name, new_full_name, user=user, private=private)
 
 
 def update(site: Site, actor: Actor, full_name: str, private: bool | None = None,
            description: str | None = None, publishing: bool | None = None) -> Repository:
     """Change visibility, description and publishing (admin level); None leaves one as it is."""
     repo = find(actor, full_name, "admin")
-    return repositories.set_repo_settings(repo.full_name, private=private, description=description,
-                                          publishing=publishing, site=site)
+    with audit.acting(actor):
+        return repositories.set_repo_settings(repo.full_name, private=private, description=description,
+                                              publishing=publishing, site=site)
 
 
 # -- grants ---------------------------------------------------------------------------
@@ -298,6 +303,7 @@ def grant(actor: Actor, full_name: str, subject: str, level: str) -> None:
             conflict_target=[Grant.repository, Grant.subject], update={Grant.level: level}
         ).execute()
         repositories.bump_settings(repo)
+        audit.record_for(actor, "grant", repo.full_name, subject=subject, level=level)
 
 
 def revoke(actor: Actor, full_name: str, subject: str) -> None:
@@ -310,6 +316,7 @@ def revoke(actor: Actor, full_name: str, subject: str) -> None:
         if not deleted:
             raise NotFound(f"{subject} has no grant on {repo.full_name}")
         repositories.bump_settings(repo)
+        audit.record_for(actor, "revoke", repo.full_name, subject=subject)
 
 
 def grants(actor: Actor, full_name: str) -> list[tuple[str, str]]:
@@ -350,6 +357,7 @@ def protect(actor: Actor, full_name: str, ref: str, allow: str | Iterable[str]) 
         for who in rows.values():
             ProtectedRefAllow.create(ref=ref_row, subject=who)
         repositories.bump_settings(repo)
+        audit.record_for(actor, "protect", repo.full_name, ref=ref, allow=subjects)
     return subjects
 
 
@@ -364,6 +372,7 @@ def unprotect(actor: Actor, full_name: str, ref: str) -> None:
         if not deleted:
             raise NotFound(f"{ref!r} is not protected in {repo.full_name}")
         repositories.bump_settings(repo)
+        audit.record_for(actor, "unprotect", repo.full_name, ref=ref)
 
 
 def protected(actor: Actor, full_name: str) -> list[tuple[str, list[str]]]:
