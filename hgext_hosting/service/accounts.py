@@ -166,6 +166,7 @@ def disable_user(actor: Actor, name: str) -> bool:
         _refuse_unseating(actor, user)
         Owner.update(disabled=True).where(Owner.id == user.id).execute()
         end_logins(user)
+        audit.record_for(actor, "user.disable", user.name)
     return True
 
 
@@ -178,6 +179,7 @@ def enable_user(actor: Actor, name: str) -> bool:
             return False
         Owner.update(disabled=False).where(Owner.id == user.id).execute()
         bump_credentials(user)
+        audit.record_for(actor, "user.enable", user.name)
     return True
 
 
@@ -192,6 +194,7 @@ def set_site_admin(actor: Actor, name: str, admin: bool) -> bool:
             _refuse_unseating(actor, user)
         Owner.update(is_admin=admin).where(Owner.id == user.id).execute()
         bump_credentials(user)
+        audit.record_for(actor, "user.admin" if admin else "user.unadmin", user.name)
     return True
 
 
@@ -220,7 +223,11 @@ def new_reset_token(user: Owner) -> str:
 def issue_reset_link(actor: Actor, name: str) -> str:
     """A reset token for the user ``name`` (site admins only); the URL is ``/-/reset/TOKEN``."""
     _require_site_admin(actor)
-    return new_reset_token(get_user(name))
+    user = get_user(name)
+    token = new_reset_token(user)
+    with write_transaction():
+        audit.record_for(actor, "user.reset-link", user.name)
+    return token
 
 
 def reset_links_for_email(actor: Actor, email: str) -> list[tuple[Owner, str]]:
@@ -268,6 +275,7 @@ def use_reset_link(token: str, password: str) -> Owner:
         PasswordReset.delete().where(PasswordReset.user == user.id).execute()
         Owner.update(password_hash=pw_hash).where(Owner.id == user.id).execute()
         end_logins(user)
+        audit.record(user.name, "user.password-reset", user.name)
     return user
 
 
@@ -464,6 +472,7 @@ def set_email(actor: Actor, user_name: str, email: str) -> None:
     email = check_email(email.strip())
     with write_transaction():
         Owner.update(email=email).where(Owner.id == user.id).execute()
+        audit.record_for(actor, "user.email", user.name)
 
 
 def change_own_password(actor: Actor, current: str, new: str, keep_session: int | None = None) -> None:
@@ -486,6 +495,7 @@ def change_own_password(actor: Actor, current: str, new: str, keep_session: int 
                      login_epoch=Owner.login_epoch + 1).where(Owner.id == user.id).execute()
         epoch = Owner.get_by_id(user.id).login_epoch
         Session.delete().where((Session.user == user.id) & (Session.id != (keep_session or 0))).execute()
+        audit.record_for(actor, "user.password", user.name)
         if keep_session is not None:
             Session.update(epoch=epoch).where((Session.id == keep_session) & (Session.user == user.id)).execute()
 
