@@ -886,8 +886,8 @@ def test_listings_print_aligned_columns_under_a_header(site, keygen, tmp_path):
     def listing(*args: str) -> tuple[list[str], list[list[str]]]:
         return columns(site.cli(*args).stdout)
 
-    assert listing("user", "list") == (["NAME", "EMAIL", "ADMIN"], [
-        ["alice", "alice@example.org", "yes"], ["bob", "böb@例え.jp", "no"], ["carol", "-", "no"]])
+    assert listing("user", "list") == (["NAME", "EMAIL", "ADMIN", "DISABLED"], [
+        ["alice", "alice@example.org", "yes", "no"], ["bob", "böb@例え.jp", "no", "no"], ["carol", "-", "no", "no"]])
     assert listing("team", "list") == (["NAME", "MEMBERS"], [["devs", "alice, bob"], ["qa", "-"]])
     names, rows = listing("repo", "list")
     assert names == ["NAME", "VISIBILITY", "CREATED", "DESCRIPTION"]
@@ -923,7 +923,7 @@ def test_empty_listings_print_the_header_and_json_is_unchanged(site):
         "ID", "DATE", "USER", "CHANGESETS", "BOOKMARKS"]
     site.cli("team", "add", "devs")
     site.cli("token", "create", "alice", "--label", "ci")
-    assert site.cli_json("user", "list") == [{"name": "alice", "email": "", "admin": False}]
+    assert site.cli_json("user", "list") == [{"name": "alice", "email": "", "admin": False, "disabled": False}]
     assert site.cli_json("team", "list") == [{"name": "devs", "members": []}]
     assert set(site.cli_json("repo", "list")[0]) == {"name", "owner", "private", "publishing", "description",
                                                      "created"}
@@ -1086,7 +1086,7 @@ REFUSALS = [
                  "no repository 'alice/nosuch'", id="pushlog-unknown-repo"),
     # usage errors
     pytest.param(("bogus",), None,
-                 "argument COMMAND: invalid choice: 'bogus' (choose from 'init', 'serve', 'user', 'token', 'ssh-key', 'team', 'repo', 'grant', 'revoke', 'protect', 'unprotect', 'pushlog', 'check', 'db', 'backup', 'restore', 'ssh-serve', 'ssh-authorized-keys', 'webhook', 'watch', 'unwatch', 'audit') (see 'hg-hosting --help')", id="unknown-command"),
+                 "argument COMMAND: invalid choice: 'bogus' (choose from 'init', 'serve', 'user', 'token', 'ssh-key', 'team', 'repo', 'grant', 'revoke', 'protect', 'unprotect', 'pushlog', 'check', 'db', 'backup', 'restore', 'ssh-serve', 'ssh-authorized-keys', 'invite', 'webhook', 'watch', 'unwatch', 'audit') (see 'hg-hosting --help')", id="unknown-command"),
     pytest.param(("user",), None,
                  "the following arguments are required: ACTION (see 'hg-hosting user --help')", id="missing-action"),
     pytest.param(("user", "add"), None,
