@@ -25,7 +25,7 @@ serve: $(BIN)/hg-hosting
 # test-deps first: a fresh machine may lack even python3-venv, which the venv needs.
 test: test-deps $(BIN)/hg-hosting
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 4 --dist loadfile --durations=25
 
 test-deps:
 	PYTHON='$(PYTHON)' VENV='$(VENV)' tools/install-test-deps
