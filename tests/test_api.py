@@ -219,6 +219,21 @@ def repo_rows(api) -> list[tuple]:
                               " JOIN owner o ON o.id = r.owner_id ORDER BY 1, 2")
 
 
+def test_publishing_set_through_the_api(api):
+    """Issue 16's API face: a repository made non-publishing at creation, made publishing by PATCH,
+    and the .hg/hgrc the pushes obey follows (evolve and topic only while non-publishing)."""
+    status, _, body = api.call("POST", "/repos", "bob", body={"owner": "bob", "name": "drafty", "publishing": False})
+    assert status == 201 and body["publishing"] is False
+    hgrc = api.site.repo_path("bob/drafty") / ".hg" / "hgrc"
+    assert "evolve" in hgrc.read_text()
+    assert api.call("PATCH", "/repos/bob/drafty", "bob", "read", body={"publishing": True})[0] == 403
+    status, _, body = api.call("PATCH", "/repos/bob/drafty", "bob", body={"publishing": True})
+    assert status == 200 and body["publishing"] is True
+    assert "evolve" not in hgrc.read_text()
+    assert [r["publishing"] for r in api.site.cli_json("repo", "list") if r["name"] == "bob/drafty"] == [True]
+    assert api.call("DELETE", "/repos/bob/drafty", "bob")[0] == 204
+
+
 def test_create_update_rename_fork_delete(api):
     status, headers, body = api.call("POST", "/repos", "bob", body={"owner": "bob", "name": "tool",
                                                                     "description": "a tool"})
