@@ -259,16 +259,7 @@ class Throttle:
                 )
                 counts = {}
                 for digest in limits:
-                    ((counts[digest],),) = conn.query(
-                        "INSERT INTO login_throttle (digest, failures, expires) VALUES (?, 1, ?)"
-                        " ON CONFLICT (digest) DO UPDATE SET"
-                        " failures = CASE WHEN login_throttle.expires <= ? THEN 1"
-                        " ELSE login_throttle.failures + 1 END,"
-                        " expires = CASE WHEN login_throttle.expires <= ? THEN ?"
-                        " ELSE login_throttle.expires END"
-                        " RETURNING failures",
-                        (digest, now + self.limits.window, now, now, now + self.limits.window),
-                    )
+                    counts[digest] = self._count_failure(conn, digest, now)
                 if self._over(counts, limits, user, known in live, 0):
                     raise _Blocked
                 self._cap(conn)
@@ -281,6 +272,20 @@ class Throttle:
         """On PostgreSQL, pruning skips rows another attempt holds (no lock waits, no
         deadlocks); SQLite's write transactions are serialized anyway."""
         return "" if conn.is_sqlite() else " FOR UPDATE SKIP LOCKED"
+
+    def _count_failure(self, conn, digest: str, now: int) -> int:
+        """Count one more failure under ``digest`` (a fresh window once the last one ended)."""
+        ((count,),) = conn.query(
+            "INSERT INTO login_throttle (digest, failures, expires) VALUES (?, 1, ?)"
+            " ON CONFLICT (digest) DO UPDATE SET"
+            " failures = CASE WHEN login_throttle.expires <= ? THEN 1"
+            " ELSE login_throttle.failures + 1 END,"
+            " expires = CASE WHEN login_throttle.expires <= ? THEN ?"
+            " ELSE login_throttle.expires END"
+            " RETURNING failures",
+            (digest, now + self.limits.window, now, now, now + self.limits.window),
+        )
+        return count
 
     def _cap(self, conn) -> None:
         ((rows,),) = conn.query("SELECT COUNT(*) FROM login_throttle")
@@ -300,16 +305,7 @@ class Throttle:
         if self._live(conn, [digest], now).get(digest, 0) >= self.limits.signup:
             return False
         with conn.write():
-            ((count,),) = conn.query(
-                "INSERT INTO login_throttle (digest, failures, expires) VALUES (?, 1, ?)"
-                " ON CONFLICT (digest) DO UPDATE SET"
-                " failures = CASE WHEN login_throttle.expires <= ? THEN 1"
-                " ELSE login_throttle.failures + 1 END,"
-                " expires = CASE WHEN login_throttle.expires <= ? THEN ?"
-                " ELSE login_throttle.expires END"
-                " RETURNING failures",
-                (digest, now + self.limits.window, now, now, now + self.limits.window),
-            )
+            count = self._count_failure(conn, digest, now)
             self._cap(conn)
         return count <= self.limits.signup
 

@@ -1,6 +1,5 @@
 """Many ``hg-hosting`` commands in one Python process: each CLI process pays about a second
-of imports, so a module's site is set up at once (the same helper as ``test_browser.py``'s,
-importable without that module's browser skip)."""
+of imports, so a module's site is set up at once (the browser, self-service and admin tests share it)."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from clibatch import cli_batch
 from conftest import ARTIFACTS, DATE, Daemon, SiteHandle, site_handle
 
 from daemon.auth import SESSION_COOKIE
@@ -75,35 +76,6 @@ for step in json.load(sys.stdin):
         break
 json.dump(results, sys.stdout)
 """
-
-
-#: Runs many ``hg-hosting`` commands in one Python process, through the CLI's own ``main``.
-#: stdin: a JSON list of [ARGV, STDIN]; stdout: a JSON list of [exit code, stdout, stderr].
-CLI_BATCH = r"""
-import contextlib, io, json, sys
-from hgext_hosting.admin import main
-results = []
-for argv, stdin in json.load(sys.stdin):
-    out, err = io.StringIO(), io.StringIO()
-    sys.stdin = io.StringIO(stdin or "")
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    results.append([rc or 0, out.getvalue(), err.getvalue()])
-    if rc:
-        break
-json.dump(results, sys.__stdout__)
-"""
-
-
-def cli_batch(site: SiteHandle, commands: list[tuple[list[str], str | None]]) -> None:
-    """``hg-hosting --site SITE ARGV`` for each command in one process (see :data:`CLI_BATCH`); all must succeed."""
-    steps = [[["--site", str(site.root), *argv], stdin] for argv, stdin in commands]
-    proc = subprocess.run([sys.executable, "-c", CLI_BATCH], input=json.dumps(steps), env=site.env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    for (argv, _), (rc, out, err) in zip(commands, json.loads(proc.stdout), strict=False):
-        assert rc == 0, f"hg-hosting {' '.join(argv)} exited {rc}\n{out}\n{err}"
-    assert len(json.loads(proc.stdout)) == len(commands)
 
 
 def hg_batch(site: SiteHandle, steps: list[dict]) -> list[tuple[int, str, str]]:

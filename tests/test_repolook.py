@@ -22,12 +22,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from clibatch import cli_batch
 from conftest import ARTIFACTS, DATE, HG, Daemon, site_handle
 from test_browser import (  # noqa: F401 - browser is a fixture
     PASSWORDS,
     Pages,
     browser,
-    cli_batch,
     console_errors,
     db,
     hg_batch,

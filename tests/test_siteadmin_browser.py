@@ -17,9 +17,10 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from clibatch import cli_batch
 from conftest import Daemon, site_handle
 from test_auth import cookies, db_query, form_login, request
-from test_browser import PHONE, browser, cli_batch  # noqa: F401 - browser is a fixture
+from test_browser import PHONE, browser  # noqa: F401 - browser is a fixture
 
 PASSWORDS = {"root": "root-admin-pw", "alice": "alice-admin-pw"}
 SHOTS = Path(os.environ.get("HG_HOSTING_SHOTS", "/work/shots/siteadmin"))

@@ -52,6 +52,11 @@ def find(actor: Actor, full_name: str, level: str = "read") -> Repository:
     NotFound when it is missing, malformed or not readable by the actor (one
     message for all three); Forbidden when readable but below ``level``.
     """
+    return require(actor, _row(full_name), level)
+
+
+def _row(full_name: str) -> Repository:
+    """The row of ``OWNER/NAME`` whoever asks; NotFound when missing or malformed."""
     try:
         owner, name = names.split_repo_name(full_name)
     except names.InvalidName:
@@ -59,7 +64,7 @@ def find(actor: Actor, full_name: str, level: str = "read") -> Repository:
     repo = Repository.find(owner, name)
     if repo is None:
         raise _missing(full_name)
-    return require(actor, repo, level)
+    return repo
 
 
 def require(actor: Actor, repo: Repository, level: str) -> Repository:
@@ -84,13 +89,7 @@ class RepoView:
 
 def view(actor: Actor, full_name: str) -> RepoView:
     """The repository ``OWNER/NAME`` for a reader (NotFound as :func:`find`), in three queries."""
-    try:
-        owner, name = names.split_repo_name(full_name)
-    except names.InvalidName:
-        raise _missing(full_name) from None
-    repo = Repository.find(owner, name)
-    if repo is None:
-        raise _missing(full_name)
+    repo = _row(full_name)
     held = policy.level_of(actor.subject, repo_facts(repo))
     if held is None:
         raise _missing(repo.full_name)
