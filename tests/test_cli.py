@@ -927,7 +927,7 @@ def test_empty_listings_print_the_header_and_json_is_unchanged(site):
     assert site.cli_json("team", "list") == [{"name": "devs", "members": []}]
     assert set(site.cli_json("repo", "list")[0]) == {"name", "owner", "private", "publishing", "description",
                                                      "created"}
-    assert set(site.cli_json("token", "list", "alice")[0]) == {"label", "created", "last_used"}
+    assert set(site.cli_json("token", "list", "alice")[0]) == {"label", "scope", "created", "last_used"}
 
 
 # -- refusals: one shared site, each case must change nothing --------------------------------
