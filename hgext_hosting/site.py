@@ -225,7 +225,12 @@ class Site:
         """A Mercurial ui with the site hgrc loaded (cached once the hgrc exists: ``init`` writes it)."""
         if self._ui is not None:
             return self._ui
-        ui = config.read_site_ui(str(self.hgrc))
+        from mercurial import error
+
+        try:
+            ui = config.read_site_ui(str(self.hgrc))
+        except (error.ConfigError, error.ParseError) as e:
+            raise SiteError(f"cannot read the site hgrc: {_one_line(e)}") from None
         if self.hgrc.is_file():
             self._ui = ui
         return ui

@@ -388,7 +388,7 @@ BAD_REQUESTS: dict[str, tuple[bytes, str | None, bytes | None]] = {
                        *edge("400 the Basic credentials are not valid base64 UTF-8")),
     "basic-no-colon": (raw_request(b"/alice/demo", auth_header(b"Basic " + base64.b64encode(b"alice"))),
                      *edge("400 the Basic credentials are not user:password")),
-    "basic-wrong-scheme": (raw_request(b"/alice/demo", auth_header(b"Bearer abcdef")),
+    "basic-wrong-scheme": (raw_request(b"/alice/demo", auth_header(b"Digest abcdef")),
                          *edge("400 expected HTTP Basic credentials")),
     "basic-5000-chars": (raw_request(b"/alice/demo", auth_header(b"Basic " + b"QUFB" * 1250)),
                        *edge("400 expected HTTP Basic credentials")),

@@ -219,18 +219,19 @@ def test_join_with_an_invitation_once(tabs, web):
 
 
 def test_sign_up_is_throttled(tabs, web):
-    """The module allows 4 sign-up attempts per address a window; the join test made 4."""
+    """The module allows 4 sign-up attempts per address a window (other tests may have used some):
+    refused attempts count too, and the fifth at the latest is 429."""
     path = web.site.cli("invite", "create").stdout.strip()
     page = tabs.page()
     page.goto(path)
     statuses = []
-    for _ in range(2):
+    while len(statuses) < 5 and 429 not in statuses:
         page.fill("input[name=name]", "eve")
         page.fill("input[name=email]", "eve@example.org")
         page.fill("input[name=password]", "x")
         page.fill("input[name=confirm]", "y")
         statuses.append(submit(page, "main form").status)
-    assert statuses[-1] == 429
+    assert statuses[-1] == 429 and set(statuses[:-1]) <= {400}, statuses
     assert "too many sign-ups" in page.locator("p.error").inner_text()
     assert page.input_value("input[name=name]") == "eve"
     assert db_query(web.site, "SELECT count(*) FROM owner WHERE name = 'eve'") == [(0,)]

@@ -605,7 +605,7 @@ def join(actor: Actor, mode: str, token: str, name: str, email: str, password: s
     pw_hash = credentials.hash_password(password)
     with write_transaction():
         _spend("invite", token)
-        return _create_owner(name, "user", email=email, password_hash=pw_hash)
+        return _create_owner(actor, name, "user", email=email, password_hash=pw_hash)
 
 
 def register(actor: Actor, mode: str, name: str, email: str, password: str,
@@ -621,7 +621,7 @@ def register(actor: Actor, mode: str, name: str, email: str, password: str,
     name, email = _check_new_account(name, email, password)
     pw_hash = credentials.hash_password(password)
     if not verify:
-        return _create_owner(name, "user", email=email, password_hash=pw_hash)
+        return _create_owner(actor, name, "user", email=email, password_hash=pw_hash)
     token = credentials.new_token()
     with write_transaction():
         SignupToken.create(kind="verify", digest=credentials.token_digest(token), email=email, name=name,
@@ -634,7 +634,7 @@ def confirm_signup(actor: Actor, token: str) -> Owner:
     """Follow a mailed address check: the account it was for is created now."""
     with write_transaction():
         row = _spend("verify", token)
-        return _create_owner(row.name, "user", email=row.email, password_hash=row.password_hash)
+        return _create_owner(actor, row.name, "user", email=row.email, password_hash=row.password_hash)
 
 
 # -- the site at a glance ----------------------------------------------------------------
