@@ -37,7 +37,7 @@ from pathlib import Path
 from mercurial import error as hgerror
 from mercurial import hg
 
-from . import models, names, pushdb, pushlog
+from . import models, names, pushdb, pushlog, repositories
 from .errors import UserError
 from .models import Owner, Push, PushBookmark, PushChangeset, Repository, write_transaction
 from .site import Site
@@ -139,6 +139,7 @@ def _check_repository(site: Site, row: Repository, full: str, report: Report, re
         report.unrepaired += 1
         return
     with repo.lock():
+        _check_publishing(site, repo, row, full, report, repair)
         if repo.svfs.exists(b"journal"):
             report.problems.append(f"{full}: an interrupted transaction was left behind")
         if pushlog.has_pending(row.id):
@@ -146,6 +147,23 @@ def _check_repository(site: Site, row: Repository, full: str, report: Report, re
         if repair and (repo.svfs.exists(b"journal") or pushlog.has_pending(row.id)):
             report.repairs.extend(f"{full}: {what}" for what in pushlog.settle(repo, row.id))
         _compare_changesets(repo.unfiltered(), row, full, report, repair)
+
+
+def _publishing_word(publishing: bool) -> str:
+    return "publishing" if publishing else "non-publishing"
+
+
+def _check_publishing(site: Site, repo, row: Repository, full: str, report: Report, repair: bool) -> None:
+    """``[phases] publish`` as Mercurial reads it for ``repo`` must be the database's ``publishing``."""
+    actual = repo.ui.configbool(b"phases", b"publish")
+    if actual == bool(row.publishing):
+        return
+    report.problems.append(f"{full}: the database says {_publishing_word(row.publishing)} but its"
+                           f" .hg/hgrc makes it {_publishing_word(actual)}")
+    if not repair:
+        return
+    repositories.write_repo_hgrc(site.repo_path(row.owner.name, row.name), bool(row.publishing))
+    report.repairs.append(f"{full}: rewrote .hg/hgrc as {_publishing_word(row.publishing)}")
 
 
 def _compare_changesets(unfi, row: Repository, full: str, report: Report, repair: bool) -> None:

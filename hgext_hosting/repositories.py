@@ -242,7 +242,7 @@ def repo_hgrc(publishing: bool, evolve: bool) -> str:
     return text
 
 
-def _write_repo_hgrc(path: Path, publishing: bool = True) -> None:
+def write_repo_hgrc(path: Path, publishing: bool = True) -> None:
     """Write the repository's ``.hg/hgrc`` atomically (a reader never sees half of it)."""
     hgdir = path / ".hg"
     evolve = (hgdir / "store" / "obsstore").exists()
@@ -266,7 +266,7 @@ def create_repo(site: Site, full_name: str, private: bool = False, description: 
     _check_free(owner, name, site)
     with _staging(site, name) as stage:
         hg.repository(_hg_ui(site), os.fsencode(stage), create=True)
-        _write_repo_hgrc(stage, publishing)
+        write_repo_hgrc(stage, publishing)
 
         new_uuid = uuid.uuid4().hex
 
@@ -352,7 +352,7 @@ def fork_repo(
     with _staging(site, name) as stage:
         hg.clone(_hg_ui(site), {}, os.fsencode(repo_dir(site, src_repo)), os.fsencode(stage),
                  pull=False, update=False)
-        _write_repo_hgrc(stage, bool(src_repo.publishing))
+        write_repo_hgrc(stage, bool(src_repo.publishing))
         copy = hg.repository(_hg_ui(site), os.fsencode(stage)).unfiltered()
         nodes = [copy.changelog.node(rev).hex() for rev in copy]
         bookmarks = {name.decode("utf-8", "replace"): node.hex() for name, node in copy._bookmarks.items()}
@@ -409,7 +409,7 @@ def set_repo_settings(full_name: str, private: bool | None = None, description: 
             path = repo_dir(site, repo)
             if not (path / ".hg").is_dir():
                 raise UserError(f"{path} is missing (see 'hg-hosting check')")
-            _write_repo_hgrc(path, publishing)
+            write_repo_hgrc(path, publishing)
         repo.settings_epoch += 1
         repo.save()
         return repo

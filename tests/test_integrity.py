@@ -342,6 +342,41 @@ def test_daemon_ssh_server_refuses_without_the_extension(bare):
         server.stop()
 
 
+def test_check_reports_and_repairs_a_publishing_mismatch(tmp_path):
+    """The database and ``.hg/hgrc`` disagree on publishing: ``check`` says so, ``--repair`` follows the database.
+
+    The hooks decide who may publish from the database's ``publishing``; Mercurial
+    decides whether a push turns drafts public from ``[phases] publish``.  When the
+    two disagree (a hand edit, a restored hgrc) a writer's drafts would be published
+    without the ``publish`` right, or a publishing repository would keep drafts.
+    """
+    site = site_handle(tmp_path)
+    site.cli("init")
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/pub")
+    site.cli("repo", "create", "--non-publishing", "alice/np")
+    site.cli("repo", "create", "--non-publishing", "alice/fine")
+    pub_hgrc = site.repo_path("alice/pub") / ".hg" / "hgrc"
+    pub_hgrc.write_text(pub_hgrc.read_text() + "\n[phases]\npublish = False\n")
+    np_hgrc = site.repo_path("alice/np") / ".hg" / "hgrc"
+    np_hgrc.write_text(np_hgrc.read_text().replace("publish = False", "publish = True"))
+    proc = site.cli("check", check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert ("problem: alice/pub: the database says publishing but its .hg/hgrc makes it"
+            " non-publishing") in proc.stdout, proc.stdout
+    assert ("problem: alice/np: the database says non-publishing but its .hg/hgrc makes it"
+            " publishing") in proc.stdout, proc.stdout
+    assert "alice/fine" not in proc.stdout
+    proc = site.cli("check", "--repair", check=False)
+    assert proc.returncode == 0, proc.stdout
+    assert "repaired: alice/pub: rewrote .hg/hgrc as publishing" in proc.stdout, proc.stdout
+    assert "repaired: alice/np: rewrote .hg/hgrc as non-publishing" in proc.stdout, proc.stdout
+    assert site.cli("check").stdout.startswith("ok")
+    for name, publish in (("alice/pub", "True"), ("alice/np", "False")):
+        out = site.hg("config", "phases.publish", cwd=site.repo_path(name), check=False).stdout.strip()
+        assert out.lower() in ({"true", ""} if publish == "True" else {"false"}), (name, out)
+
+
 def test_check_reports_repositories_without_the_extension(bare):
     """``check`` names every repository whose hg would not run the extension, and why."""
     site, _, _ = bare
