@@ -48,7 +48,7 @@ from pathlib import Path
 
 import peewee as pw
 from mercurial import error as hgerror
-from mercurial import obsolete, repoview
+from mercurial import obsolete, phases, repoview
 from mercurial.node import hex as hexnode
 from mercurial.utils import dateutil
 
@@ -101,10 +101,31 @@ class Revisions:
         unknown = HTTPError(404, f"unknown revision {rev[:MAX_REVISION]!r}")
         if not rev or len(rev) > MAX_REVISION or any(ord(c) < 32 for c in rev):
             raise unknown
+        symbol = rev.encode("utf-8")
         try:
-            return hexnode(self.repo.lookup(rev.encode("utf-8"))).decode("ascii")
+            return hexnode(self.repo.filtered(b"served").lookup(symbol)).decode("ascii")
         except (hgerror.RepoLookupError, hgerror.LookupError, hgerror.Abort, ValueError, TypeError):
-            raise unknown from None
+            pass
+        node = self._hidden_node(symbol)
+        if node is None:
+            raise unknown
+        return node
+
+    def _hidden_node(self, symbol: bytes) -> str | None:
+        """The node of a changeset hg hides as obsolete, as Mozilla's pushlog finds it.
+
+        An amended or pruned changeset stays in the push log that recorded it, so
+        ``changeset=``, ``fromchange=`` and ``tochange=`` accept it.  A secret
+        changeset stays unknown: the served view hides it from everyone.
+        """
+        unfi = self.repo.unfiltered()
+        try:
+            ctx = unfi[unfi.lookup(symbol)]
+        except (hgerror.RepoLookupError, hgerror.LookupError, hgerror.Abort, ValueError, TypeError):
+            return None
+        if ctx.phase() >= phases.secret or ctx.rev() not in repoview.filterrevs(unfi, b"visible"):
+            return None
+        return ctx.hex().decode("ascii")
 
 
 def push_holding(repository_id: int, node: str) -> int | None:
@@ -222,7 +243,7 @@ def query(req: Request, repository_id: int, revisions: Revisions, rest: list[str
             "user": view.user,
         }
         if obsolete:
-            entry["obsoletechangesets"] = obsolete
+            entry["obsoletechangesets"] = [_full(unfi, n) for n in obsolete] if full else obsolete
         if view.bookmarks:
             entry["bookmarks"] = {name: new for name, _old, new in view.bookmarks}
         pushes[str(view.push_id)] = entry

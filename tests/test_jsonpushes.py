@@ -473,10 +473,21 @@ def test_obsolete_changesets_amend_and_prune(jp, tmp_path):
     assert v2["lastpushid"] == 4 and v2["pushes"] == v1
     assert get("alice/evo", "?startID=0&endID=1&tipsonly=1") == {"1": v1["1"]}  # root is the tip shown
 
+    # As Mozilla's test-obsolescence-pushlog.t: a hidden changeset names its push in
+    # changeset=, fromchange= and tochange= (it is in the push log; hg hides it).
+    assert get("alice/evo", f"?changeset={old[:12]}") == {"1": v1["1"]}
+    assert get("alice/evo", f"?changeset={pruned}") == {"3": v1["3"]}
+    assert get("alice/evo", f"?fromchange={old[:12]}") == {"2": v1["2"], "3": v1["3"]}
+    assert get("alice/evo", f"?startID=1&tochange={pruned[:12]}") == {"2": v1["2"], "3": v1["3"]}
+
     full = get("alice/evo", "?full=1&version=2")["pushes"]
-    assert [c["node"] for c in full["1"]["changesets"]] == [root] and full["1"]["obsoletechangesets"] == [old]
+    assert [c["node"] for c in full["1"]["changesets"]] == [root]
+    # With full, obsolete changesets are described as the visible ones are (Mozilla's shape).
+    (described,) = full["1"]["obsoletechangesets"]
+    assert described["node"] == old and described["desc"] == "first" and described["author"]
+    assert described["parents"] == [root] and described["files"] == ["c1.txt"]
     assert "precursors" not in full["1"]["changesets"][0]
-    assert full["3"]["changesets"] == [] and full["3"]["obsoletechangesets"] == [pruned]
+    assert full["3"]["changesets"] == [] and [c["node"] for c in full["3"]["obsoletechangesets"]] == [pruned]
     (changeset,) = full["2"]["changesets"]
     assert changeset["node"] == new and changeset["precursors"] == [old]
     assert changeset["desc"] == "first" and "obsoletechangesets" not in full["2"]
