@@ -78,8 +78,10 @@ class Contexts:
         self.contexts = []
         self.errors: list[str] = []
 
-    def page(self, viewport=None):
-        context = self.browser.new_context(base_url=self.url, viewport=viewport or DESKTOP)
+    def page(self, viewport=None, storage_state=None):
+        """A page in a new context; ``storage_state`` (a context's cookies) logs it in."""
+        context = self.browser.new_context(base_url=self.url, viewport=viewport or DESKTOP,
+                                           storage_state=storage_state)
         context.set_default_timeout(15_000)
         self.contexts.append(context)
         page = context.new_page()
