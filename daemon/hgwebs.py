@@ -85,7 +85,7 @@ def _hostingtopic(context, mapping) -> bytes:
 _hostingtopic._requires = {b"ctx"}
 
 
-def _templater_with_topbar(orig, self, req):
+def _templater_with_keywords(orig, self, req):
     tmpl = orig(self, req)
     tmpl._proc._defaults[b"hostingbar"] = _hostingbar(req.rawenv.get(_TOPBAR_RAWKEY))
     tmpl._proc._defaults[b"hostingtopic"] = _hostingtopic
@@ -150,14 +150,14 @@ _installed = False
 
 
 def install() -> None:
-    """Give hgweb the ``{hostingbar}`` keyword and cache its template files and parses (once)."""
+    """Give hgweb the ``{hostingbar}`` and ``{hostingtopic}`` keywords and cache its template files and parses (once)."""
     global _installed
     if _installed:
         return
     _installed = True
     from mercurial import extensions
 
-    extensions.wrapfunction(_requestcontext_class(), "templater", _templater_with_topbar)
+    extensions.wrapfunction(_requestcontext_class(), "templater", _templater_with_keywords)
     extensions.wrapfunction(templater, "_readmapfile", _cached_readmapfile)
     extensions.wrapfunction(templater, "open_template", _cached_open_template)
     templater.parse = functools.lru_cache(maxsize=4096)(templater.parse)
