@@ -13,7 +13,10 @@ hgweb's own ``[web]`` settings can only restrict further.
 hgweb's pages carry the hosting pages' top bar: the daemon puts a function
 under :data:`TOPBAR_KEY` in the WSGI environ, and :func:`install` gives hgweb's
 templater a ``{hostingbar}`` keyword that calls it (only pages that show the bar
-pay for it: raw files, static files and the wire protocol never do).  File
+pay for it: raw files, static files and the wire protocol never do), and a
+``{hostingtopic}`` keyword, a changeset's topic (hg-evolve's), which our map
+badges on the log, graph and changeset pages (obsolete changesets are hidden by
+hgweb's ``served`` view once the repository's hgrc loads evolve).  File
 views are syntax-highlighted by Mercurial's ``highlight`` extension (Pygments),
 enabled unless the site hgrc says otherwise, on files under 256 KB
 (:data:`HIGHLIGHT_FILES`, ``web.highlightfiles``); its stylesheet is a same-origin
@@ -35,7 +38,7 @@ import os
 import threading
 from pathlib import Path
 
-from mercurial import hgweb, templater
+from mercurial import hgweb, phases, templater
 from mercurial.hgweb import hgweb_mod
 
 #: The files hgweb highlights unless the site hgrc sets ``web.highlightfiles`` (a fileset).
@@ -67,9 +70,25 @@ def _hostingbar(render):
     return keyword
 
 
-def _templater_with_topbar(orig, self, req):
+def _hostingtopic(context, mapping) -> bytes:
+    """The ``{hostingtopic}`` keyword: a changeset's topic, as hg-evolve's ``{topic}`` shows it.
+
+    A topic lives in the changeset's extra and means something only while the
+    changeset is not public (evolve's rule), so this needs no topic extension
+    loaded: a publishing repository's public changesets show none.
+    """
+    ctx = context.resource(mapping, b"ctx")  # ResourceUnavailable: hgweb renders it empty
+    topic = ctx.extra().get(b"topic", b"")
+    return topic if topic and ctx.phase() != phases.public else b""
+
+
+_hostingtopic._requires = {b"ctx"}
+
+
+def _templater_with_keywords(orig, self, req):
     tmpl = orig(self, req)
     tmpl._proc._defaults[b"hostingbar"] = _hostingbar(req.rawenv.get(_TOPBAR_RAWKEY))
+    tmpl._proc._defaults[b"hostingtopic"] = _hostingtopic
     return tmpl
 
 
@@ -131,14 +150,14 @@ _installed = False
 
 
 def install() -> None:
-    """Give hgweb the ``{hostingbar}`` keyword and cache its template files and parses (once)."""
+    """Give hgweb the ``{hostingbar}`` and ``{hostingtopic}`` keywords and cache its template files and parses (once)."""
     global _installed
     if _installed:
         return
     _installed = True
     from mercurial import extensions
 
-    extensions.wrapfunction(_requestcontext_class(), "templater", _templater_with_topbar)
+    extensions.wrapfunction(_requestcontext_class(), "templater", _templater_with_keywords)
     extensions.wrapfunction(templater, "_readmapfile", _cached_readmapfile)
     extensions.wrapfunction(templater, "open_template", _cached_open_template)
     templater.parse = functools.lru_cache(maxsize=4096)(templater.parse)

@@ -1,9 +1,19 @@
-"""Headless Chromium for the self-service tests: launching it, logging in, screenshots.
+"""Headless Chromium for the browser tests: launching it, logging in, screenshots.
 
 The same browser and flags as ``test_browser.py`` (Debian's ``/usr/bin/chromium``
 driven by Playwright, ``HG_HOSTING_SKIP_BROWSER=1`` skips).  :func:`screenshots`
 saves a page full-length at 1280 px and at 390 px (a phone) into
 ``/work/shots/selfservice`` (``HG_HOSTING_SHOTS`` overrides; the directory is made).
+
+A test module that defines a module-scoped ``web`` fixture (with ``.url``, its
+daemon's address) gets the browser and fresh contexts by binding the two
+fixtures here under their names (imported, every test's argument would trip ruff's F811)::
+
+    browser, tabs = browserkit.browser, browserkit.tabs
+
+``browser`` is one Chromium for the module, launched after ``web`` (so it closes
+its connections before the daemon stops); ``tabs`` is a :class:`Contexts` per
+test that fails the test if a page raised a script error.
 """
 
 from __future__ import annotations
@@ -44,6 +54,22 @@ def chromium():
             browser.close()
 
 
+@pytest.fixture(scope="module")
+def browser(web):
+    """One headless Chromium for the module (after ``web``: it closes before the daemon stops)."""
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def tabs(browser, web):
+    """Fresh browser contexts for one test; a script error on any of their pages fails it."""
+    handle = Contexts(browser, web.url)
+    yield handle
+    handle.close()
+    assert handle.errors == []
+
+
 class Contexts:
     """Browser contexts (each its own cookies) against one daemon, closed together."""
 
@@ -52,8 +78,10 @@ class Contexts:
         self.contexts = []
         self.errors: list[str] = []
 
-    def page(self, viewport=None):
-        context = self.browser.new_context(base_url=self.url, viewport=viewport or DESKTOP)
+    def page(self, viewport=None, storage_state=None):
+        """A page in a new context; ``storage_state`` (a context's cookies) logs it in."""
+        context = self.browser.new_context(base_url=self.url, viewport=viewport or DESKTOP,
+                                           storage_state=storage_state)
         context.set_default_timeout(15_000)
         self.contexts.append(context)
         page = context.new_page()

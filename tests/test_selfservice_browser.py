@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import datetime
 
+import browserkit
 import pytest
-from browserkit import Contexts, chromium, login, screenshots, skip_unless_browser, submit
+from browserkit import login, screenshots, skip_unless_browser, submit
 from clibatch import cli_batch
 from conftest import Daemon, site_handle
 from test_auth import PASSWORDS, db_query
 from test_selfservice import KEY, TOKEN
 
 skip_unless_browser()
+#: The module's fixtures: one Chromium after ``web``, fresh contexts per test (browserkit's docstring).
+browser, tabs = browserkit.browser, browserkit.tabs
 
 #: The label field of the new-token form (each token's row has a hidden one).
 LABEL = "form:has(input[value=create]) input[name=label]"
@@ -44,19 +47,6 @@ def web(tmp_path_factory):
     assert "Traceback" not in log, log[-3000:]
     assert not TOKEN.search(log), "a token reached the log"
 
-
-@pytest.fixture(scope="module")
-def browser(web):  # web first: the browser closes its connections before the daemon stops
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def tabs(browser, web):
-    handle = Contexts(browser, web.url)
-    yield handle
-    handle.close()
-    assert handle.errors == []
 
 
 def test_anonymous_settings_go_to_login_and_back(tabs, web):

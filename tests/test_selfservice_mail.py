@@ -14,12 +14,15 @@ import queue
 import re
 import socket
 
+import browserkit
 import pytest
-from browserkit import Contexts, chromium, screenshots, skip_unless_browser, submit
+from browserkit import screenshots, skip_unless_browser, submit
 from conftest import Daemon, site_handle
 from test_auth import PASSWORDS, add_users, db_query, form_login, request
 
 skip_unless_browser()
+#: The module's fixtures: one Chromium after ``web``, fresh contexts per test (browserkit's docstring).
+browser, tabs = browserkit.browser, browserkit.tabs
 
 BASE_URL = "https://hg.example.org"
 
@@ -75,19 +78,6 @@ def web(tmp_path_factory):
     assert "Traceback" not in log, log[-3000:]
     assert not re.search(r"/-/(verify|reset|join)/hgh_", log), "a link's token reached the log"
 
-
-@pytest.fixture(scope="module")
-def browser(web):
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def tabs(browser, web):
-    handle = Contexts(browser, web.url)
-    yield handle
-    handle.close()
-    assert handle.errors == []
 
 
 def link_in(message, kind: str) -> str:
