@@ -91,6 +91,16 @@ def _wait_recorded(site: Path, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
+def _wait_mails(count: int, timeout: float = 60) -> None:
+    """Until the SMTP sink has received ``count`` mails; a bench that would measure nothing stops."""
+    deadline = time.monotonic() + timeout
+    while _Sink.count < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {_Sink.count} of {count} mails arrived in {timeout:.0f} s:"
+                             " is [hosting] smtp/mail-from set?")
+        time.sleep(0.02)
+
+
 def timed_push(site: Path, wc: Path, env: dict, i: int) -> float:
     (wc / f"f{i}.txt").write_text(f"{i}\n")
     subprocess.run([HG, "commit", "-q", "-A", "-m", f"change {i}"], cwd=wc, env=env, check=True)
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         env = isolated_env(work)
         common = "\n[hosting]\nwebhook-allow = 127.0.0.1\n"
         none_site, none_wc = make_site(work, env, "none", common)
-        hooks_site, hooks_wc = make_site(work, env, "hooks", common + f"smtp = 127.0.0.1:{smtp.port}\n")
+        hooks_site, hooks_wc = make_site(work, env, "hooks", common + f"smtp = 127.0.0.1:{smtp.port}\nmail-from = hosting@example.org\n")
         run = [HG_HOSTING, "--site", str(hooks_site)]
         for _ in range(0 if args.control else 3):
             subprocess.run([*run, "webhook", "add", "alice/demo", receiver.url, "--secret-stdin"],
@@ -134,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             timed_push(none_site, none_wc, env, 0)  # warm-up pair
             timed_push(hooks_site, hooks_wc, env, 0)
             receiver.wait(0 if args.control else 3, timeout=30)
-            deadline = time.monotonic() + 60
-            while _Sink.count < (0 if args.control else 5) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            _wait_mails(0 if args.control else 5)
             for t in range(1, args.trials + 1):
                 order = [("none", none_site, none_wc), ("hooks", hooks_site, hooks_wc)]
                 for kind, site, wc in (order if t % 2 else order[::-1]):
@@ -147,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                         # The next push starts once this one's deliveries are done, so that it
                         # is timed alone (on 2 cores the daemon's delivery work would compete).
                         receiver.wait(0 if args.control else 3 * (t + 1), timeout=60)
-                        deadline = time.monotonic() + 60
-                        while _Sink.count < (0 if args.control else 5 * (t + 1)) and time.monotonic() < deadline:
-                            time.sleep(0.02)
+                        _wait_mails(0 if args.control else 5 * (t + 1))
                         _wait_recorded(hooks_site)
             if args.control:
                 print(f"A/A: medians {statistics.median(times['none']) * 1000:.1f} ms and"
@@ -168,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                 first[pid] = min(first.get(pid, h.at), h.at)
             from_exit = [first[pid] - ends[pid - 2] for pid in range(2, args.trials + 2)]
             from_record = [first[pid] - dates[pid] for pid in range(2, args.trials + 2)]
+            wal = {name: (site / "hosting.db-wal").stat().st_size if (site / "hosting.db-wal").exists() else 0
+                   for name, site in (("none", none_site), ("hooks", hooks_site))}
         finally:
             for d in daemons:
                 d.terminate()
@@ -183,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
           f" (max {max(from_exit) * 1000:.0f} ms)")
     print(f"push record written -> receiver request:         median {statistics.median(from_record) * 1000:7.1f} ms"
           f" (target < 500 ms)")
-    print(f"mails received: {_Sink.count}")
+    print(f"mails received: {_Sink.count}; WAL at the end: none {wal['none'] // 1024} KiB,"
+          f" hooks {wal['hooks'] // 1024} KiB")
     return 0
 
 

@@ -53,7 +53,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from hgext_hosting import outbox, recorder
+from hgext_hosting import models, outbox, recorder
 from hgext_hosting.errors import UserError
 
 log = Logger()
@@ -276,7 +276,8 @@ class DeliveryService(service.Service):
 
     def _round(self, busy: set[int]) -> list[outbox.Claimed]:
         """In a pool thread: fan out new events, claim due deliveries (and now and then prune)."""
-        outbox.fan_out(self._push_payload, bool(self.settings.smtp and self.settings.mail_from))
+        if outbox.fan_out(self._push_payload, bool(self.settings.smtp and self.settings.mail_from)):
+            models.checkpoint()  # the payloads written: see _finish
         if time.monotonic() - self._pruned > PRUNE_SECONDS:
             self._pruned = time.monotonic()
             outbox.prune_events()
@@ -284,6 +285,16 @@ class DeliveryService(service.Service):
         if room <= 0:
             return []
         return outbox.claim(self.holder, room, busy, self.settings.lease)
+
+    def _finish(self, claimed: outbox.Claimed, outcome) -> None:
+        """In a pool thread: record a delivery's outcome, then keep SQLite's log short.
+
+        The checkpoint is here, in the background, so that the next push's
+        commit does not pay for the pages the deliveries wrote
+        (:func:`hgext_hosting.models.checkpoint`).
+        """
+        outbox.finish(claimed, self.holder, outcome, self.settings.retry)
+        models.checkpoint()
 
     def _push_payload(self, event) -> dict:
         """The payload of a push event, read from the repository where it is now (renamed or not)."""
@@ -306,7 +317,7 @@ class DeliveryService(service.Service):
             self.in_flight[c.id] = d
 
             def recorded(outcome, c=c):
-                return self._db(outbox.finish, c, self.holder, outcome, self.settings.retry)
+                return self._db(self._finish, c, outcome)
 
             def finished(result, c=c):
                 self.in_flight.pop(c.id, None)
@@ -346,7 +357,7 @@ class DeliveryService(service.Service):
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            addresses = yield threads.deferToThreadPool(self.reactor, self.pool, resolve, host, port)
+            addresses = yield self._db(resolve, host, port)
         except OSError as e:
             return outbox.Outcome(False, duration_ms=took(), error=f"cannot resolve {host}: {e}")
         refused = [r for r in (refusal(a, host, self.settings.allow) for a in addresses) if r]
