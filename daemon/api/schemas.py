@@ -32,6 +32,10 @@ NULLABLE_DATE = {"type": ["string", "null"], "format": "date-time"}
 LEVEL = {"type": "string", "enum": ["read", "write", "publish", "admin"]}
 SCOPE = {"type": "string", "enum": ["read", "write", "admin"]}
 NODE = {"type": "string", "pattern": "^[0-9a-f]{40}$"}
+#: A webhook's event kinds (hgext_hosting.outbox.KINDS).
+EVENTS = {"type": "array", "minItems": 1, "maxItems": 2, "items": {"type": "string", "enum": ["push", "repository"]}}
+HOOK_URL = {"type": "string", "minLength": 1, "maxLength": 2000}
+SECRET = {"type": "string", "minLength": 1, "maxLength": 255}
 
 
 def obj(properties: dict, required: tuple[str, ...] = (), closed: bool = True) -> dict:
@@ -109,6 +113,31 @@ SCHEMAS: dict[str, dict] = {
     "Team": obj({"name": {"type": "string"}, "members": {"type": "array", "items": {"type": "string"}}},
                 ("name", "members")),
     "NewTeam": obj({"name": NAME}, ("name",)),
+    # webhooks (the secret is write-only: has_secret tells it is set)
+    "Hook": obj({
+        "id": {"type": "integer"}, "type": {"type": "string", "enum": ["repository", "user", "team"]},
+        "target": {"type": "string"}, "url": {"type": "string"}, "events": EVENTS,
+        "active": {"type": "boolean"}, "disabled_reason": {"type": ["string", "null"]},
+        "failing_since": NULLABLE_DATE, "has_secret": {"type": "boolean"}, "created": NULLABLE_DATE,
+    }, ("id", "type", "target", "url", "events", "active", "disabled_reason", "has_secret", "created")),
+    "NewHook": obj({
+        "url": HOOK_URL, "events": EVENTS, "secret": SECRET, "active": {"type": "boolean"},
+    }, ("url", "secret")),
+    "HookUpdate": obj({
+        "url": HOOK_URL, "events": EVENTS, "secret": SECRET, "active": {"type": "boolean"},
+    }),
+    "HookDelivery": obj({
+        "delivery": {"type": "string"}, "event": {"type": "string"}, "repository": {"type": "string"},
+        "state": {"type": "string", "enum": ["pending", "delivered", "failed"]}, "date": DATE,
+        "status": {"type": ["integer", "null"]}, "duration_ms": {"type": "integer"},
+        "error": {"type": ["string", "null"]}, "response": {"type": "string"},
+    }, ("delivery", "event", "repository", "state", "date", "status", "duration_ms", "error", "response")),
+    "Redelivery": obj({"delivery": {"type": "string"}, "state": {"type": "string"}}, ("delivery", "state")),
+    # watching (Gitea's WatchInfo)
+    "WatchInfo": obj({
+        "subscribed": {"type": "boolean"}, "ignored": {"type": "boolean"}, "reason": {"type": "null"},
+        "url": {"type": "string"}, "repository_url": {"type": "string"},
+    }, ("subscribed", "ignored", "reason", "url", "repository_url")),
 }
 
 
