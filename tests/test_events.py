@@ -11,7 +11,6 @@ from __future__ import annotations
 import email
 import email.policy
 import http.client
-import itertools
 import json
 import re
 import socket
@@ -22,11 +21,12 @@ from pathlib import Path
 
 import feedparser
 import pytest
-from conftest import Daemon, SiteHandle, commit, site_handle
+from conftest import Daemon, SiteHandle, commit
+from eventsite import make_site, push_local, running
+from eventsite import new_repo as _new_repo
 from hookreceiver import Receiver, attempts, wait_until
 
 PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3", "root": "root-pw-4"}
-_names = itertools.count(1)
 
 
 class Mailbox:
@@ -72,11 +72,7 @@ def mailbox():
 
 @pytest.fixture(scope="module")
 def events_site(tmp_path_factory, mailbox) -> SiteHandle:
-    site = site_handle(tmp_path_factory.mktemp("events"))
-    site.cli("init")
-    with open(site.root / "hgrc", "a") as f:
-        f.write(f"""
-[hosting]
+    return make_site(tmp_path_factory.mktemp("events"), f"""
 webhook-allow = 127.0.0.1
 webhook-timeout = 2
 webhook-retry-first = 0.2
@@ -85,30 +81,21 @@ webhook-give-up = 1.5
 webhook-disable-after = 2.5
 smtp = 127.0.0.1:{mailbox[1]}
 mail-from = hg@example.org
-""")
-    for name, password in PASSWORDS.items():
-        site.add_user(name, password, admin=name == "root")
-    return site
+""", PASSWORDS, admins=("root",))
 
 
 @pytest.fixture(scope="module")
 def daemon(events_site: SiteHandle):
-    d = Daemon(events_site)
-    yield d
-    d.stop()
-    assert "Traceback" not in d.log(), d.log()[-3000:]
+    with running(events_site) as d:
+        yield d
 
 
 def new_repo(site: SiteHandle, tmp_path: Path, private: bool = False) -> tuple[str, Path]:
-    full = f"alice/ev{next(_names)}"
-    site.cli("repo", "create", full, *(["--private"] if private else []))
-    wc = tmp_path / f"wc-{full.replace('/', '-')}"
-    site.hg("clone", "-q", str(site.repo_path(full)), str(wc))
-    return full, wc
+    return _new_repo(site, tmp_path, "alice/ev", private)
 
 
 def push(site: SiteHandle, wc: Path, full: str):
-    return site.hg("push", "-q", str(site.repo_path(full)), cwd=wc, user="alice")
+    return push_local(site, wc, full)
 
 
 # -- HTTP helpers --------------------------------------------------------------------
