@@ -44,6 +44,11 @@ def check_url(url: str) -> str:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
         raise Invalid(f"the webhook URL has a malformed port: {url!r}", "url") from None
+    try:  # what the resolver will do with it at delivery time: a label over 63 characters fails
+        if len(parts.hostname.encode("idna")) > 253:
+            raise UnicodeError("too long")
+    except UnicodeError:
+        raise Invalid(f"the webhook URL's host is not a valid host name: {parts.hostname[:80]!r}", "url") from None
     return url
 
 

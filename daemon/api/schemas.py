@@ -10,10 +10,12 @@ naming the field (422), so that a handler only ever sees well-formed input.
 Only the subset of JSON Schema used here is checked: ``type`` (object,
 string, boolean, integer, array), ``properties``, ``required``,
 ``additionalProperties: false``, ``enum``, ``minLength``/``maxLength``,
-``minimum``/``maximum``, ``items`` and ``maxItems``.
+``minimum``/``maximum``, ``pattern``, ``items`` and ``maxItems``.
 """
 
 from __future__ import annotations
+
+import re
 
 from hgext_hosting.errors import Invalid
 
@@ -34,7 +36,8 @@ SCOPE = {"type": "string", "enum": ["read", "write", "admin"]}
 NODE = {"type": "string", "pattern": "^[0-9a-f]{40}$"}
 #: A webhook's event kinds (hgext_hosting.outbox.KINDS).
 EVENTS = {"type": "array", "minItems": 1, "maxItems": 2, "items": {"type": "string", "enum": ["push", "repository"]}}
-HOOK_URL = {"type": "string", "minLength": 1, "maxLength": 2000}
+HOOK_URL = {"type": "string", "minLength": 1, "maxLength": 2000,
+            "pattern": r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[!-~]*)?$"}
 SECRET = {"type": "string", "minLength": 1, "maxLength": 255}
 
 
@@ -169,6 +172,8 @@ def check(value, schema: dict, field: str) -> None:
                           f" {schema.get('maxLength', 'any number of')} characters", field)
         if "\0" in value:
             raise Invalid(f"{field} must not contain NUL", field)
+        if "pattern" in schema and not re.fullmatch(schema["pattern"], value):  # patterns here are anchored
+            raise Invalid(f"{field} is malformed", field)
     if isinstance(value, int) and not isinstance(value, bool) and not (
             schema.get("minimum", -(1 << 63)) <= value <= schema.get("maximum", (1 << 63) - 1)):
         raise Invalid(f"{field} is out of range", field)
