@@ -22,9 +22,10 @@ from pathlib import Path
 import feedparser
 import pytest
 from conftest import Daemon, SiteHandle, commit
-from eventsite import make_site, push_local, running
+from eventsite import add_hook, make_site, push_local, running
 from eventsite import new_repo as _new_repo
 from hookreceiver import Receiver, attempts, wait_until
+from test_auth import db_query
 
 PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3", "root": "root-pw-4"}
 
@@ -346,3 +347,25 @@ def test_administrative_changes_are_audited_with_their_actor(events_site, daemon
     last = site.cli_json("audit", "--limit", "1")[0]
     assert (last["actor"], last["action"], last["target"], last["address"]) == ("alice", "grant", full, "127.0.0.1")
     assert last["details"] == {"subject": "bob", "level": "write"}
+
+
+def test_a_repository_admin_cannot_redeliver_the_owners_hook(events_site, daemon, tmp_path):
+    """bob administers alice's repository, not alice's own hooks: naming his repository's hook
+    with the delivery of alice's owner hook (for that repository's push) is refused."""
+    site = events_site
+    full, wc = new_repo(site, tmp_path)
+    site.cli("grant", full, "bob", "admin")
+    owner_hook = add_hook(site, "alice", "http://127.0.0.1:9/owner", events="push")
+    repo_hook = add_hook(site, full, "http://127.0.0.1:9/repo", events="push")
+    try:
+        commit(site.hg, wc, "o.txt", "o\n")
+        push(site, wc, full)
+        (guid,) = wait_until(lambda: [g for (g,) in db_query(site, "SELECT guid FROM delivery WHERE webhook_id = ?",
+                                                              (owner_hook,))])
+        bob = Browser(daemon, "bob")
+        page = f"/{full}/settings/hooks"
+        status, _, html = bob.post(page, {"action": "redeliver", "hook": str(repo_hook), "delivery": guid})
+        assert status == 400 and "no delivery" in html
+        assert not any(e["action"] == "webhook.redeliver" for e in site.cli_json("audit", "--limit", "3"))
+    finally:
+        site.cli("webhook", "remove", str(owner_hook))
