@@ -51,8 +51,8 @@ def fuzzed(tmp_path_factory):
     cli_batch(site, [(argv, None) for argv in (
         ["user", "add", "root", "--admin"], ["user", "add", "alice"],
         *(["team", "add", team] for team in TEAMS), *(["team", "member-add", team, "alice"] for team in TEAMS),
-        ["repo", "create", "root/demo"],
-        *(["repo", "create", f"alice/{name}"] for name in REPO_NAMES),
+        ["repo", "create", "root/demo"], ["team", "add", GONE],
+        *(["repo", "create", f"alice/{name}"] for name in (*REPO_NAMES, GONE)),
         ["grant", "alice/demo", "@devs", "read"], ["grant", "alice/demo", "root", "write"],
         ["protect", "alice/demo", "default", "--allow", "alice"], ["ssh-key", "add", "root", str(tmp / "key.pub")],
         ["token", "create", "root", "--label", "spare"],
@@ -64,37 +64,51 @@ def fuzzed(tmp_path_factory):
     site.hg("push", "-q", str(site.repo_path("alice/demo")), cwd=wc, user="alice")
     token = site.cli("token", "create", "root", "--scope", "admin").stdout.strip()
     daemon = Daemon(site)
-    deliveries = wait_until(lambda: [g for (g,) in db_query(site, "SELECT guid FROM delivery WHERE webhook_id = 1")])
+    deliveries = {hook: wait_until(lambda hook=hook: [g for (g,) in db_query(
+        site, "SELECT guid FROM delivery WHERE webhook_id = ?", (hook,))]) for hook in (1, 2)}
     (tmp / "schemathesis.toml").write_text(fuzz_dictionaries(deliveries))
     yield daemon, token, tmp
     daemon.stop()
     assert "Traceback" not in daemon.log(), daemon.log()[-5000:]
 
 
-#: alice's repositories and the teams: the fuzzer may delete some, others remain to be read.
+#: alice's repositories and the teams: the fuzzer may delete some, others remain to be read;
+#: "gone" is what the DELETE of a repository or a team is given.
 REPO_NAMES = ("demo", "two", "three", "four")
 TEAMS = ("devs", "ops", "qa")
+GONE = "gone"
 
 
-def fuzz_dictionaries(deliveries: list[str]) -> str:
+def fuzz_dictionaries(deliveries: dict[int, list[str]]) -> str:
     """Schemathesis' configuration: most path parameters it makes name what exists (so that
-    operations reach their logic, not only 404), the rest are its own."""
-    values = {"owner": ["alice", "root"], "name": list(REPO_NAMES), "user": ["alice", "root"], "team": list(TEAMS),
-              "id": [1, 2, 3], "rev": ["tip", "default"], "path": ["README.txt"], "ref": ["default"],
-              "subject": ["@devs", "root"], "label": ["spare"], "delivery": deliveries}
-    lines = []
-    for name, entries in {**values, "user_hook": [2], "team_hook": [3, 4, 5], "alice": ["alice"]}.items():
-        lines += [f"[dictionaries.{name}]", f"values = {json.dumps(entries)}", ""]
-    lines.append("[parameters]")
-    lines += [f'"path.{name}" = {{ dictionary = "{name}", probability = 0.75 }}' for name in values]
-    lines.append('"body.owner" = { dictionary = "owner", probability = 0.5 }')
-    # an owner's hooks have their own ids: hook 2 is alice's, hook 3 the team devs'
-    for kind, hook, owner in (("users", "user_hook", "alice"), ("teams", "team_hook", "team")):
-        lines += ["", "[[operations]]", f'include-path-regex = "/{kind}/\\\\{{[a-z]+\\\\}}/hooks/"',
-                  "[operations.parameters]",
-                  f'"path.id" = {{ dictionary = "{hook}", probability = 0.75 }}',
-                  f'"path.{kind[:-1]}" = {{ dictionary = "{owner}", probability = 0.75 }}']
-    return "\n".join(lines) + "\n"
+    operations reach their logic, not only 404), the rest are its own.
+
+    ``deliveries``: the delivery ids of hook 1 (alice/demo's) and hook 2 (alice's).
+    """
+    everywhere = {"owner": ["alice", "root"], "name": list(REPO_NAMES), "user": ["alice", "root"],
+                  "team": list(TEAMS), "id": [1, 2, 3], "rev": ["tip", "default"], "path": ["README.txt"],
+                  "ref": ["default"], "subject": ["@devs", "root"], "label": ["spare"], "delivery": deliveries[1]}
+    # (method, path regex, values): where other names exist
+    overrides = [
+        (None, r"/users/\{user\}/hooks/", {"user": ["alice"], "id": [2], "delivery": deliveries[2]}),
+        (None, r"/teams/\{team\}/hooks/", {"id": [3, 4, 5]}),
+        ("DELETE", r"/teams/\{team\}$", {"team": [GONE]}),
+        ("DELETE", r"/repos/\{owner\}/\{name\}$", {"owner": ["alice"], "name": [GONE]}),
+    ]
+    lines, names = [], {}
+
+    def binding(param: str, entries: list, where: str = "path") -> str:
+        name = names.setdefault(json.dumps(entries), f"d{len(names)}")
+        return f'"{where}.{param}" = {{ dictionary = "{name}", probability = 0.75 }}'
+
+    params = ["[parameters]", *(binding(p, v) for p, v in everywhere.items()), binding("owner", ["alice", "root"], "body")]
+    for method, regex, values in overrides:
+        params += ["", "[[operations]]", *([f'include-method = "{method}"'] if method else []),
+                   f"include-path-regex = {json.dumps(regex)}", "[operations.parameters]",
+                   *(binding(p, v) for p, v in values.items())]
+    for entries, name in names.items():
+        lines += [f"[dictionaries.{name}]", f"values = {entries}", ""]
+    return "\n".join(lines + params) + "\n"
 
 
 def schemathesis(daemon: Daemon, tmp: Path, *extra: str) -> str:
