@@ -358,7 +358,7 @@ class DeliveryService(service.Service):
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             addresses = yield self._db(resolve, host, port)
-        except OSError as e:
+        except (OSError, UnicodeError) as e:  # UnicodeError: a host IDNA cannot encode
             return outbox.Outcome(False, duration_ms=took(), error=f"cannot resolve {host}: {e}")
         refused = [r for r in (refusal(a, host, self.settings.allow) for a in addresses) if r]
         if refused or not addresses:

@@ -1,6 +1,9 @@
 """The pages of events (issue 14): webhooks settings, watching, the Atom feed, the audit log.
 
-:func:`install` adds them to a :class:`daemon.pages.Pages`:
+:class:`EventPages` is passed to :class:`daemon.pages.Pages` when it is built
+(``Pages(..., events=EventPages)``, :func:`daemon.service.make_app`), which
+serves its :attr:`EventPages.repo_pages` and gives its templates
+:meth:`EventPages.template_globals`:
 
 ``/OWNER/NAME/settings/hooks`` (repository admins)
     The repository's webhooks (and its owner's, shown for reference): add
@@ -15,8 +18,9 @@
 ``/-/admin/audit`` (site admins)
     The newest entries of the audit log.
 
-Every POST carries the session's CSRF token and changes go through
-:mod:`hgext_hosting.webhooks` (which records them in the audit log).
+Every POST carries the session's CSRF token; the pages only parse the form and
+call :mod:`hgext_hosting.service.hooks` (who may, the audit record), rendering
+a refusal with :func:`daemon.web.page_status`.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ import uuid
 from xml.sax.saxutils import escape, quoteattr
 
 from hgext_hosting import audit, outbox, pushlog, webhooks
-from hgext_hosting.errors import UserError
-from hgext_hosting.models import Repository, Webhook
+from hgext_hosting.errors import Forbidden, NotFound, UserError
+from hgext_hosting.models import Repository
+from hgext_hosting.service import hooks as service_hooks
 
-from .web import HTTPError, Request, redirect, respond
+from .web import HTTPError, Request, page_status, redirect, respond
 
 #: Pushes in the Atom feed.
 FEED_PUSHES = 20
@@ -39,80 +44,82 @@ FEED_CHANGESETS = 20
 PAGE_DELIVERIES = 10
 
 
-def install(pages) -> None:
-    """Add the event pages to ``pages`` (and ``is_watching`` to its templates)."""
-    events = EventPages(pages)
-    pages.events = events
-    pages.repo_pages["pushlog.atom"] = events.feed
-    pages.repo_pages["watch"] = events.watch
-    pages.repo_pages["settings/hooks"] = events.hooks
-    pages.env.globals["is_watching"] = lambda repo, user: user is not None and webhooks.is_watching(repo, user.name)
-
-
 class EventPages:
+    """The handlers; ``pages`` (:class:`daemon.pages.Pages`) renders, checks logins and CSRF."""
+
     def __init__(self, pages):
         self.pages = pages
+
+    @property
+    def repo_pages(self) -> dict:
+        """The pages under ``/OWNER/NAME/`` these handlers serve, by name."""
+        return {"pushlog.atom": self.feed, "watch": self.watch, "settings/hooks": self.hooks}
+
+    @staticmethod
+    def template_globals() -> dict:
+        """``is_watching(repo, user)`` for the overview's Watch button (the user's own state)."""
+        return {"is_watching": lambda repo, user: user is not None and webhooks.watching(repo, user)}
 
     # -- watching --------------------------------------------------------------------
 
     def watch(self, req: Request, start_response, row: Repository, facts, level):
         self.pages.require_login(req)
         self.pages.check_csrf(req)
-        if req.field("action") == "unwatch":
-            webhooks.unwatch(row.full_name, req.user.name, req.user.name, req.address)
-        else:
-            webhooks.watch(row.full_name, req.user.name, req.user.name, req.address)
+        actor = self.pages.app.actor(req)
+        try:
+            if req.field("action") == "unwatch":
+                service_hooks.unwatch(actor, row.full_name)
+            else:
+                service_hooks.watch(actor, row.full_name)
+        except UserError as e:
+            raise HTTPError(page_status(e), str(e)) from None
         return redirect(start_response, f"/{row.owner.name}/{row.name}")
 
     # -- webhooks ----------------------------------------------------------------------
 
     def hooks(self, req: Request, start_response, row: Repository, facts, level):
         self.pages.require_login(req)
-        if level != "admin":
-            raise HTTPError(403, f"{req.user.name} is not an admin of {row.full_name}")
+        actor = self.pages.app.actor(req)
+        try:
+            hooks = service_hooks.hooks_of(actor, row.full_name)
+        except (NotFound, Forbidden) as e:
+            raise HTTPError(page_status(e), str(e)) from None
         message = error = secret = None
+        status = 200
         if req.method == "POST":
             self.pages.check_csrf(req)
             try:
-                message, secret = self._apply(req, row)
+                message, secret = self._apply(req, actor, row)
             except UserError as e:
-                error = str(e)
-        hooks = list(Webhook.select().where(Webhook.repository == row.id).order_by(Webhook.id))
-        inherited = list(Webhook.select().where((Webhook.owner == row.owner_id) & Webhook.repository.is_null())
-                         .order_by(Webhook.id))
-        shown = [{"hook": h, "deliveries": webhooks.deliveries(h.id, PAGE_DELIVERIES)} for h in hooks]
+                error, status = str(e), 400  # the form's refusal, as ever
+            hooks = service_hooks.hooks_of(actor, row.full_name)
+        shown = [{"hook": h, "deliveries": service_hooks.deliveries(actor, h.id, row.full_name, PAGE_DELIVERIES)}
+                 for h in hooks]
         return self.pages.render(
-            req, start_response, "hooks.html", status=400 if error else 200, repo=row, level=level,
-            hooks=shown, inherited=inherited, kinds=outbox.KINDS, message=message, error=error, secret=secret,
-            title=f"{row.full_name}: webhooks",
+            req, start_response, "hooks.html", status=status, repo=row, level=level,
+            hooks=shown, inherited=service_hooks.inherited(actor, row.full_name), kinds=outbox.KINDS,
+            message=message, error=error, secret=secret, title=f"{row.full_name}: webhooks",
         )
 
-    def _apply(self, req: Request, row: Repository) -> tuple[str, str | None]:
-        action = req.field("action")
-        actor, address = req.user.name, req.address
+    @staticmethod
+    def _apply(req: Request, actor, row: Repository) -> tuple[str, str | None]:
+        action, where = req.field("action"), row.full_name
         if action == "add":
             kinds = ",".join(k for k in outbox.KINDS if req.field(f"event-{k}") == "on")
             given = req.field("secret").strip() or None
-            hook, secret = webhooks.add(row.full_name, req.field("url"), given, kinds, actor, address)
+            hook, secret = service_hooks.add(actor, where, req.field("url"), given, kinds)
             return f"added webhook {hook.id}", (None if given else secret)
-        hook = self._own_hook(req, row)
+        hook = service_hooks.get(actor, req.field("hook"), where)
         if action == "remove":
-            webhooks.remove(hook.id, actor, address, repository=row)
+            service_hooks.remove(actor, hook.id, where)
             return f"removed webhook {hook.id}", None
         if action in ("enable", "disable"):
-            webhooks.set_active(hook.id, action == "enable", actor, address)
+            service_hooks.update(actor, hook.id, where, active=action == "enable")
             return f"{action}d webhook {hook.id}", None
         if action == "redeliver":
-            webhooks.redeliver(req.field("delivery"), actor, address, repository=row)
+            service_hooks.redeliver(actor, req.field("delivery"), hook.id, where)
             return f"delivery {req.field('delivery')} will be sent again", None
         raise UserError("unknown action")
-
-    @staticmethod
-    def _own_hook(req: Request, row: Repository) -> Webhook:
-        hook = webhooks.get(req.field("hook"))
-        if hook.repository_id != row.id:
-            raise UserError(f"no webhook {hook.id} on {row.full_name}")
-        return hook
 
     # -- the feed ----------------------------------------------------------------------
 

@@ -141,9 +141,11 @@ def open_topics(repo) -> list[dict]:
 class Pages:
     """Page handlers; ``app`` is the :class:`daemon.app.HostingApp` they serve under."""
 
-    def __init__(self, site, auth, app, ssh_address: str | None = None):
+    def __init__(self, site, auth, app, ssh_address: str | None = None, events=None):
         """``app``: the :class:`daemon.app.HostingApp` these pages serve under (the requester's
-        subject, repository paths, opened repositories)."""
+        subject, repository paths, opened repositories); ``events(pages)``: builds the event
+        pages (:class:`daemon.eventpages.EventPages`), whose repository pages and template
+        globals are added here."""
         self.site = site
         self.auth = auth
         self.ssh_address = ssh_address
@@ -164,6 +166,10 @@ class Pages:
             "json-pushes": None,  # served by daemon.jsonpushes through the app
             "pushloghtml": self.pushloghtml,
         }
+        self.events = events(self) if events is not None else None
+        if self.events is not None:
+            self.repo_pages.update(self.events.repo_pages)
+            self.env.globals.update(self.events.template_globals())
 
     # -- rendering ---------------------------------------------------------------
 

@@ -58,11 +58,11 @@ from hgext_hosting import models, pushlog
 from hgext_hosting.errors import UserError
 from hgext_hosting.models import Owner, Repository
 
-from . import eventpages
 from .account_pages import redacted_log_formatter
 from .app import HostingApp, setup_hgweb
 from .auth import Authenticator, Limits, trusted_networks
 from .bodylimit import BoundedRequest
+from .eventpages import EventPages
 from .hgwebs import HgwebCache
 from .lifecycle import Abandonable, InFlight, exit_now, url_of
 from .pages import Pages, templates_dir
@@ -600,13 +600,7 @@ def make_app(site, ssh_address: str | None = None) -> HostingApp:
     auth = Authenticator.for_site(site)
     baseui = daemon_baseui(site)
     return HostingApp(site, auth, HgwebCache(baseui), baseui,
-                      pages=lambda app: _with_event_pages(Pages(site, auth, app, ssh_address=ssh_address)))
-
-
-def _with_event_pages(pages: Pages) -> Pages:
-    """``pages`` with the event pages added (the feed, watching, the webhooks page)."""
-    eventpages.install(pages)
-    return pages
+                      pages=lambda app: Pages(site, auth, app, ssh_address=ssh_address, events=EventPages))
 
 
 def make_http_service(site, host: str, port: int, *, ssh_address: str | None = None,

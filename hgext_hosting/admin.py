@@ -510,52 +510,53 @@ def cmd_ssh_authorized_keys(args, site: Site) -> int:
 # -- the parser -------------------------------------------------------------------
 
 
-# -- events (issue 14): thin wrappers over hgext_hosting.webhooks and hgext_hosting.audit --------
+# -- events (issue 14): thin faces over hgext_hosting.service.hooks and hgext_hosting.audit --------
 
 
 def cmd_webhook(args, site: Site) -> int:
-    from . import audit, webhooks
+    from . import webhooks
+    from .service import hooks
 
-    actor, address = audit.cli_actor(), "local"
+    console = Actor.of_console()
     if args.action == "add":
         secret = _password_from_stdin() if args.secret_stdin else None
-        hook, secret = webhooks.add(args.target, args.url, secret, args.events, actor, address)
+        hook, secret = hooks.add(console, args.target, args.url, secret, args.events)
         print(f"added webhook {hook.id} for {webhooks.label(hook)}: {hook.url}")
         if not args.secret_stdin:
             print(f"secret (shown once): {secret}")
     elif args.action == "list":
-        rows = [webhooks.as_json(h) for h in webhooks.hooks_of(args.target)]
+        rows = [webhooks.as_json(h) for h in hooks.hooks_of(console, args.target, with_repositories=True)]
         _emit(args, rows, [("ID", itemgetter("id")), ("TARGET", itemgetter("target")), ("URL", itemgetter("url")),
                            ("EVENTS", itemgetter("events")), ("ACTIVE", itemgetter("active")),
                            ("STATE", lambda r: r["disabled_reason"] or (
                                f"failing since {r['failing_since']}" if r["failing_since"] else "ok"))])
     elif args.action == "remove":
-        webhooks.remove(args.id, actor, address)
+        hooks.remove(console, args.id)
         print(f"removed webhook {args.id}")
     elif args.action in ("enable", "disable"):
-        webhooks.set_active(args.id, args.action == "enable", actor, address)
+        hooks.update(console, args.id, active=args.action == "enable")
         print(f"{args.action}d webhook {args.id}")
     elif args.action == "deliveries":
         if args.limit < 1:
             raise UserError("--limit must be at least 1")
-        _emit(args, webhooks.deliveries(args.id, args.limit),
+        _emit(args, hooks.deliveries(console, args.id, limit=min(args.limit, hooks.MAX_LIMIT)),
               [("DATE", itemgetter("date")), ("DELIVERY", itemgetter("delivery")), ("EVENT", itemgetter("event")),
                ("REPOSITORY", itemgetter("repository")), ("STATUS", lambda r: r["status"] or r["error"]),
                ("MS", itemgetter("duration_ms")), ("STATE", itemgetter("state"))])
     elif args.action == "redeliver":
-        webhooks.redeliver(args.delivery, actor, address)
+        hooks.redeliver(console, args.delivery)
         print(f"delivery {args.delivery} will be sent again")
     return 0
 
 
 def cmd_watch(args, site: Site) -> int:
-    from . import audit, webhooks
+    from .service import hooks
 
     if args.command == "watch":
-        done = webhooks.watch(args.repo, args.user, audit.cli_actor(), "local")
+        done = hooks.watch(Actor.of_console(), args.repo, args.user)
         print(f"{args.user} {'now watches' if done else 'already watches'} {args.repo}")
     else:
-        done = webhooks.unwatch(args.repo, args.user, audit.cli_actor(), "local")
+        done = hooks.unwatch(Actor.of_console(), args.repo, args.user)
         print(f"{args.user} {'no longer watches' if done else 'did not watch'} {args.repo}")
     return 0
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import email
 import email.policy
 import http.client
-import itertools
 import json
 import re
 import socket
@@ -22,11 +21,14 @@ from pathlib import Path
 
 import feedparser
 import pytest
-from conftest import Daemon, SiteHandle, commit, site_handle
+from clibatch import cli_batch
+from conftest import Daemon, SiteHandle, commit
+from eventsite import make_site, push_local, running
+from eventsite import new_repo as _new_repo
 from hookreceiver import Receiver, attempts, wait_until
+from test_auth import db_query
 
 PASSWORDS = {"alice": "alice-pw-1", "bob": "bob-pw-2", "carol": "carol-pw-3", "root": "root-pw-4"}
-_names = itertools.count(1)
 
 
 class Mailbox:
@@ -72,11 +74,7 @@ def mailbox():
 
 @pytest.fixture(scope="module")
 def events_site(tmp_path_factory, mailbox) -> SiteHandle:
-    site = site_handle(tmp_path_factory.mktemp("events"))
-    site.cli("init")
-    with open(site.root / "hgrc", "a") as f:
-        f.write(f"""
-[hosting]
+    return make_site(tmp_path_factory.mktemp("events"), f"""
 webhook-allow = 127.0.0.1
 webhook-timeout = 2
 webhook-retry-first = 0.2
@@ -85,30 +83,21 @@ webhook-give-up = 1.5
 webhook-disable-after = 2.5
 smtp = 127.0.0.1:{mailbox[1]}
 mail-from = hg@example.org
-""")
-    for name, password in PASSWORDS.items():
-        site.add_user(name, password, admin=name == "root")
-    return site
+""", PASSWORDS, admins=("root",))
 
 
 @pytest.fixture(scope="module")
 def daemon(events_site: SiteHandle):
-    d = Daemon(events_site)
-    yield d
-    d.stop()
-    assert "Traceback" not in d.log(), d.log()[-3000:]
+    with running(events_site) as d:
+        yield d
 
 
 def new_repo(site: SiteHandle, tmp_path: Path, private: bool = False) -> tuple[str, Path]:
-    full = f"alice/ev{next(_names)}"
-    site.cli("repo", "create", full, *(["--private"] if private else []))
-    wc = tmp_path / f"wc-{full.replace('/', '-')}"
-    site.hg("clone", "-q", str(site.repo_path(full)), str(wc))
-    return full, wc
+    return _new_repo(site, tmp_path, "alice/ev", private)
 
 
 def push(site: SiteHandle, wc: Path, full: str):
-    return site.hg("push", "-q", str(site.repo_path(full)), cwd=wc, user="alice")
+    return push_local(site, wc, full)
 
 
 # -- HTTP helpers --------------------------------------------------------------------
@@ -359,3 +348,27 @@ def test_administrative_changes_are_audited_with_their_actor(events_site, daemon
     last = site.cli_json("audit", "--limit", "1")[0]
     assert (last["actor"], last["action"], last["target"], last["address"]) == ("alice", "grant", full, "127.0.0.1")
     assert last["details"] == {"subject": "bob", "level": "write"}
+
+
+def test_a_repository_admin_cannot_redeliver_the_owners_hook(events_site, daemon, tmp_path):
+    """bob administers alice's repository, not alice's own hooks: naming his repository's hook
+    with the delivery of alice's owner hook (for that repository's push) is refused."""
+    site = events_site
+    full, wc = new_repo(site, tmp_path)
+    cli_batch(site, [(["grant", full, "bob", "admin"], None),
+                     (["webhook", "add", "alice", "http://127.0.0.1:9/owner", "--events", "push"], None),
+                     (["webhook", "add", full, "http://127.0.0.1:9/repo", "--events", "push"], None)])
+    ((owner_hook,),) = db_query(site, "SELECT id FROM webhook WHERE url = 'http://127.0.0.1:9/owner'")
+    ((repo_hook,),) = db_query(site, "SELECT id FROM webhook WHERE url = 'http://127.0.0.1:9/repo'")
+    try:
+        commit(site.hg, wc, "o.txt", "o\n")
+        push(site, wc, full)
+        (guid,) = wait_until(lambda: [g for (g,) in db_query(site, "SELECT guid FROM delivery WHERE webhook_id = ?",
+                                                              (owner_hook,))])
+        bob = Browser(daemon, "bob")
+        page = f"/{full}/settings/hooks"
+        status, _, html = bob.post(page, {"action": "redeliver", "hook": str(repo_hook), "delivery": guid})
+        assert status == 400 and "no delivery" in html
+        assert db_query(site, "SELECT count(*) FROM audit_entry WHERE action = 'webhook.redeliver' AND actor = 'bob'") == [(0,)]
+    finally:
+        site.cli("webhook", "remove", str(owner_hook))

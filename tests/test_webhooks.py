@@ -10,73 +10,36 @@ ssh, no daemon involved) and locally.
 from __future__ import annotations
 
 import http.client
-import itertools
 import json
 import time
 from pathlib import Path
 
 import pytest
-from conftest import Daemon, SiteHandle, commit, site_handle
+from conftest import Daemon, SiteHandle, commit
+from eventsite import FAST_RETRIES, add_hook, make_site, push_local, receiver_fixture, running  # noqa: F401
+from eventsite import new_repo as _new_repo
 from hookreceiver import Receiver, attempts, verify, wait_until
 from pushhelpers import write_fakessh
 
 PASSWORD = "alice-pw-1"
-SETTINGS = """
-[hosting]
-webhook-allow = 127.0.0.1
-webhook-timeout = 30
-webhook-retry-first = 0.2
-webhook-retry-max = 0.5
-"""
-
-_names = itertools.count(1)
+SETTINGS = "[hosting]" + FAST_RETRIES
 
 
 @pytest.fixture(scope="module")
 def events_site(tmp_path_factory) -> SiteHandle:
-    site = site_handle(tmp_path_factory.mktemp("webhooks"))
-    site.cli("init")
-    with open(site.root / "hgrc", "a") as f:
-        f.write(SETTINGS)
-    site.add_user("alice", PASSWORD)
-    site.add_user("bob", "bob-pw-2")
-    return site
+    return make_site(tmp_path_factory.mktemp("webhooks"), FAST_RETRIES, {"alice": PASSWORD, "bob": "bob-pw-2"})
 
 
 @pytest.fixture(scope="module")
 def daemon(events_site: SiteHandle):
-    d = Daemon(events_site)
-    yield d
-    d.stop()
-    assert "Traceback" not in d.log(), d.log()[-3000:]
+    with running(events_site) as d:
+        yield d
     assert "Starting factory" not in d.log()  # no log line per delivery
 
 
-@pytest.fixture
-def receiver():
-    with Receiver() as r:
-        yield r
-
-
-def new_repo(site: SiteHandle, tmp_path: Path, private: bool = False) -> tuple[str, Path]:
+def new_repo(site: SiteHandle, tmp_path, private: bool = False):
     """A fresh repository alice/hookN and a working copy cloned from it."""
-    full = f"alice/hook{next(_names)}"
-    site.cli("repo", "create", full, *(["--private"] if private else []))
-    wc = tmp_path / f"wc-{full.replace('/', '-')}"
-    site.hg("clone", "-q", str(site.repo_path(full)), str(wc))
-    return full, wc
-
-
-def add_hook(site: SiteHandle, target: str, url: str, secret: str = "s3cret", events: str | None = None) -> int:
-    args = ["webhook", "add", target, url, "--secret-stdin"]
-    if events:
-        args += ["--events", events]
-    out = site.cli(*args, input=secret + "\n").stdout
-    return int(out.split()[2].rstrip(":"))
-
-
-def push_local(site: SiteHandle, wc: Path, full: str, user: str = "alice"):
-    return site.hg("push", "-q", str(site.repo_path(full)), cwd=wc, user=user)
+    return _new_repo(site, tmp_path, "alice/hook", private)
 
 
 def push_http(site: SiteHandle, daemon: Daemon, wc: Path, full: str):
@@ -283,7 +246,7 @@ def test_the_outbox_row_goes_with_a_rolled_back_push(events_site, daemon, receiv
 def test_pushes_made_while_no_daemon_runs_go_out_when_one_runs(site, tmp_path):
     """A local push with no daemon, the repository renamed before any daemon ran: delivered under its new name."""
     with open(site.root / "hgrc", "a") as f:
-        f.write(SETTINGS)
+        f.write("\n" + SETTINGS)
     site.add_user("alice")
     site.cli("repo", "create", "alice/quiet")
     wc = tmp_path / "wc"

@@ -13,10 +13,10 @@ import math
 import urllib.parse
 from dataclasses import dataclass, field
 
-from hgext_hosting import names
+from hgext_hosting import names, webhooks
 from hgext_hosting.errors import Invalid, NotFound
 from hgext_hosting.models import Owner
-from hgext_hosting.service import accounts, contents, repos
+from hgext_hosting.service import accounts, contents, hooks, repos
 from hgext_hosting.service import pushes as service_pushes
 from hgext_hosting.service.actors import Actor
 
@@ -404,3 +404,99 @@ def create_user(call: Call) -> Reply:
     user = accounts.add_user(call.actor, b["name"], b.get("email", ""), bool(b.get("admin", False)),
                              b.get("password"))
     return created(call, user_json(user), f"/users/{quote(user.name)}")
+
+
+# -- webhooks (repository, user and team hooks) and watching --------------------------------------
+#
+# The same seven operations under three prefixes: /repos/{owner}/{name}/hooks,
+# /users/{user}/hooks and /teams/{team}/hooks.  :func:`_hook_handlers` makes each
+# kind's functions (named for the OpenAPI document's operation ids); who may is
+# hgext_hosting.service.hooks'.
+
+
+def _where(call: Call, kind: str) -> str:
+    """The hooks' target of the path: ``OWNER/NAME``, or a user's or team's name."""
+    if kind == "repo":
+        return f"{call.params['owner']}/{call.params['name']}"
+    name = call.params[kind]
+    owner = repos.find_owner(name)
+    if owner.kind != kind:
+        raise NotFound(f"no {kind} named {name[:64]!r}")
+    return owner.name
+
+
+def _hooks_path(call: Call, kind: str, where: str) -> str:
+    if kind == "repo":
+        owner, _, name = where.partition("/")
+        return f"/repos/{quote(owner)}/{quote(name)}/hooks"
+    return f"/{kind}s/{quote(where)}/hooks"
+
+
+def _hook_handlers(kind: str) -> dict:
+    def list_hooks(call: Call) -> Reply:
+        return Reply(200, [webhooks.as_json(h) for h in hooks.hooks_of(call.actor, _where(call, kind))])
+
+    def create_hook(call: Call) -> Reply:
+        where, b = _where(call, kind), call.body
+        hook, _ = hooks.add(call.actor, where, b["url"], b["secret"], b.get("events", ["push", "repository"]),
+                            b.get("active", True))
+        return created(call, webhooks.as_json(hook), f"{_hooks_path(call, kind, where)}/{hook.id}")
+
+    def get_hook(call: Call) -> Reply:
+        return Reply(200, webhooks.as_json(hooks.get(call.actor, call.params["id"], _where(call, kind))))
+
+    def update_hook(call: Call) -> Reply:
+        b = call.body
+        hook = hooks.update(call.actor, call.params["id"], _where(call, kind), url=b.get("url"),
+                            events=b.get("events"), active=b.get("active"), secret=b.get("secret"))
+        return Reply(200, webhooks.as_json(hook))
+
+    def delete_hook(call: Call) -> Reply:
+        hooks.remove(call.actor, call.params["id"], _where(call, kind))
+        return NO_CONTENT
+
+    def list_hook_deliveries(call: Call) -> Reply:
+        return Reply(200, hooks.deliveries(call.actor, call.params["id"], _where(call, kind),
+                                           limit=webhooks.DELIVERIES))
+
+    def redeliver_hook_delivery(call: Call) -> Reply:
+        delivery = hooks.redeliver(call.actor, call.params["delivery"], call.params["id"], _where(call, kind))
+        return Reply(202, {"delivery": delivery.guid, "state": delivery.state})
+
+    made = {}
+    for function in (list_hooks, create_hook, get_hook, update_hook, delete_hook, list_hook_deliveries,
+                     redeliver_hook_delivery):
+        name = function.__name__
+        verb, _, rest = name.partition("_")
+        function.__name__ = function.__qualname__ = f"{verb}_{kind}_{rest}"
+        made[name] = function
+    return made
+
+
+REPO_HOOKS, USER_HOOKS, TEAM_HOOKS = (_hook_handlers(kind) for kind in ("repo", "user", "team"))
+
+
+def _watch_info(call: Call, repo) -> dict:
+    base = call.url(repo_path(repo))
+    return {"subscribed": True, "ignored": False, "reason": None, "url": base + "/subscription",
+            "repository_url": base}
+
+
+def get_subscription(call: Call) -> Reply:
+    """Gitea's answer: the WatchInfo when the caller watches, else 404."""
+    repo = call.repo()
+    if not hooks.is_watching(call.actor, repo.full_name):
+        raise NotFound(f"{call.actor.name} does not watch {repo.full_name}")
+    return Reply(200, _watch_info(call, repo))
+
+
+def put_subscription(call: Call) -> Reply:
+    repo = call.repo()
+    hooks.watch(call.actor, repo.full_name)
+    return Reply(200, _watch_info(call, repo))
+
+
+def delete_subscription(call: Call) -> Reply:
+    repo = call.repo()
+    hooks.unwatch(call.actor, repo.full_name)
+    return NO_CONTENT

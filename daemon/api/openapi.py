@@ -38,12 +38,14 @@ PATH_PARAMS = {
     "team": {"type": "string", "pattern": _NAME},
     "user": {"type": "string", "pattern": _NAME},
     "label": {"type": "string", "pattern": _NAME},
+    "delivery": {"type": "string", "maxLength": 64, "pattern": _SEGMENT},
 }
 PARAM_TEXT = {
     "owner": "the owning user or team", "name": "the repository's name",
     "id": "a number", "rev": "a changeset: node (or prefix), branch, bookmark or tag",
     "path": "a file path in that changeset (slashes allowed)", "ref": "a branch or bookmark name",
     "subject": "USER or @TEAM", "team": "a team's name", "user": "a user's name", "label": "a token's label",
+    "delivery": "a delivery id (X-HgHosting-Delivery)",
 }
 ERROR = {"description": "An error: 4xx for the request, 5xx for the server",
          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}

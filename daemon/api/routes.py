@@ -67,6 +67,29 @@ REPO = "/repos/{owner}/{name}"
 STRINGS = {"type": "array", "items": {"type": "string"}}
 REFS = array_of("Ref")
 
+def hook_routes(prefix: str, handlers: dict, who: str) -> tuple[Route, ...]:
+    """The seven webhook operations under ``prefix`` (a repository, a user, a team)."""
+    many, one = prefix + "/hooks", prefix + "/hooks/{id}"
+    return (
+        Route("GET", many, handlers["list_hooks"], f"The webhooks ({who})", "hooks", "write",
+              response=array_of("Hook"), anonymous=False),
+        Route("POST", many, handlers["create_hook"], f"Add a webhook ({who}); the secret is write-only",
+              "hooks", "write", "NewHook", ref("Hook"), 201, anonymous=False),
+        Route("GET", one, handlers["get_hook"], "A webhook", "hooks", "write", response=ref("Hook"),
+              anonymous=False),
+        Route("PATCH", one, handlers["update_hook"], "Change a webhook's URL, events, active flag or secret",
+              "hooks", "write", "HookUpdate", ref("Hook"), anonymous=False),
+        Route("DELETE", one, handlers["delete_hook"], "Remove a webhook", "hooks", "write", status=204,
+              anonymous=False),
+        Route("GET", one + "/deliveries", handlers["list_hook_deliveries"],
+              "The webhook's last 50 delivery attempts, newest first", "hooks", "write",
+              response=array_of("HookDelivery"), anonymous=False),
+        Route("POST", one + "/deliveries/{delivery}/redeliver", handlers["redeliver_hook_delivery"],
+              "Send a delivery again, same delivery id", "hooks", "write", response=ref("Redelivery"),
+              status=202, anonymous=False),
+    )
+
+
 ROUTES: tuple[Route, ...] = (
     # the caller
     Route("GET", "/user", h.get_user, "The authenticated user", "user", response=ref("User"), anonymous=False),
@@ -145,6 +168,16 @@ ROUTES: tuple[Route, ...] = (
           " deleted (site admins)", "users", "admin", status=204, anonymous=False),
     Route("DELETE", "/users/{user}/disabled", h.enable_user, "Enable a disabled user again (site admins)",
           "users", "admin", status=204, anonymous=False),
+    # watching (Gitea's subscription)
+    Route("GET", REPO + "/subscription", h.get_subscription, "Whether the caller watches the repository"
+          " (404 if not)", "watching", response=ref("WatchInfo"), anonymous=False),
+    Route("PUT", REPO + "/subscription", h.put_subscription, "Watch: a mail after each push", "watching",
+          "write", response=ref("WatchInfo"), anonymous=False),
+    Route("DELETE", REPO + "/subscription", h.delete_subscription, "Stop watching", "watching", "write",
+          status=204, anonymous=False),
+    *hook_routes(REPO, h.REPO_HOOKS, "repository admins"),
+    *hook_routes("/users/{user}", h.USER_HOOKS, "the user, site admins; every repository of the user"),
+    *hook_routes("/teams/{team}", h.TEAM_HOOKS, "site admins; every repository of the team"),
 )
 
 

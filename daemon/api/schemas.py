@@ -10,10 +10,12 @@ naming the field (422), so that a handler only ever sees well-formed input.
 Only the subset of JSON Schema used here is checked: ``type`` (object,
 string, boolean, integer, array), ``properties``, ``required``,
 ``additionalProperties: false``, ``enum``, ``minLength``/``maxLength``,
-``minimum``/``maximum``, ``items`` and ``maxItems``.
+``minimum``/``maximum``, ``pattern``, ``items`` and ``maxItems``.
 """
 
 from __future__ import annotations
+
+import re
 
 from hgext_hosting.errors import Invalid
 
@@ -32,6 +34,11 @@ NULLABLE_DATE = {"type": ["string", "null"], "format": "date-time"}
 LEVEL = {"type": "string", "enum": ["read", "write", "publish", "admin"]}
 SCOPE = {"type": "string", "enum": ["read", "write", "admin"]}
 NODE = {"type": "string", "pattern": "^[0-9a-f]{40}$"}
+#: A webhook's event kinds (hgext_hosting.outbox.KINDS).
+EVENTS = {"type": "array", "minItems": 1, "maxItems": 2, "items": {"type": "string", "enum": ["push", "repository"]}}
+HOOK_URL = {"type": "string", "minLength": 1, "maxLength": 2000,
+            "pattern": r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[!-~]*)?$"}
+SECRET = {"type": "string", "minLength": 1, "maxLength": 255}
 
 
 def obj(properties: dict, required: tuple[str, ...] = (), closed: bool = True) -> dict:
@@ -109,6 +116,31 @@ SCHEMAS: dict[str, dict] = {
     "Team": obj({"name": {"type": "string"}, "members": {"type": "array", "items": {"type": "string"}}},
                 ("name", "members")),
     "NewTeam": obj({"name": NAME}, ("name",)),
+    # webhooks (the secret is write-only: has_secret tells it is set)
+    "Hook": obj({
+        "id": {"type": "integer"}, "type": {"type": "string", "enum": ["repository", "user", "team"]},
+        "target": {"type": "string"}, "url": {"type": "string"}, "events": EVENTS,
+        "active": {"type": "boolean"}, "disabled_reason": {"type": ["string", "null"]},
+        "failing_since": NULLABLE_DATE, "has_secret": {"type": "boolean"}, "created": NULLABLE_DATE,
+    }, ("id", "type", "target", "url", "events", "active", "disabled_reason", "has_secret", "created")),
+    "NewHook": obj({
+        "url": HOOK_URL, "events": EVENTS, "secret": SECRET, "active": {"type": "boolean"},
+    }, ("url", "secret")),
+    "HookUpdate": obj({
+        "url": HOOK_URL, "events": EVENTS, "secret": SECRET, "active": {"type": "boolean"},
+    }),
+    "HookDelivery": obj({
+        "delivery": {"type": "string"}, "event": {"type": "string"}, "repository": {"type": "string"},
+        "state": {"type": "string", "enum": ["pending", "delivered", "failed"]}, "date": DATE,
+        "status": {"type": ["integer", "null"]}, "duration_ms": {"type": "integer"},
+        "error": {"type": ["string", "null"]}, "response": {"type": "string"},
+    }, ("delivery", "event", "repository", "state", "date", "status", "duration_ms", "error", "response")),
+    "Redelivery": obj({"delivery": {"type": "string"}, "state": {"type": "string"}}, ("delivery", "state")),
+    # watching (Gitea's WatchInfo)
+    "WatchInfo": obj({
+        "subscribed": {"type": "boolean"}, "ignored": {"type": "boolean"}, "reason": {"type": "null"},
+        "url": {"type": "string"}, "repository_url": {"type": "string"},
+    }, ("subscribed", "ignored", "reason", "url", "repository_url")),
 }
 
 
@@ -140,6 +172,8 @@ def check(value, schema: dict, field: str) -> None:
                           f" {schema.get('maxLength', 'any number of')} characters", field)
         if "\0" in value:
             raise Invalid(f"{field} must not contain NUL", field)
+        if "pattern" in schema and not re.fullmatch(schema["pattern"], value):  # patterns here are anchored
+            raise Invalid(f"{field} is malformed", field)
     if isinstance(value, int) and not isinstance(value, bool) and not (
             schema.get("minimum", -(1 << 63)) <= value <= schema.get("maximum", (1 << 63) - 1)):
         raise Invalid(f"{field} is out of range", field)

@@ -12,7 +12,8 @@ its input, and refuses with a typed error from :mod:`hgext_hosting.errors`
 - :mod:`.repos`: repositories (find, list, create, rename/transfer, fork,
   settings, remove), grants and protected refs;
 - :mod:`.accounts`: users, teams and memberships, tokens, SSH keys;
-- :mod:`.pushes`: the push log, read side.
+- :mod:`.pushes`: the push log, read side;
+- :mod:`.hooks`: webhooks (of a repository, a user, a team) and watching.
 
 The disk-and-database mechanics of moving repositories stay in
 :mod:`hgext_hosting.repositories`, credential checks for logging in in
