@@ -203,6 +203,11 @@ class Push(BaseModel):
     txnid = pw.CharField(max_length=128, default="")
     #: JSON: phase moves of existing changesets, obsolescence marker count.
     details = pw.TextField(default="{}")
+    #: The push's number among its repository's pushes that added changesets (1, 2, ...
+    #: in push order, set by :func:`pushdb.insert_push`); NULL for a push without any
+    #: (bookmark-only, phases or markers only).  json-pushes leaves those out, so its
+    #: page N is a window of these numbers rather than an OFFSET (schema step 11).
+    cset_seq = pw.IntegerField(null=True)
 
     class Meta:
         indexes = (
@@ -211,6 +216,8 @@ class Push(BaseModel):
             # ids and dates, the highest done id, without walking the history.
             (("repository", "state", "push_id"), False),
             (("repository", "state", "date"), False),
+            # json-pushes' pages and the highest numbered done push (schema step 11).
+            (("repository", "state", "cset_seq"), False),
         )
 
     @property
@@ -570,6 +577,15 @@ def _v10_events() -> None:
     database().create_tables([Event, Webhook, Watch, Delivery, DeliveryAttempt, AuditEntry], safe=True)
 
 
+def _v11_numbered_changeset_pushes() -> None:
+    """``push.cset_seq`` numbers the pushes with changesets, so that a deep page of
+    json-pushes (which leaves the others out) is an index range, not an OFFSET."""
+    if "cset_seq" not in {c.name for c in database().get_columns("push")}:
+        database().execute_sql('ALTER TABLE "push" ADD COLUMN "cset_seq" INTEGER')
+    Push._schema.create_indexes(safe=True)
+    pushdb.number_changeset_pushes(connection())
+
+
 #: Step N brings a database from version N-1 to N.  A new database gets every table
 #: as the models define them today, without replaying the steps.
 MIGRATIONS: dict[int, Callable[[], None]] = {
@@ -582,6 +598,7 @@ MIGRATIONS: dict[int, Callable[[], None]] = {
     8: _v8_forked_from,
     9: _v9_token_scopes,
     10: _v10_events,
+    11: _v11_numbered_changeset_pushes,
 }
 
 
