@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchenv import BIN, isolated_env, start_daemon  # noqa: E402
+from benchenv import BIN, isolated_env, serving, work_directory  # noqa: E402
 from pushlog_scale import fill  # noqa: E402
 
 HG, HG_HOSTING = str(BIN / "hg"), str(BIN / "hg-hosting")
@@ -69,8 +67,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="api-latency-"))
-    try:
+    with work_directory("api-latency-", args.keep) as work:
         env = isolated_env(work)
         site = work / "site"
         cli = [HG_HOSTING, "--site", str(site)]
@@ -93,8 +90,7 @@ def main() -> int:
         add_rows(db_path, "alice", REPOSITORIES - 1)
         (demo_id,) = sqlite3.connect(db_path).execute("SELECT id FROM repository WHERE name = 'demo'").fetchone()
         fill(db_path, demo_id, args.pushes - 1)
-        proc, port = start_daemon(site, env, work / "daemon.log")
-        try:
+        with serving(site, env, work / "daemon.log") as port:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             last30, last100 = -(-args.pushes // 30), -(-args.pushes // 100)
             cases = [
@@ -122,14 +118,6 @@ def main() -> int:
                 failed |= median >= target
                 print(f"{name:34} {median:10.2f} {p90:8.2f} {'< ' + str(target):>7}"
                       f"{'' if median < target else '  MISSED'}", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-    finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     return 1 if failed else 0
 
 

@@ -217,7 +217,7 @@ def query(req: Request, repository_id: int, revisions: Revisions, rest: list[str
         if not 1 <= page <= MAX_PAGE:
             raise HTTPError(400, f"the page must be an integer from 1 to {MAX_PAGE}")
         rows = last_page_rows(repository_id, page)
-    views = sorted(pushlog.views(list(rows)), key=lambda v: v.push_id)
+    views = sorted(pushlog.views(rows), key=lambda v: v.push_id)
     full = "full" in req.query
     tipsonly = req.arg("tipsonly") == "1"
     # Opening the repository costs: only for details or where changesets may be hidden,

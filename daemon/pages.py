@@ -405,9 +405,9 @@ class Pages:
         where, selects = jsonpushes.range_filter(req, row.id, revisions)
         if not selects:
             return self.pushlog(req, start_response, row, facts, level)
-        rows = list(Push.select().where(where).order_by(Push.push_id).limit(RANGE_PUSHES + 1))
+        rows = pushlog.views(Push.select().where(where).order_by(Push.push_id).limit(RANGE_PUSHES + 1))
         more = len(rows) > RANGE_PUSHES
-        pushes = list(reversed(pushlog.views(rows[:RANGE_PUSHES])))
+        pushes = list(reversed(rows[:RANGE_PUSHES]))
         total = pushlog.last_push_id(row)
         per_push = CHANGESETS_PER_PUSH if len(pushes) > 1 else RANGE_CHANGESETS
         return self.render(req, start_response, "pushlog.html", repo=row, level=level, pushes=pushes,
