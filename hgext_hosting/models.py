@@ -51,9 +51,9 @@ def columns(model: type[BaseModel], alias: str) -> str:
 def from_row(model: type[BaseModel], values) -> BaseModel:
     """A ``model`` instance from the values of its :func:`columns`, as peewee builds one
     from a query's row (each value through its field's ``python_value``, nothing dirty)."""
-    fields = model._meta.sorted_fields
-    instance = model(__no_default__=1, **{f.name: f.python_value(v) for f, v in zip(fields, values, strict=True)})
-    instance._dirty.clear()
+    instance = model(__no_default__=1)
+    instance.__data__ = {f.name: f.python_value(v)
+                         for f, v in zip(model._meta.sorted_fields, values, strict=True)}
     return instance
 
 
