@@ -67,11 +67,17 @@ def start_daemon(site: Path, env: dict[str, str], log: Path) -> tuple[subprocess
 
 
 @contextlib.contextmanager
-def serving(site: Path, env: dict[str, str], log: Path) -> Iterator[int]:
-    """:func:`start_daemon` for a block: yields its port, terminates it on the way out."""
+def serving(site: Path, env: dict[str, str], log: Path) -> Iterator[tuple[int, int]]:
+    """:func:`start_daemon` for a block: yields its ``(pid, port)``, terminates it on the way out."""
     proc, port = start_daemon(site, env, log)
     try:
-        yield port
+        yield proc.pid, port
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process ``pid`` has used so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -115,7 +115,7 @@ def main() -> int:
         subprocess.run([HG, "-R", str(wc), "commit", "-qAm", "a"], env=env, check=True)
         subprocess.run([HG, "-R", str(wc), "push", "-q", str(site / "repos" / "alice" / "secret")],
                        env={**env, "HG_HOSTING_USER": "alice"}, check=True)
-        with serving(site, env, work / "daemon.log") as port:
+        with serving(site, env, work / "daemon.log") as (pid, port):
             import base64
 
             carol = {"Authorization": "Basic " + base64.b64encode(f"carol:{token}".encode()).decode()}
