@@ -565,13 +565,18 @@ class Authenticator:
         sid, _, signature = cookie.rpartition(".")
         if not hmac.compare_digest(signature.encode(), self._sign(sid).encode()):
             return None
-        row = (
-            Session.select(Session, Owner)
-            .join(Owner)
-            .where((Session.digest == hashlib.sha256(sid.encode()).hexdigest()) & (Session.expires > utcnow())
-                   & (Session.epoch == Owner.login_epoch) & (Owner.disabled == False))  # noqa: E712
-            .first()
-        )
+        # Plain SQL, as for a token (_load): every page a logged-in user opens asks it.
+        found = models.connection().query(
+            f"SELECT {models.columns(Session, 's')}, {models.columns(Owner, 'o')}"
+            ' FROM "session" s JOIN owner o ON o.id = s.user_id WHERE s.digest = ? AND s.expires > ?'
+            " AND s.epoch = o.login_epoch AND o.disabled = ?",
+            (hashlib.sha256(sid.encode()).hexdigest(), str(utcnow()), False))
+        row = None
+        if found:
+            width = len(Session._meta.sorted_fields)
+            row = models.from_row(Session, found[0][:width])
+            row.user = models.from_row(Owner, found[0][width:])
+            row._dirty.clear()
         if row is not None and address is not None:
             touch_session(row, address)
         return row
