@@ -143,6 +143,11 @@ def _read(where: str, params: tuple, order: str, limit: int | None) -> list[Push
     return _attach(conn, [(i, n, u, to_date(d), x) for i, n, u, d, x in conn.query(sql, params)])
 
 
+#: Push rows per query in :func:`_attach`: SQLite builds bind from 32,766 parameters
+#: a statement (the default) to 250,000 (Debian's), and the whole log may be longer.
+_IN_CHUNK = 500
+
+
 def _attach(conn, rows: list[tuple]) -> list[PushView]:
     """Push rows ``(row id, push id, user, date, details)`` with their changesets and
     bookmarks, read in one query each."""
@@ -150,16 +155,18 @@ def _attach(conn, rows: list[tuple]) -> list[PushView]:
         return []
     nodes: dict[int, list[str]] = {row[0]: [] for row in rows}
     marks: dict[int, list] = {row[0]: [] for row in rows}
-    ids = tuple(nodes)
-    among = ", ".join("?" * len(ids))
-    for push, node in conn.query(
-            f"SELECT push_id, node FROM push_changeset WHERE push_id IN ({among}) ORDER BY push_id, position",
-            ids):
-        nodes[push].append(node)
-    for push, name, old, new in conn.query(
-            f"SELECT push_id, name, old, new FROM push_bookmark WHERE push_id IN ({among})"
-            " ORDER BY push_id, name", ids):
-        marks[push].append((name, old, new))
+    every = tuple(nodes)
+    for start in range(0, len(every), _IN_CHUNK):
+        ids = every[start:start + _IN_CHUNK]
+        among = ", ".join("?" * len(ids))
+        for push, node in conn.query(
+                f"SELECT push_id, node FROM push_changeset WHERE push_id IN ({among}) ORDER BY push_id, position",
+                ids):
+            nodes[push].append(node)
+        for push, name, old, new in conn.query(
+                f"SELECT push_id, name, old, new FROM push_bookmark WHERE push_id IN ({among})"
+                " ORDER BY push_id, name", ids):
+            marks[push].append((name, old, new))
     return [PushView(push_id, user, date, nodes[i], marks[i], {} if details in ("{}", "", None)
                      else json.loads(details))
             for i, push_id, user, date, details in rows]
