@@ -238,7 +238,7 @@ class Pages:
 
     # -- index and owners --------------------------------------------------------------
 
-    def _listing(self, req: Request, owner: str | None = None) -> dict:
+    def _listing(self, req: Request, owner: Owner | None = None) -> dict:
         """One page of the repositories the visitor may read (search ``q``, page ``page``) for a template."""
         found = repos.listing(self.app.actor(req), search=req.arg("q") or "", owner=owner,
                               page=req.page_arg(), per_page=REPOS_PER_PAGE)
@@ -258,7 +258,7 @@ class Pages:
             raise HTTPError(404, "not found") from None
         members = repos.team_members(owner) if owner.is_team else []
         return self.render(req, start_response, "owner.html", owner=owner, members=members,
-                           title=owner.name, **self._listing(req, owner=owner.name))
+                           title=owner.name, **self._listing(req, owner=owner))
 
     # -- a repository ------------------------------------------------------------------
 

@@ -143,12 +143,13 @@ class Listing:
     search: str
 
 
-def listing(actor: Actor, search: str = "", owner: str | None = None, page: int = 1,
+def listing(actor: Actor, search: str = "", owner: str | Owner | None = None, page: int = 1,
             per_page: int = MAX_PER_PAGE) -> Listing:
     """Page ``page`` of the repositories ``actor`` may read, by owner then name.
 
     ``search`` matches the owner's or repository's name or the description (any
-    case); ``owner`` keeps one owner's (NotFound when there is no such owner).
+    case); ``owner`` keeps one owner's: a name (NotFound when there is no such
+    owner) or the :class:`Owner` the caller found already (the owner's page).
     """
     if not 1 <= per_page <= MAX_PER_PAGE:
         raise Invalid(f"per_page must be between 1 and {MAX_PER_PAGE}", "per_page")
@@ -156,7 +157,7 @@ def listing(actor: Actor, search: str = "", owner: str | None = None, page: int 
         raise Invalid("page must be at least 1", "page")
     query = readable(actor)
     if owner is not None:
-        query = query.where(Repository.owner == find_owner(owner).id)
+        query = query.where(Repository.owner == (owner if isinstance(owner, Owner) else find_owner(owner)).id)
     search = (search or "").strip()[:MAX_SEARCH]
     if search:
         lowered = search.lower()
