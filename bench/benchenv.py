@@ -8,14 +8,32 @@ so that the measured commands are the same on every machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+
+
+@contextlib.contextmanager
+def work_directory(prefix: str, keep: bool = False) -> Iterator[Path]:
+    """A fresh temporary directory for a benchmark's site and clones; removed on the
+    way out, even after a failure, unless ``keep`` (``--keep``: its path is printed)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def isolated_env(work: Path) -> dict[str, str]:
@@ -46,3 +64,20 @@ def start_daemon(site: Path, env: dict[str, str], log: Path) -> tuple[subprocess
         time.sleep(0.05)
     proc.kill()
     raise SystemExit("the daemon did not start")
+
+
+@contextlib.contextmanager
+def serving(site: Path, env: dict[str, str], log: Path) -> Iterator[tuple[int, int]]:
+    """:func:`start_daemon` for a block: yields its ``(pid, port)``, terminates it on the way out."""
+    proc, port = start_daemon(site, env, log)
+    try:
+        yield proc.pid, port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process ``pid`` has used so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -98,7 +98,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchenv import BIN, isolated_env
+from benchenv import BIN, cpu_seconds, isolated_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "flask.hg"
@@ -186,9 +186,6 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- HTTP ---------------------------------------------------------------------------

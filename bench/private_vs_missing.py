@@ -25,16 +25,14 @@ from __future__ import annotations
 import argparse
 import http.client
 import math
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchenv import BIN, isolated_env, start_daemon  # noqa: E402
+from benchenv import BIN, isolated_env, serving, work_directory  # noqa: E402
 
 HG, HG_HOSTING = str(BIN / "hg"), str(BIN / "hg-hosting")
 
@@ -99,8 +97,7 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=5000)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="private-vs-missing-"))
-    try:
+    with work_directory("private-vs-missing-", args.keep) as work:
         env = isolated_env(work)
         site = work / "site"
         cli = [HG_HOSTING, "--site", str(site)]
@@ -118,8 +115,7 @@ def main() -> int:
         subprocess.run([HG, "-R", str(wc), "commit", "-qAm", "a"], env=env, check=True)
         subprocess.run([HG, "-R", str(wc), "push", "-q", str(site / "repos" / "alice" / "secret")],
                        env={**env, "HG_HOSTING_USER": "alice"}, check=True)
-        proc, port = start_daemon(site, env, work / "daemon.log")
-        try:
+        with serving(site, env, work / "daemon.log") as (pid, port):
             import base64
 
             carol = {"Authorization": "Basic " + base64.b64encode(f"carol:{token}".encode()).decode()}
@@ -130,14 +126,6 @@ def main() -> int:
                       f" {r['median_diff_us']:+.1f} µs (95% CI {r['ci95_us'][0]:+.1f} .. {r['ci95_us'][1]:+.1f});"
                       f" private slower in {r['private_slower_share']:.1%} of pairs, sign test"
                       f" p={r['sign_test_p']:.3g} (z={r['z']:+.2f})", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-    finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

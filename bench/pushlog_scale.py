@@ -12,10 +12,17 @@ million does, so the ratio to it is the history's cost alone; the ratio to
 Measurement: for each reader, ``GET`` on the same keep-alive connection,
 the repositories alternated, ``--rounds`` rounds after 50 untimed warm-up
 rounds; client-side wall time per request (``time.perf_counter_ns``).  Printed
-per reader: the median for each repository and the million's ratios.  The readers:
-json-pushes (the last 10; version 2; 10 ids from the middle; 10 seconds of
-dates; ``changeset=tip``), the push log's newest page, page 5,000 and its last
-page, the overview and ``pushloghtml`` over 10 ids.  Then, in-process, the
+per reader: the median for each repository and the million's ratios, then the
+daemon's CPU time per request (``/proc``, ``--rounds`` requests to each
+repository in a row): on a loaded machine the wall time mostly measures the
+wait for a core.  The readers:
+json-pushes (the last 10; version 2; a deep page ``json-pushes/N?version=2``
+(the middle of the history) and the last; 10 ids from the middle; 10 seconds
+of dates; ``changeset=tip``), the push log's newest page, page 5,000 and its
+last page, the overview, ``pushloghtml`` over 10 ids and the API's pushes
+(page 1, a deep and the last page, 20 a page as the push log; a page of 100 is
+``bench/api_latency.py``'s).  The last line gives the
+highest ratio to the single push (issue 16 C: at most 1.5).  Then, in-process, the
 CLI/``hg pushlog`` read (``pushlog.recent_pushes(repo, 20)``), same method.
 
 Usage (from the repository root)::
@@ -28,17 +35,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import http.client
-import shutil
+import os
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchenv import BIN, isolated_env, start_daemon  # noqa: E402
+from benchenv import BIN, cpu_seconds, isolated_env, serving, work_directory  # noqa: E402
 
 HG, HG_HOSTING = str(BIN / "hg"), str(BIN / "hg-hosting")
 START = datetime.datetime(2020, 1, 1)
@@ -53,6 +59,8 @@ def fill(db_path: Path, repository_id: int, count: int) -> None:
             " VALUES (?, ?, 'bot', ?, 'done', '', '{}')",
             ((repository_id, i, str(START + datetime.timedelta(seconds=i))) for i in range(2, count + 2)),
         )
+        # Each has one changeset: it is the push_id-th push with changesets (models.Push.cset_seq).
+        db.execute("UPDATE push SET cset_seq = push_id WHERE repository_id = ? AND push_id > 1", (repository_id,))
         db.execute(
             "INSERT INTO push_changeset (push_id, position, node)"
             " SELECT id, 0, printf('%040x', push_id) FROM push WHERE repository_id = ? AND push_id > 1",
@@ -61,24 +69,30 @@ def fill(db_path: Path, repository_id: int, count: int) -> None:
     db.close()
 
 
-def readers(pushes: int) -> dict[str, str]:
-    """Reader name -> path under the repository, for a repository of ``pushes`` pushes."""
+def readers(repo: str, pushes: int) -> dict[str, str]:
+    """Reader name -> path, for the repository ``repo`` (``alice/NAME``) of ``pushes`` pushes."""
     mid = max(0, pushes // 2 - 5)
     first = START + datetime.timedelta(seconds=mid - 1)
     last = first + datetime.timedelta(seconds=11)
     fmt = "%Y-%m-%d+%H:%M:%S+%%2B0000"
     pages = max(1, -(-pushes // 20))
+    api = f"/api/v1/repos/{repo}/pushes"
     return {
-        "json-pushes": "json-pushes",
-        "json-pushes v2": "json-pushes?version=2",
-        "json-pushes 10 ids": f"json-pushes?version=2&startID={mid}&endID={mid + 10}",
-        "json-pushes 10 s": f"json-pushes?startdate={first.strftime(fmt)}&enddate={last.strftime(fmt)}",
-        "json-pushes changeset=tip": "json-pushes?changeset=tip",
-        "pushlog page 1": "pushlog",
-        "pushlog page 5000": f"pushlog?page={min(5000, pages)}",
-        "pushlog last page": f"pushlog?page={pages}",
-        "overview": "",
-        "pushloghtml 10 ids": f"pushloghtml?startID={mid}&endID={mid + 10}",
+        "json-pushes": f"/{repo}/json-pushes",
+        "json-pushes v2": f"/{repo}/json-pushes?version=2",
+        "json-pushes deep page": f"/{repo}/json-pushes/{max(1, pushes // 20)}?version=2",
+        "json-pushes last page": f"/{repo}/json-pushes/{-(-pushes // 10)}?version=2",
+        "json-pushes 10 ids": f"/{repo}/json-pushes?version=2&startID={mid}&endID={mid + 10}",
+        "json-pushes 10 s": f"/{repo}/json-pushes?startdate={first.strftime(fmt)}&enddate={last.strftime(fmt)}",
+        "json-pushes changeset=tip": f"/{repo}/json-pushes?changeset=tip",
+        "pushlog page 1": f"/{repo}/pushlog",
+        "pushlog page 5000": f"/{repo}/pushlog?page={min(5000, pages)}",
+        "pushlog last page": f"/{repo}/pushlog?page={pages}",
+        "overview": f"/{repo}",
+        "pushloghtml 10 ids": f"/{repo}/pushloghtml?startID={mid}&endID={mid + 10}",
+        "API pushes page 1": f"{api}?per_page=20",
+        "API pushes deep page": f"{api}?per_page=20&page={max(1, pushes // 40)}",
+        "API pushes last page": f"{api}?per_page=20&page={-(-pushes // 20)}",
     }
 
 
@@ -98,8 +112,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="pushlog-scale-"))
-    try:
+    with work_directory("pushlog-scale-", args.keep) as work:
         env = isolated_env(work)
         site = work / "site"
         cli = [HG_HOSTING, "--site", str(site)]
@@ -123,14 +136,14 @@ def main() -> int:
         began = time.monotonic()
         fill(db_path, ids["million"], args.pushes - 1)
         print(f"inserted {args.pushes - 1:,} push records in {time.monotonic() - began:.1f} s", flush=True)
-        proc, port = start_daemon(site, env, work / "daemon.log")
-        try:
+        with serving(site, env, work / "daemon.log") as (pid, port):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
             sizes = {"one": 1, "twenty": 20, "million": args.pushes}
             print(f"{'median ms':28} {'1 push':>9} {'20 pushes':>10} {f'{args.pushes:,} pushes':>16}"
                   f" {'/1 push':>8} {'/20':>6}")
-            for name in readers(1):
-                paths = {repo: f"/alice/{repo}/{readers(n)[name]}".rstrip("/") for repo, n in sizes.items()}
+            worst = 0.0
+            for name in readers("alice/one", 1):
+                paths = {repo: readers(f"alice/{repo}", n)[name] for repo, n in sizes.items()}
                 for _ in range(50):
                     for path in paths.values():
                         get(conn, path)
@@ -140,11 +153,19 @@ def main() -> int:
                     for repo in order[i % 3:] + order[:i % 3]:
                         times[repo].append(get(conn, paths[repo]))
                 m = {repo: statistics.median(t) / 1e6 for repo, t in times.items()}
-                print(f"{name:28} {m['one']:9.2f} {m['twenty']:10.2f} {m['million']:16.2f}"
-                      f" {m['million'] / m['one']:8.2f} {m['million'] / m['twenty']:6.2f}", flush=True)
-        finally:
-            proc.terminate()
-            proc.wait(30)
+                cpu = {}  # the daemon's CPU per request, each repository's requests in a row
+                for repo, path in paths.items():
+                    before = cpu_seconds(pid)
+                    for _ in range(args.rounds):
+                        get(conn, path)
+                    cpu[repo] = (cpu_seconds(pid) - before) * 1000 / args.rounds
+                worst = max(worst, m["million"] / m["one"])
+                for label, v in ((name, m), ("  daemon CPU per request", cpu)):
+                    print(f"{label:28} {v['one']:9.2f} {v['twenty']:10.2f} {v['million']:16.2f}"
+                          f" {v['million'] / v['one']:8.2f} {v['million'] / v['twenty']:6.2f}"
+                          f"{'  OVER 1.5x' if v['million'] / v['one'] > 1.5 else ''}", flush=True)
+            print(f"highest wall-time ratio to the single push: {worst:.2f} (target: at most 1.5);"
+                  f" load average {os.getloadavg()[0]:.1f}")
         probe = (
             "import statistics, sys, time\n"
             "from hgext_hosting import models, pushlog\n"
@@ -162,11 +183,6 @@ def main() -> int:
                              text=True).stdout
         m1, m20, m2 = map(float, out.split())
         print(f"{'recent_pushes(20) in-process':28} {m1:9.2f} {m20:10.2f} {m2:16.2f} {m2 / m1:8.2f} {m2 / m20:6.2f}")
-    finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

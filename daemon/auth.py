@@ -402,12 +402,7 @@ class Authenticator:
         user_id, name_key, created, epoch, expires, token_id = entry
         if expires < time.monotonic():
             return None
-        token = None
-        if token_id is None:
-            user = Owner.get_or_none((Owner.id == user_id) & (Owner.kind == "user"))
-        else:
-            token = ApiToken.select(ApiToken, Owner).join(Owner).where(ApiToken.id == token_id).first()
-            user = token.user if token is not None else None
+        token, user = self._load(user_id, token_id)
         expired = token is not None and token.expires is not None and token.expires <= utcnow()
         if (user is None or user.disabled or expired or user.id != user_id or user.kind != "user"
                 or user.name_key != name_key
@@ -418,6 +413,25 @@ class Authenticator:
         if token is not None:
             accounts.touch_token(token)
         return Credential(user, token.scope if token is not None else None)
+
+    @staticmethod
+    def _load(user_id: int, token_id: int | None) -> tuple[ApiToken | None, Owner | None]:
+        """The user row, or the token row and its user's, in one plain-SQL query (every
+        cached request asks it; building the joined peewee query cost more than running it)."""
+        conn = models.connection()
+        if token_id is None:
+            rows = conn.query(f"SELECT {models.columns(Owner, 'o')} FROM owner o WHERE o.id = ? AND o.kind = ?",
+                              (user_id, "user"))
+            return None, (models.from_row(Owner, rows[0]) if rows else None)
+        rows = conn.query(f"SELECT {models.columns(ApiToken, 't')}, {models.columns(Owner, 'o')}"
+                          " FROM api_token t JOIN owner o ON o.id = t.user_id WHERE t.id = ?", (token_id,))
+        if not rows:
+            return None, None
+        width = len(ApiToken._meta.sorted_fields)
+        token, user = models.from_row(ApiToken, rows[0][:width]), models.from_row(Owner, rows[0][width:])
+        token.user = user
+        token._dirty.clear()
+        return token, user
 
     def _remember(self, key: bytes, user: Owner, token_id: int | None = None) -> None:
         with self._lock:
@@ -551,13 +565,18 @@ class Authenticator:
         sid, _, signature = cookie.rpartition(".")
         if not hmac.compare_digest(signature.encode(), self._sign(sid).encode()):
             return None
-        row = (
-            Session.select(Session, Owner)
-            .join(Owner)
-            .where((Session.digest == hashlib.sha256(sid.encode()).hexdigest()) & (Session.expires > utcnow())
-                   & (Session.epoch == Owner.login_epoch) & (Owner.disabled == False))  # noqa: E712
-            .first()
-        )
+        # Plain SQL, as for a token (_load): every page a logged-in user opens asks it.
+        found = models.connection().query(
+            f"SELECT {models.columns(Session, 's')}, {models.columns(Owner, 'o')}"
+            ' FROM "session" s JOIN owner o ON o.id = s.user_id WHERE s.digest = ? AND s.expires > ?'
+            " AND s.epoch = o.login_epoch AND o.disabled = ?",
+            (hashlib.sha256(sid.encode()).hexdigest(), str(utcnow()), False))
+        row = None
+        if found:
+            width = len(Session._meta.sorted_fields)
+            row = models.from_row(Session, found[0][:width])
+            row.user = models.from_row(Owner, found[0][width:])
+            row._dirty.clear()
         if row is not None and address is not None:
             touch_session(row, address)
         return row

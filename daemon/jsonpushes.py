@@ -33,7 +33,8 @@ Errors are JSON too, ``{"error": MESSAGE}`` with the status, since clients
 call ``.json()`` before looking at the status.
 
 Every query walks an index ((repository, state, push_id), (repository,
-state, date), the changeset node): the cost does not grow with the history.
+state, date), (repository, state, cset_seq) for the pages, the changeset
+node): the cost does not grow with the history, nor with the page's depth.
 """
 
 from __future__ import annotations
@@ -141,8 +142,25 @@ def push_holding(repository_id: int, node: str) -> int | None:
 
 
 def has_changesets() -> pw.Expression:
-    """True for a push that added changesets (an indexed probe per push)."""
-    return pw.fn.EXISTS(PushChangeset.select(pw.SQL("1")).where(PushChangeset.push == Push.id))
+    """True for a push that added changesets: it has a number among them (``Push.cset_seq``)."""
+    return Push.cset_seq.is_null(False)
+
+
+def last_page_rows(repository_id: int, page: int) -> pw.ModelSelect:
+    """Page ``page`` of the last pushes with changesets, ten a page, newest first.
+
+    Those pushes are numbered 1, 2... (``Push.cset_seq``, no gaps), so page N
+    holds the numbers from the highest done one minus (N-1) pages down: an
+    index probe and a range of the (repository, state, cset_seq) index,
+    whatever the page and the history's length, where an OFFSET would walk
+    every push above the page.  (A push still pending is the newest and
+    numbered above every done one; ``check --repair`` renumbers what it changes.)
+    """
+    done = (Push.repository == repository_id) & (Push.state == "done")
+    top = Push.select(pw.fn.MAX(Push.cset_seq)).where(done).scalar() or 0
+    high = top - (page - 1) * PAGE_SIZE
+    return (Push.select().where(done & (Push.cset_seq > high - PAGE_SIZE) & (Push.cset_seq <= high))
+            .order_by(Push.cset_seq.desc()))
 
 
 def range_filter(req: Request, repository_id: int, revisions: Revisions) -> tuple[pw.Expression, bool]:
@@ -219,10 +237,8 @@ def query(req: Request, repository_id: int, revisions: Revisions, rest: list[str
         page = int(rest[0]) if rest else req.page_arg("node")
         if not 1 <= page <= MAX_PAGE:
             raise HTTPError(400, f"the page must be an integer from 1 to {MAX_PAGE}")
-        rows = (Push.select()
-                .where((Push.repository == repository_id) & (Push.state == "done") & has_changesets())
-                .order_by(Push.push_id.desc()).offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE))
-    views = sorted(pushlog.views(list(rows)), key=lambda v: v.push_id)
+        rows = last_page_rows(repository_id, page)
+    views = sorted(pushlog.views(rows), key=lambda v: v.push_id)
     full = "full" in req.query
     tipsonly = req.arg("tipsonly") == "1"
     # Opening the repository costs: only for details or where changesets may be hidden,

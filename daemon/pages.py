@@ -244,7 +244,7 @@ class Pages:
 
     # -- index and owners --------------------------------------------------------------
 
-    def _listing(self, req: Request, owner: str | None = None) -> dict:
+    def _listing(self, req: Request, owner: Owner | None = None) -> dict:
         """One page of the repositories the visitor may read (search ``q``, page ``page``) for a template."""
         found = repos.listing(self.app.actor(req), search=req.arg("q") or "", owner=owner,
                               page=req.page_arg(), per_page=REPOS_PER_PAGE)
@@ -264,7 +264,7 @@ class Pages:
             raise HTTPError(404, "not found") from None
         members = repos.team_members(owner) if owner.is_team else []
         return self.render(req, start_response, "owner.html", owner=owner, members=members,
-                           title=owner.name, **self._listing(req, owner=owner.name))
+                           title=owner.name, **self._listing(req, owner=owner))
 
     # -- a repository ------------------------------------------------------------------
 
@@ -411,9 +411,9 @@ class Pages:
         where, selects = jsonpushes.range_filter(req, row.id, revisions)
         if not selects:
             return self.pushlog(req, start_response, row, facts, level)
-        rows = list(Push.select().where(where).order_by(Push.push_id).limit(RANGE_PUSHES + 1))
+        rows = pushlog.views(Push.select().where(where).order_by(Push.push_id).limit(RANGE_PUSHES + 1))
         more = len(rows) > RANGE_PUSHES
-        pushes = list(reversed(pushlog.views(rows[:RANGE_PUSHES])))
+        pushes = list(reversed(rows[:RANGE_PUSHES]))
         total = pushlog.last_push_id(row)
         per_push = CHANGESETS_PER_PUSH if len(pushes) > 1 else RANGE_CHANGESETS
         return self.render(req, start_response, "pushlog.html", repo=row, level=level, pushes=pushes,

@@ -203,6 +203,7 @@ def _compare_changesets(unfi, row: Repository, full: str, report: Report, repair
             for start in range(0, len(stale), 500):
                 PushChangeset.delete().where(PushChangeset.id.in_(stale[start : start + 500])).execute()
             emptied = _drop_empty_pushes(row)
+            pushdb.number_changeset_pushes(models.connection(), row.id)  # json-pushes' pages
             report.repairs.append(
                 f"{full}: dropped {len(stale)} stale changeset entries"
                 + (f" and {emptied} empty push record(s)" if emptied else "")

@@ -43,6 +43,20 @@ class BaseModel(pw.Model):
         legacy_table_names = False
 
 
+def columns(model: type[BaseModel], alias: str) -> str:
+    """Every column of ``model``'s table under ``alias``, in :func:`from_row`'s order."""
+    return ", ".join(f'{alias}."{f.column_name}"' for f in model._meta.sorted_fields)
+
+
+def from_row(model: type[BaseModel], values) -> BaseModel:
+    """A ``model`` instance from the values of its :func:`columns`, as peewee builds one
+    from a query's row (each value through its field's ``python_value``, nothing dirty)."""
+    instance = model(__no_default__=1)
+    instance.__data__ = {f.name: f.python_value(v)
+                         for f, v in zip(model._meta.sorted_fields, values, strict=True)}
+    return instance
+
+
 class Meta(BaseModel):
     """Key/value facts about the database itself (``schema_version``)."""
 
@@ -117,13 +131,22 @@ class Repository(BaseModel):
 
     @classmethod
     def find(cls, owner: str, name: str) -> Repository | None:
-        """The repository ``owner/name`` (any case), its owner loaded, or None."""
-        return (
-            cls.select(cls, Owner)
-            .join(Owner)
-            .where((Owner.name_key == names.key(owner)) & (cls.name_key == names.key(name)))
-            .first()
-        )
+        """The repository ``owner/name`` (any case), its owner loaded, or None.
+
+        Every request for a repository asks this: plain SQL (:func:`columns`,
+        :func:`from_row`), as building the joined peewee query costs more than running it.
+        """
+        found = connection().query(
+            f"SELECT {columns(cls, 'r')}, {columns(Owner, 'o')} FROM repository r"
+            " JOIN owner o ON o.id = r.owner_id WHERE o.name_key = ? AND r.name_key = ?",
+            (names.key(owner), names.key(name)))
+        if not found:
+            return None
+        width = len(cls._meta.sorted_fields)
+        repo = from_row(cls, found[0][:width])
+        repo.owner = from_row(Owner, found[0][width:])
+        repo._dirty.clear()
+        return repo
 
 
 class Grant(BaseModel):
@@ -203,6 +226,11 @@ class Push(BaseModel):
     txnid = pw.CharField(max_length=128, default="")
     #: JSON: phase moves of existing changesets, obsolescence marker count.
     details = pw.TextField(default="{}")
+    #: The push's number among its repository's pushes that added changesets (1, 2, ...
+    #: in push order, set by :func:`pushdb.insert_push`); NULL for a push without any
+    #: (bookmark-only, phases or markers only).  json-pushes leaves those out, so its
+    #: page N is a window of these numbers rather than an OFFSET (schema step 11).
+    cset_seq = pw.IntegerField(null=True)
 
     class Meta:
         indexes = (
@@ -211,6 +239,8 @@ class Push(BaseModel):
             # ids and dates, the highest done id, without walking the history.
             (("repository", "state", "push_id"), False),
             (("repository", "state", "date"), False),
+            # json-pushes' pages and the highest numbered done push (schema step 11).
+            (("repository", "state", "cset_seq"), False),
         )
 
     @property
@@ -585,6 +615,15 @@ def _v10_events() -> None:
     database().create_tables([Event, Webhook, Watch, Delivery, DeliveryAttempt, AuditEntry], safe=True)
 
 
+def _v11_numbered_changeset_pushes() -> None:
+    """``push.cset_seq`` numbers the pushes with changesets, so that a deep page of
+    json-pushes (which leaves the others out) is an index range, not an OFFSET."""
+    if "cset_seq" not in {c.name for c in database().get_columns("push")}:
+        database().execute_sql('ALTER TABLE "push" ADD COLUMN "cset_seq" INTEGER')
+    Push._schema.create_indexes(safe=True)
+    pushdb.number_changeset_pushes(connection())
+
+
 #: Step N brings a database from version N-1 to N.  A new database gets every table
 #: as the models define them today, without replaying the steps.
 MIGRATIONS: dict[int, Callable[[], None]] = {
@@ -597,6 +636,7 @@ MIGRATIONS: dict[int, Callable[[], None]] = {
     8: _v8_forked_from,
     9: _v9_token_scopes,
     10: _v10_events,
+    11: _v11_numbered_changeset_pushes,
 }
 
 

@@ -36,7 +36,7 @@ from . import names
 from .policy import RepoFacts, Subject
 
 #: Bumped with every change of the tables in models.py; models.MIGRATIONS gets a step.
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 class SchemaError(RuntimeError):
@@ -356,10 +356,14 @@ def insert_push(conn: Connection, repository_id: int, user: str, txnid: str, det
         "SELECT COALESCE(MAX(push_id), 0) FROM push WHERE repository_id = ?", (repository_id,)
     )[0]
     push_id = last + 1
+    seq = None
+    if nodes:  # the next number among the pushes with changesets (models.Push.cset_seq)
+        ((seq,),) = conn.query(
+            "SELECT COALESCE(MAX(cset_seq), 0) + 1 FROM push WHERE repository_id = ?", (repository_id,))
     ((row_id,),) = conn.query(
-        'INSERT INTO push (repository_id, push_id, "user", date, state, txnid, details)'
-        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        (repository_id, push_id, user, str(utcnow()), state, txnid, details),
+        'INSERT INTO push (repository_id, push_id, "user", date, state, txnid, details, cset_seq)'
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (repository_id, push_id, user, str(utcnow()), state, txnid, details, seq),
     )
     insert_changesets(conn, row_id, nodes)
     if bookmarks:
@@ -377,6 +381,26 @@ def insert_changesets(conn: Connection, push_row_id: int, nodes: list[str], star
             "INSERT INTO push_changeset (push_id, position, node) VALUES (?, ?, ?)",
             [(push_row_id, start + i, node) for i, node in enumerate(nodes)],
         )
+
+
+def number_changeset_pushes(conn: Connection, repository_id: int | None = None) -> None:
+    """Number the pushes with changesets 1, 2... per repository in push order
+    (``push.cset_seq``), the others NULL: of one repository, or of all (schema step 11).
+
+    :func:`insert_push` keeps the numbering as pushes arrive; this restores it
+    where changesets were taken from pushes (``check --repair``).  The caller
+    holds the write transaction.
+    """
+    only = "" if repository_id is None else " AND p.repository_id = ?"
+    params = () if repository_id is None else (repository_id,)
+    conn.execute(
+        "UPDATE push SET cset_seq = NULL WHERE cset_seq IS NOT NULL AND id IN (SELECT p.id FROM push p"
+        " WHERE NOT EXISTS (SELECT 1 FROM push_changeset c WHERE c.push_id = p.id)" + only + ")", params)
+    conn.execute(
+        "UPDATE push SET cset_seq = numbered.n FROM (SELECT p.id AS id,"
+        " ROW_NUMBER() OVER (PARTITION BY p.repository_id ORDER BY p.push_id) AS n FROM push p"
+        " WHERE EXISTS (SELECT 1 FROM push_changeset c WHERE c.push_id = p.id)" + only + ") AS numbered"
+        " WHERE push.id = numbered.id", params)
 
 
 def delete_push(conn: Connection, row_id: int) -> None:

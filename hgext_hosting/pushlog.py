@@ -10,9 +10,10 @@ json-pushes) only ever show ``done`` rows.
 from __future__ import annotations
 
 import datetime
+import json
 from dataclasses import dataclass
 
-from .models import Push, PushBookmark, PushChangeset, Repository, write_transaction
+from .models import Push, PushBookmark, PushChangeset, Repository, connection, write_transaction
 
 #: User recorded on the push that ``check --repair`` creates for unrecorded changesets.
 REPAIR_USER = "(repair)"
@@ -103,17 +104,9 @@ class PushView:
         }
 
 
-def recent_pushes(repo: Repository | int, limit: int | None = None, offset: int = 0) -> list[PushView]:
-    """The ``done`` pushes of a repository, newest first."""
-    query = (
-        Push.select()
-        .where((Push.repository == repo) & (Push.state == "done"))
-        .order_by(Push.push_id.desc())
-        .offset(offset)
-    )
-    if limit is not None:
-        query = query.limit(limit)
-    return views(list(query))
+def recent_pushes(repo: Repository | int, limit: int | None = None) -> list[PushView]:
+    """The ``done`` pushes of a repository, newest first (``limit``: the newest ``limit``)."""
+    return _read("repository_id = ? AND state = 'done'", (_id(repo),), "push_id DESC", limit)
 
 
 def pushes_up_to(repo: Repository | int, highest: int, limit: int) -> list[PushView]:
@@ -123,39 +116,60 @@ def pushes_up_to(repo: Repository | int, highest: int, limit: int) -> list[PushV
     window holds ``limit`` pushes; where ``check --repair`` dropped an emptied
     push, its page shows one fewer and no page repeats another's).
     """
-    query = (
-        Push.select()
-        .where((Push.repository == repo) & (Push.state == "done") & (Push.push_id <= highest)
-               & (Push.push_id > highest - limit))
-        .order_by(Push.push_id.desc())
-        .limit(limit)
-    )
-    return views(list(query))
+    return _read("repository_id = ? AND state = 'done' AND push_id <= ? AND push_id > ?",
+                 (_id(repo), highest, highest - limit), "push_id DESC", limit)
 
 
-def views(pushes: list[Push]) -> list[PushView]:
-    """Attach changesets and bookmarks to push rows, in two queries."""
-    ids = [p.id for p in pushes]
-    nodes: dict[int, list[str]] = {i: [] for i in ids}
-    marks: dict[int, list] = {i: [] for i in ids}
-    if ids:
-        for push_id, node in (
-            PushChangeset.select(PushChangeset.push, PushChangeset.node)
-            .where(PushChangeset.push.in_(ids))
-            .order_by(PushChangeset.push, PushChangeset.position)
-            .tuples()
-        ):
-            nodes[push_id].append(node)
-        for push_id, name, old, new in (
-            PushBookmark.select(PushBookmark.push, PushBookmark.name, PushBookmark.old, PushBookmark.new)
-            .where(PushBookmark.push.in_(ids))
-            .order_by(PushBookmark.push, PushBookmark.name)
-            .tuples()
-        ):
-            marks[push_id].append((name, old, new))
-    return [
-        PushView(p.push_id, p.user, p.date, nodes[p.id], marks[p.id], p.extra) for p in pushes
-    ]
+def views(query) -> list[PushView]:
+    """The pushes a peewee query of :class:`Push` rows selects, in its order, as views."""
+    rows = query.select(Push.id, Push.push_id, Push.user, Push.date, Push.details).tuples()
+    return _attach(connection(), [(i, n, u, Push.date.python_value(d), x) for i, n, u, d, x in rows])
+
+
+# The readers run on every page and API request: plain SQL and tuples, as pushdb does,
+# since building peewee queries and model instances cost most of a 100-push page.
+
+def _id(repo: Repository | int) -> int:
+    return repo if isinstance(repo, int) else repo.id
+
+
+def _read(where: str, params: tuple, order: str, limit: int | None) -> list[PushView]:
+    """The pushes ``WHERE where ORDER BY order LIMIT limit``, with their changesets and bookmarks."""
+    conn = connection()
+    sql = f'SELECT id, push_id, "user", date, details FROM push WHERE {where} ORDER BY {order}'
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    to_date = Push.date.python_value  # text on SQLite, a datetime on PostgreSQL
+    return _attach(conn, [(i, n, u, to_date(d), x) for i, n, u, d, x in conn.query(sql, params)])
+
+
+#: Push rows per query in :func:`_attach`: SQLite builds bind from 32,766 parameters
+#: a statement (the default) to 250,000 (Debian's), and the whole log may be longer.
+_IN_CHUNK = 500
+
+
+def _attach(conn, rows: list[tuple]) -> list[PushView]:
+    """Push rows ``(row id, push id, user, date, details)`` with their changesets and
+    bookmarks, read in one query each."""
+    if not rows:
+        return []
+    nodes: dict[int, list[str]] = {row[0]: [] for row in rows}
+    marks: dict[int, list] = {row[0]: [] for row in rows}
+    every = tuple(nodes)
+    for start in range(0, len(every), _IN_CHUNK):
+        ids = every[start:start + _IN_CHUNK]
+        among = ", ".join("?" * len(ids))
+        for push, node in conn.query(
+                f"SELECT push_id, node FROM push_changeset WHERE push_id IN ({among}) ORDER BY push_id, position",
+                ids):
+            nodes[push].append(node)
+        for push, name, old, new in conn.query(
+                f"SELECT push_id, name, old, new FROM push_bookmark WHERE push_id IN ({among})"
+                " ORDER BY push_id, name", ids):
+            marks[push].append((name, old, new))
+    return [PushView(push_id, user, date, nodes[i], marks[i], {} if details in ("{}", "", None)
+                     else json.loads(details))
+            for i, push_id, user, date, details in rows]
 
 
 def format_push_line(row: dict) -> str:
@@ -178,10 +192,6 @@ def format_push_line(row: dict) -> str:
 
 def last_push_id(repo: Repository | int) -> int:
     """The highest ``done`` push id of a repository, 0 without any (one index probe)."""
-    return (
-        Push.select(Push.push_id)
-        .where((Push.repository == repo) & (Push.state == "done"))
-        .order_by(Push.push_id.desc())
-        .limit(1)
-        .scalar()
-    ) or 0
+    ((last,),) = connection().query(
+        "SELECT MAX(push_id) FROM push WHERE repository_id = ? AND state = 'done'", (_id(repo),))
+    return last or 0

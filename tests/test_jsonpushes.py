@@ -29,6 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from posixpath import normpath
 
 import pytest
 from conftest import Daemon, commit, site_handle
@@ -269,6 +270,104 @@ def test_schema_step_3_adds_the_reader_indexes(tmp_path):
     assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [(str(pushdb.SCHEMA_VERSION),)]
 
 
+
+def insert_pushes(db_path, repository_id: int, shapes: str, state: str = "done") -> None:
+    """Push records made by the push path's own writer (:func:`pushdb.insert_push`), one per
+    character of ``shapes``: ``c`` adds a (fake) changeset, ``b`` only moves a bookmark."""
+    conn = pushdb.SqliteConnection(str(db_path), 10_000)
+    with conn.write():
+        for i, shape in enumerate(shapes):
+            nodes = [f"{repository_id:08x}{i:032x}"] if shape == "c" else []
+            marks = [] if nodes else [("mark", None, None)]
+            pushdb.insert_push(conn, repository_id, "bot", "", "{}", nodes, marks, state=state)
+    conn.conn.close()
+
+
+def test_deep_pages_leave_out_bookmark_only_pushes(jp):
+    """``json-pushes/N`` and ``?node=N`` hold the Nth ten of the pushes with changesets, newest first, whatever bookmark-only pushes lie between them; a push still pending is in no page and ``lastpushid`` is the highest done id."""
+    site = jp.site
+    site.cli("repo", "create", "alice/deep")
+    db_path = next(site.root.glob("*.db"))
+    with sqlite3.connect(db_path) as db:
+        ((repository_id,),) = db.execute("SELECT id FROM repository WHERE name = 'deep'")
+    shapes = "ccbcccbbccccbccccccbcccbccccccccbcc"
+    insert_pushes(db_path, repository_id, shapes)
+    insert_pushes(db_path, repository_id, "c", state="pending")
+    with_changesets = [str(i + 1) for i, shape in enumerate(shapes) if shape == "c"][::-1]
+    pages = [with_changesets[i:i + 10] for i in range(0, len(with_changesets), 10)] + [[]]
+    url = f"{jp.daemon.url}/alice/deep/json-pushes"
+    for number, expected in enumerate(pages, 1):
+        status, _, body = fetch(f"{url}/{number}?version=2")
+        doc = json.loads(body)
+        assert status == 200 and doc["lastpushid"] == len(shapes)
+        assert sorted(doc["pushes"], key=int, reverse=True) == expected, number
+        status, _, body = fetch(f"{url}?node={number}")
+        assert status == 200 and sorted(json.loads(body), key=int, reverse=True) == expected
+    status, _, body = fetch(f"{url}?startID=0")
+    assert sorted(json.loads(body), key=int, reverse=True) == with_changesets
+
+
+def test_schema_step_11_numbers_the_pushes_with_changesets(tmp_path):
+    """A version-10 site gets ``push.cset_seq`` from ``hg-hosting init`` (schema step 11): the pushes with changesets numbered 1, 2... per repository in push order, the others NULL, with its index; new pushes continue the numbering."""
+    site = site_handle(tmp_path)
+    site.cli("init")
+    site.add_user("alice")
+    cli_all(site, ["repo", "create", "alice/one"], ["repo", "create", "alice/two"])
+    db_path = next(site.root.glob("*.db"))
+    db = sqlite3.connect(db_path, isolation_level=None)
+    ids = dict(db.execute("SELECT name, id FROM repository"))
+    insert_pushes(db_path, ids["one"], "cbcc")
+    insert_pushes(db_path, ids["two"], "bbcb")
+
+    def numbers() -> dict[int, list]:
+        rows = db.execute("SELECT repository_id, cset_seq FROM push ORDER BY repository_id, push_id")
+        found: dict[int, list] = {}
+        for rid, seq in rows:
+            found.setdefault(rid, []).append(seq)
+        return found
+
+    made = numbers()
+    assert made == {ids["one"]: [1, None, 2, 3], ids["two"]: [None, None, 1, None]}
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'push'")}
+    assert "push_repository_id_state_cset_seq" in indexes
+    db.execute("DROP INDEX push_repository_id_state_cset_seq")
+    db.execute("ALTER TABLE push DROP COLUMN cset_seq")
+    db.execute("UPDATE meta SET value = '10' WHERE key = 'schema_version'")
+    assert "schema version 10" in site.refuse("user", "list")
+    site.cli("init")
+    assert numbers() == made
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'push'")}
+    assert "push_repository_id_state_cset_seq" in indexes
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [(str(pushdb.SCHEMA_VERSION),)]
+    insert_pushes(db_path, ids["two"], "cb")
+    assert numbers()[ids["two"]] == [None, None, 1, None, 2, None]
+
+
+def test_check_repair_renumbers_the_pushes_with_changesets(tmp_path):
+    """When ``check --repair`` takes a push's last changesets (gone from the repository) and keeps the push for its bookmark, the push loses its number and the later pushes with changesets close the gap, so json-pushes' pages stay windows of the numbers."""
+    site = site_handle(tmp_path)
+    site.cli("init")
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/mend")
+    target = str(site.repo_path("alice/mend"))
+    wc = tmp_path / "wc"
+    site.hg("init", str(wc))
+    commit(site.hg, wc, "a", "1\n")
+    site.hg("push", "-q", target, cwd=wc, user="alice")
+    db_path = next(site.root.glob("*.db"))
+    db = sqlite3.connect(db_path, isolation_level=None)
+    ((repository_id,),) = db.execute("SELECT id FROM repository WHERE name = 'mend'")
+    conn = pushdb.SqliteConnection(str(db_path), 10_000)
+    with conn.write():  # push 2: a changeset the repository never got, and a bookmark move
+        pushdb.insert_push(conn, repository_id, "bot", "", "{}", ["f" * 40], [("m", None, None)], state="done")
+    conn.conn.close()
+    commit(site.hg, wc, "b", "2\n")
+    site.hg("push", "-q", target, cwd=wc, user="alice")
+    numbers = "SELECT push_id, cset_seq FROM push WHERE repository_id = ? ORDER BY push_id"
+    assert db.execute(numbers, (repository_id,)).fetchall() == [(1, 1), (2, 2), (3, 3)]
+    site.cli("check", "--repair", check=False)
+    assert db.execute(numbers, (repository_id,)).fetchall() == [(1, 1), (2, None), (3, 2)]
+
 # -- the cost does not grow with the history ---------------------------------------------------
 
 def sqlite_steps(site, monkeypatch, paths: list[str]) -> dict[str, dict]:
@@ -322,6 +421,7 @@ def fill_pushes(db_path, repository_id: int, count: int) -> None:
             " VALUES (?, ?, 'bot', ?, 'done', '', '{}')",
             ((repository_id, i, str(START + timedelta(seconds=i))) for i in range(1, count + 1)),
         )
+        db.execute("UPDATE push SET cset_seq = push_id WHERE repository_id = ?", (repository_id,))
         db.execute(
             "INSERT INTO push_changeset (push_id, position, node)"
             " SELECT id, 0, printf('%040x', push_id) FROM push WHERE repository_id = ?",
@@ -331,7 +431,7 @@ def fill_pushes(db_path, repository_id: int, count: int) -> None:
 
 
 def test_readers_cost_does_not_grow_with_the_history(tmp_path, monkeypatch):
-    """json-pushes (last pushes, a range of ids, a range of dates, version 2), the push log's newest, a deep and the last page, the overview and pushloghtml run within 1.5x the SQLite steps (+2,000 steps) on a repository of 200,000 pushes as on one of a single push."""
+    """json-pushes (last pushes, a range of ids, a range of dates, version 2, a deep page), the push log's newest, a deep and the last page, the overview, pushloghtml and a deep page of the API's pushes run within 1.5x the SQLite steps (+2,000 steps) on a repository of 200,000 pushes as on one of a single push."""
     site = site_handle(tmp_path)
     site.cli("init")
     site.add_user("alice")
@@ -352,11 +452,14 @@ def test_readers_cost_does_not_grow_with_the_history(tmp_path, monkeypatch):
         "pushlog last": "pushlog?page={last}",
         "overview": "",
         "pushloghtml ids": "pushloghtml?startID={mid}&endID={mid10}",
+        "json-pushes deep page": "json-pushes/{jpdeep}?version=2",
+        "api pushes deep page": "../../api/v1/repos/alice/{name}/pushes?per_page=1&page={apideep}",
     }
-    small = {"mid": 0, "mid10": 1, "deep": 1, "last": 1}
-    big = {"mid": BIG // 2, "mid10": BIG // 2 + 10, "deep": BIG // 40, "last": BIG // 20}
-    urls = [f"/alice/small/{p.format(**small)}".rstrip("/") for p in paths.values()]
-    urls += [f"/alice/big/{p.format(**big)}".rstrip("/") for p in paths.values()]
+    small = {"name": "small", "mid": 0, "mid10": 1, "deep": 1, "last": 1, "jpdeep": 1, "apideep": 1}
+    big = {"name": "big", "mid": BIG // 2, "mid10": BIG // 2 + 10, "deep": BIG // 40, "last": BIG // 20,
+           "jpdeep": BIG // 20, "apideep": BIG // 2}
+    urls = [normpath(f"/alice/small/{p.format(**small)}").rstrip("/") for p in paths.values()]
+    urls += [normpath(f"/alice/big/{p.format(**big)}").rstrip("/") for p in paths.values()]
     result = sqlite_steps(site, monkeypatch, urls)
     problems = []
     for name, small_url, big_url in zip(paths, urls[: len(paths)], urls[len(paths):], strict=True):

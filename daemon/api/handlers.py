@@ -109,13 +109,14 @@ def user_json(user: Owner) -> dict:
 
 
 def repo_json(call: Call, repo, last_push=None, permission: str | None = None) -> dict:
+    url = f"{call.req.host_url}/{quote(repo.owner.name)}/{quote(repo.name)}"
     return {
         "owner": repo.owner.name, "name": repo.name, "full_name": repo.full_name,
         "description": repo.description, "private": bool(repo.private),
         "publishing": bool(repo.publishing), "created": iso(repo.created), "last_push": iso(last_push),
         "permission": permission,
-        "clone_url": f"{call.req.host_url}/{quote(repo.owner.name)}/{quote(repo.name)}",
-        "html_url": f"{call.req.host_url}/{quote(repo.owner.name)}/{quote(repo.name)}",
+        "clone_url": url,
+        "html_url": url,
     }
 
 
