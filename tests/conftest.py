@@ -27,6 +27,22 @@ sys.path.insert(0, str(TOOLS))
 
 import synthrepo  # noqa: E402
 
+
+def pytest_configure(config) -> None:
+    """Compile the project's modules to bytecode once, for every process the tests start.
+
+    Each ``hg`` and ``hg-hosting`` process loads the extension's modules; with
+    ``PYTHONDONTWRITEBYTECODE`` set (as on this machine) none writes a ``.pyc``,
+    and every process compiled ~15 modules from source again (~0.1 s of CPU each).
+    A ``.pyc`` that exists is read all the same.  Up-to-date files are skipped.
+    """
+    import compileall
+
+    root = Path(__file__).resolve().parent.parent
+    for package in ("hgext_hosting", "daemon", "hgext3rd"):
+        if (root / package).is_dir():
+            compileall.compile_dir(root / package, quiet=2)
+
 #: Fixed commit date, so that changeset hashes are stable between runs.
 DATE = "2020-01-01 00:00:00 +0000"
 
