@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -189,14 +190,22 @@ def big_site(tmp_path: Path, env: dict[str, str], big_site_template: Path) -> Si
 
 def commit(hg_run, wc: Path, filename: str, content: str, message: str | None = None,
            branch: str | None = None) -> str:
-    """Write a file in a working copy and commit it with a fixed date; return the node."""
+    """Write a file in a working copy and commit it with a fixed date; return the node.
+
+    One ``hg commit -A --debug`` (its ``committed changeset REV:NODE`` line names the
+    node) rather than addremove, commit and log: three processes cost three starts.
+    """
     (wc / filename).parent.mkdir(parents=True, exist_ok=True)
     (wc / filename).write_text(content)
     if branch:
         hg_run("branch", "-q", "-f", branch, cwd=wc)
-    hg_run("addremove", "-q", cwd=wc)
-    hg_run("commit", "-q", "-d", DATE, "-m", message or f"change {filename}", cwd=wc)
-    return hg_run("log", "-r", ".", "-T", "{node}", cwd=wc).stdout
+    proc = hg_run("commit", "-A", "--debug", "-d", DATE, "-m", message or f"change {filename}", cwd=wc)
+    nodes = COMMITTED.findall(f"{proc.stdout}\n{proc.stderr}")
+    return nodes[-1] if nodes else hg_run("log", "-r", ".", "-T", "{node}", cwd=wc).stdout
+
+
+#: The line ``hg commit --debug`` prints for the changeset it made.
+COMMITTED = re.compile(r"^committed changeset \d+:([0-9a-f]{40})$", re.M)
 
 
 # -- the daemon ------------------------------------------------------------------------
