@@ -166,12 +166,30 @@ def corpus() -> Path:
 
 @pytest.fixture(scope="session")
 def big_site_template(tmp_path_factory, corpus: Path) -> Path:
-    """A site with alice/big holding the corpus, made once per worker for :func:`big_site` to copy.
+    """A site with alice/big holding the corpus, made once per run for :func:`big_site` to copy.
 
-    The unbundle of 3,000 changesets through the push hooks costs seconds of CPU;
-    a copy of the result costs a fraction of one.
+    The unbundle of 3,000 changesets through the push hooks costs seconds of CPU
+    (tens on a loaded machine); a copy of the result costs a fraction of one.
+    Under xdist the first worker that needs it builds it in the run's shared
+    temporary directory (the parent of each worker's), under an exclusive
+    ``flock``; the others wait for it and copy the same one.
     """
-    tmp = tmp_path_factory.mktemp("big-site-template")
+    import fcntl
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _build_big_site(tmp_path_factory.mktemp("big-site-template"), corpus)
+    shared = tmp_path_factory.getbasetemp().parent / "big-site-template"
+    with open(f"{shared}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "done").exists():
+            shutil.rmtree(shared, ignore_errors=True)  # a half-built one from a worker that died
+            shared.mkdir()
+            _build_big_site(shared, corpus)
+            (shared / "done").touch()
+    return shared / "site"
+
+
+def _build_big_site(tmp: Path, corpus: Path) -> Path:
     site = site_handle(tmp)
     site.cli("init")
     site.add_user("alice")
