@@ -205,21 +205,35 @@ def make_world(shared: TransportSite, tmp: Path) -> World:
 SSH_TRANSPORT = pytest.param("ssh", marks=pytest.mark.skipif(not SSH, reason="needs the OpenSSH client"))
 
 
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    """The module's sites, one per transport, each made when a test first needs it (users, keys,
+    daemon: seconds of CPU each) and shared by every fixture below; daemons stopped at the end."""
+    made: dict[str, TransportSite] = {}
+
+    def get(transport: str) -> TransportSite:
+        if transport not in made:
+            made[transport] = make_site(tmp_path_factory.mktemp(f"evolve-{transport}"), transport)
+        return made[transport]
+
+    yield get
+    for shared in made.values():
+        if shared.daemon is not None:
+            shared.daemon.stop()
+            assert "Traceback" not in shared.daemon.log(), shared.daemon.log()[-3000:]
+
+
 #: ``world`` runs each test over stdio and http.  ``ssh`` reaches the same ``hg serve
 #: --stdio`` child as ``stdio`` (only the way the user is authenticated differs), so only
 #: the test where the user decides the outcome (the ``publish`` level) runs over it too.
 @pytest.fixture(scope="module", params=["stdio", "http"])
-def transport_site(request, tmp_path_factory):
-    shared = make_site(tmp_path_factory.mktemp(f"evolve-{request.param}"), request.param)
-    yield shared
-    if shared.daemon is not None:
-        shared.daemon.stop()
-        assert "Traceback" not in shared.daemon.log(), shared.daemon.log()[-3000:]
+def transport_site(request, sites):
+    return sites(request.param)
 
 
 @pytest.fixture(scope="module")
-def stdio_site(tmp_path_factory):
-    return make_site(tmp_path_factory.mktemp("evolve-stdio-only"), "stdio")
+def stdio_site(sites):
+    return sites("stdio")
 
 
 @pytest.fixture
@@ -430,11 +444,8 @@ def test_publishing_repository_is_unchanged(stdio_world):
 
 
 @pytest.fixture(scope="module")
-def http_site(tmp_path_factory):
-    shared = make_site(tmp_path_factory.mktemp("evolve-http-pages"), "http")
-    yield shared
-    shared.daemon.stop()
-    assert "Traceback" not in shared.daemon.log(), shared.daemon.log()[-3000:]
+def http_site(sites):
+    return sites("http")
 
 
 @pytest.fixture
