@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from mercurial import error as hgerror
-from mercurial import hg
 
 from . import audit, faults, models, names, outbox, pushdb
 from .accounts import get_owner, get_user
@@ -92,6 +91,8 @@ def _staging(site: Site, name: str) -> Iterator[Path]:
 @contextlib.contextmanager
 def _repo_locked(site: Site, path: Path) -> Iterator[object]:
     """Hold a repository's wlock and lock (waits for pushes in flight)."""
+    from mercurial import hg  # here, not at the top: the CLI's database-only commands skip it
+
     try:
         repo = hg.repository(_hg_ui(site), os.fsencode(path))
     except hgerror.RepoError as e:
@@ -264,6 +265,8 @@ def create_repo(site: Site, full_name: str, private: bool = False, description: 
     owner = get_owner(owner_name)
     _check_description(description)
     _check_free(owner, name, site)
+    from mercurial import hg
+
     with _staging(site, name) as stage:
         hg.repository(_hg_ui(site), os.fsencode(stage), create=True)
         write_repo_hgrc(stage, publishing)
@@ -349,6 +352,8 @@ def fork_repo(
     forker = get_user(user)
     _check_free(dst_owner, name, site)
     private = src_repo.private if private is None else private
+    from mercurial import hg
+
     with _staging(site, name) as stage:
         hg.clone(_hg_ui(site), {}, os.fsencode(repo_dir(site, src_repo)), os.fsencode(stage),
                  pull=False, update=False)

@@ -24,8 +24,11 @@ json.dump(results, sys.__stdout__)
 """
 
 
-def cli_batch(site, commands: list[tuple[list[str], str | None]]) -> None:
-    """``hg-hosting --site SITE ARGV`` for each command, in one process; all must succeed."""
+def cli_batch(site, commands: list[tuple[list[str], str | None]]) -> list[str]:
+    """``hg-hosting --site SITE ARGV`` for each command, in one process; all must succeed.
+
+    Returns each command's standard output, in order.
+    """
     steps = [[["--site", str(site.root), *argv], stdin] for argv, stdin in commands]
     proc = subprocess.run([sys.executable, "-c", CLI_BATCH], input=json.dumps(steps), env=site.env,
                           capture_output=True, text=True, timeout=120)
@@ -34,3 +37,4 @@ def cli_batch(site, commands: list[tuple[list[str], str | None]]) -> None:
     for (argv, _), (rc, out, err) in zip(commands, results, strict=False):
         assert rc == 0, f"hg-hosting {' '.join(argv)} exited {rc}\n{out}\n{err}"
     assert len(results) == len(commands)
+    return [out for _, out, _ in results]

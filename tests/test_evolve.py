@@ -14,7 +14,9 @@ Users: alice owns the repository under test; bob holds ``write``, carol
 
 One site per transport for the module (``transport_site``: the users, their
 SSH keys, the daemon), made once: each test gets a fresh non-publishing
-repository of its own (``alice/demo-N``) on it, with alice's public root.
+repository of its own (``alice/demo-N``) on it, with alice's public root.  The rewrite
+tests run over ``stdio`` and ``http``; ``ssh`` adds only how the user is known
+(the key), so only the ``publish``-level test runs over it as well.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import DATE, HG, HG_HOSTING, Daemon, SiteHandle, run, site_handle
+from conftest import COMMITTED, DATE, HG, HG_HOSTING, Daemon, SiteHandle, run, site_handle
 from pushhelpers import cli_all, run_all, write_fakessh
 
 #: The client side of every test: evolve and topic enabled.
@@ -100,10 +102,11 @@ class World:
         return wc
 
     def commit(self, user: str, wc: Path, filename: str, content: str, *extra: str) -> str:
+        """One ``hg commit -A --debug`` (its last line names the node): one client start, not three."""
         (wc / filename).write_text(content)
-        self.hg(user, "addremove", "-q", cwd=wc)
-        self.hg(user, "commit", "-q", "-d", DATE, "-m", f"{user}: {filename}", *extra, cwd=wc)
-        return self.node(user, wc, ".")
+        proc = self.hg(user, "commit", "-A", "--debug", "-d", DATE, "-m", f"{user}: {filename}", *extra, cwd=wc)
+        nodes = COMMITTED.findall(f"{proc.stdout}\n{proc.stderr}")
+        return nodes[-1] if nodes else self.node(user, wc, ".")
 
     def node(self, user: str, wc: Path, rev: str) -> str:
         return self.hg(user, "log", "-r", rev, "-T", "{node}", cwd=wc).stdout
@@ -189,8 +192,8 @@ def make_world(shared: TransportSite, tmp: Path) -> World:
     """A new non-publishing ``alice/demo-N`` on the shared site, writers granted, alice's public root pushed."""
     full = f"alice/demo-{next(_repo_numbers)}"
     site = shared.site
-    site.cli("repo", "create", full, "--non-publishing")
-    cli_all(site, *(["grant", full, user, level] for user, level in USERS.items()))
+    cli_all(site, ["repo", "create", full, "--non-publishing"],
+            *(["grant", full, user, level] for user, level in USERS.items()))
     world = World(site, tmp, shared.transport, shared.daemon, full, shared.keys)
     root = world.clone("alice", "alice")
     world.commit("alice", root, "README", "the public root\n")
@@ -198,19 +201,39 @@ def make_world(shared: TransportSite, tmp: Path) -> World:
     return world
 
 
-@pytest.fixture(scope="module", params=["stdio", "http", pytest.param("ssh", marks=pytest.mark.skipif(
-    not SSH, reason="needs the OpenSSH client"))])
-def transport_site(request, tmp_path_factory):
-    shared = make_site(tmp_path_factory.mktemp(f"evolve-{request.param}"), request.param)
-    yield shared
-    if shared.daemon is not None:
-        shared.daemon.stop()
-        assert "Traceback" not in shared.daemon.log(), shared.daemon.log()[-3000:]
+#: The real OpenSSH client through the daemon's SSH server: the user comes from the key.
+SSH_TRANSPORT = pytest.param("ssh", marks=pytest.mark.skipif(not SSH, reason="needs the OpenSSH client"))
 
 
 @pytest.fixture(scope="module")
-def stdio_site(tmp_path_factory):
-    return make_site(tmp_path_factory.mktemp("evolve-stdio-only"), "stdio")
+def sites(tmp_path_factory):
+    """The module's sites, one per transport, each made when a test first needs it (users, keys,
+    daemon: seconds of CPU each) and shared by every fixture below; daemons stopped at the end."""
+    made: dict[str, TransportSite] = {}
+
+    def get(transport: str) -> TransportSite:
+        if transport not in made:
+            made[transport] = make_site(tmp_path_factory.mktemp(f"evolve-{transport}"), transport)
+        return made[transport]
+
+    yield get
+    for shared in made.values():
+        if shared.daemon is not None:
+            shared.daemon.stop()
+            assert "Traceback" not in shared.daemon.log(), shared.daemon.log()[-3000:]
+
+
+#: ``world`` runs each test over stdio and http.  ``ssh`` reaches the same ``hg serve
+#: --stdio`` child as ``stdio`` (only the way the user is authenticated differs), so only
+#: the test where the user decides the outcome (the ``publish`` level) runs over it too.
+@pytest.fixture(scope="module", params=["stdio", "http"])
+def transport_site(request, sites):
+    return sites(request.param)
+
+
+@pytest.fixture(scope="module")
+def stdio_site(sites):
+    return sites("stdio")
 
 
 @pytest.fixture
@@ -303,6 +326,7 @@ def test_amend_and_prune_push_are_recorded_with_markers(world):
     assert [p["id"] for p in world.pushes()] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("transport_site", ["stdio", "http", SSH_TRANSPORT], indirect=True)
 def test_publication_refused_then_allowed(world):
     """Only ``publish`` makes changesets public, new or existing; a refusal names who, where and which."""
     wc = world.clone("bob", "bob")
@@ -420,11 +444,8 @@ def test_publishing_repository_is_unchanged(stdio_world):
 
 
 @pytest.fixture(scope="module")
-def http_site(tmp_path_factory):
-    shared = make_site(tmp_path_factory.mktemp("evolve-http-pages"), "http")
-    yield shared
-    shared.daemon.stop()
-    assert "Traceback" not in shared.daemon.log(), shared.daemon.log()[-3000:]
+def http_site(sites):
+    return sites("http")
 
 
 @pytest.fixture

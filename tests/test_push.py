@@ -75,10 +75,9 @@ def add_users(site, *names: str, admins: tuple[str, ...] = ()) -> None:
 
 def setup_demo(site, *others: str, admins: tuple[str, ...] = (), then: tuple[list[str], ...] = ()) -> None:
     """Users alice (owner of the public repository alice/demo) and ``others``; then ``then``."""
-    add_users(site, "alice", *others, admins=admins)
-    site.cli("repo", "create", "alice/demo")
-    if then:
-        cli_all(site, *then)
+    users = [["user", "add", n, "--email", f"{n}@example.org", *(["--admin"] if n in admins else [])]
+             for n in ("alice", *others)]
+    cli_all(site, *users, ["repo", "create", "alice/demo"], *then)  # one process for all
 
 
 def site_hgrc_append(site, text: str) -> str:
