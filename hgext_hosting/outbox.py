@@ -195,8 +195,10 @@ def push_payload(event: Event, repo, base_url: str = "") -> dict:
     from .models import Push
     from .pushlog import views
 
-    push = Push.get_by_id(event.push_id)
-    view = views([push])[0]
+    found = views(Push.select().where(Push.id == event.push_id))
+    if not found:
+        raise Push.DoesNotExist(f"push row {event.push_id} is gone")
+    view = found[0]
     repository = Repository.select(Repository, Owner).join(Owner).where(Repository.id == event.repository_id).get()
     unfi = repo.unfiltered() if repo is not None else None
     changesets: list[dict] = []

@@ -196,8 +196,7 @@ def test_protected_bookmark(site, pusher, wc):
 def test_phase_only_push(site, pushers, wc):
     """On a non-publishing repository, making a pushed draft public and pushing again is refused for bob (no write) and recorded for alice as a push with no changesets and a "phases" entry; check stays clean."""
     setup_demo(site, "bob")
-    hgrc = site.repo_path("alice/demo") / ".hg" / "hgrc"
-    hgrc.write_text(hgrc.read_text() + "[phases]\npublish = False\n")
+    site.cli("repo", "set", "alice/demo", "publishing=false")
     node = commit(site.hg, wc, "a.txt", "a\n")
     state = assert_recorded(site, pushers["local"].push(wc, user="alice"), EMPTY, "alice", [node])
     assert state.log == [f"{node} draft "]
