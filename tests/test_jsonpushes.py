@@ -605,3 +605,24 @@ def test_obsolete_changesets_amend_and_prune(jp, tmp_path):
     assert all("precursors" not in c for c in published["1"]["changesets"])
     assert get("alice/pub")["1"]["changesets"] == [root, new]
     assert "Traceback" not in daemon.log(), daemon.log()[-3000:]
+
+
+def test_the_whole_push_log_of_a_long_history(tmp_path):
+    """``hg-hosting pushlog`` without a limit lists every push of a 1,203-push history, each with its own changeset.
+
+    The changesets and bookmarks are read 500 pushes a query
+    (``pushlog._IN_CHUNK``, under the smallest limit on a statement's
+    parameters SQLite builds have); no push loses or swaps them at a chunk's edge.
+    """
+    site = site_handle(tmp_path)
+    site.cli("init")
+    site.add_user("alice")
+    site.cli("repo", "create", "alice/long")
+    db_path = next(site.root.glob("*.db"))
+    db = sqlite3.connect(db_path)
+    (repository_id,) = db.execute("SELECT id FROM repository WHERE name = 'long'").fetchone()
+    db.close()
+    fill_pushes(db_path, repository_id, 1203)
+    rows = site.cli_json("pushlog", "alice/long")
+    assert [r["id"] for r in rows] == list(range(1203, 0, -1))
+    assert [r["changesets"] for r in rows] == [[f"{i:040x}"] for i in range(1203, 0, -1)]
