@@ -358,8 +358,13 @@ def insert_push(conn: Connection, repository_id: int, user: str, txnid: str, det
     push_id = last + 1
     seq = None
     if nodes:  # the next number among the pushes with changesets (models.Push.cset_seq)
-        ((seq,),) = conn.query(
-            "SELECT COALESCE(MAX(cset_seq), 0) + 1 FROM push WHERE repository_id = ?", (repository_id,))
+        # The numbers rise with push_id, so the newest numbered push holds the highest:
+        # a walk back from the last push id (bookmark-only pushes are few), where
+        # MAX(cset_seq) would read every index entry of the repository.
+        found = conn.query(
+            "SELECT cset_seq FROM push WHERE repository_id = ? AND cset_seq IS NOT NULL"
+            " ORDER BY push_id DESC LIMIT 1", (repository_id,))
+        seq = (found[0][0] if found else 0) + 1
     ((row_id,),) = conn.query(
         'INSERT INTO push (repository_id, push_id, "user", date, state, txnid, details, cset_seq)'
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",

@@ -626,3 +626,38 @@ def test_the_whole_push_log_of_a_long_history(tmp_path):
     rows = site.cli_json("pushlog", "alice/long")
     assert [r["id"] for r in rows] == list(range(1203, 0, -1))
     assert [r["changesets"] for r in rows] == [[f"{i:040x}"] for i in range(1203, 0, -1)]
+
+
+def test_recording_a_push_costs_the_same_after_a_long_history(tmp_path):
+    """Recording a push (``pushdb.insert_push``, on every push's path) runs within 1.5x the
+    SQLite steps (+2,000) on a repository of 200,000 pushes as on one of a single push:
+    its next id and its next ``cset_seq`` are index probes, not a walk of the history."""
+    site = site_handle(tmp_path)
+    site.cli("init")
+    site.add_user("alice")
+    cli_all(site, ["repo", "create", "alice/small"], ["repo", "create", "alice/big"])
+    db_path = next(site.root.glob("*.db"))
+    db = sqlite3.connect(db_path)
+    ids = dict(db.execute("SELECT name, id FROM repository"))
+    db.close()
+    fill_pushes(db_path, ids["small"], 1)
+    fill_pushes(db_path, ids["big"], BIG)
+    conn = pushdb.SqliteConnection(str(db_path), 5000)
+    steps = {}
+    for name in ("small", "big"):
+        count = [0]
+
+        def step(count=count) -> int:
+            count[0] += 1
+            return 0
+
+        conn.conn.set_progress_handler(step, 100)
+        conn.conn.execute("BEGIN IMMEDIATE")
+        try:
+            _, push_id = pushdb.insert_push(conn, ids[name], "alice", "t", "{}", ["ab" * 20], [])
+        finally:
+            conn.conn.execute("ROLLBACK")
+            conn.conn.set_progress_handler(None, 100)
+        assert push_id == (2 if name == "small" else BIG + 1)
+        steps[name] = count[0]
+    assert steps["big"] <= 1.5 * steps["small"] + 20, steps
