@@ -245,7 +245,12 @@ class Push(BaseModel):
 
     @property
     def extra(self) -> dict:
-        return json.loads(self.details or "{}")
+        return push_details(self.details)
+
+
+def push_details(text: str | None) -> dict:
+    """A push's ``details`` column as a dict (most pushes have none: no JSON parse for them)."""
+    return {} if text in ("{}", "", None) else json.loads(text)
 
 
 class PushChangeset(BaseModel):

@@ -10,10 +10,9 @@ json-pushes) only ever show ``done`` rows.
 from __future__ import annotations
 
 import datetime
-import json
 from dataclasses import dataclass
 
-from .models import Push, PushBookmark, PushChangeset, Repository, connection, write_transaction
+from .models import Push, PushBookmark, PushChangeset, Repository, connection, push_details, write_transaction
 
 #: User recorded on the push that ``check --repair`` creates for unrecorded changesets.
 REPAIR_USER = "(repair)"
@@ -167,8 +166,7 @@ def _attach(conn, rows: list[tuple]) -> list[PushView]:
                 f"SELECT push_id, name, old, new FROM push_bookmark WHERE push_id IN ({among})"
                 " ORDER BY push_id, name", ids):
             marks[push].append((name, old, new))
-    return [PushView(push_id, user, date, nodes[i], marks[i], {} if details in ("{}", "", None)
-                     else json.loads(details))
+    return [PushView(push_id, user, date, nodes[i], marks[i], push_details(details))
             for i, push_id, user, date, details in rows]
 
 
