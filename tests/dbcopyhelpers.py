@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pgcluster
 import pytest
 from clibatch import cli_batch
 from conftest import DATE, Daemon, SiteHandle, commit, site_handle
@@ -93,3 +94,19 @@ def token_clone(site: SiteHandle, token: str, dest: Path) -> None:
     finally:
         daemon.stop()
     assert "Traceback" not in daemon.log()
+
+
+# The module fixtures both db-copy files use: bind them in a test module with
+# ``cluster, populated = dbcopyhelpers.cluster, dbcopyhelpers.populated``.
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A throwaway PostgreSQL cluster for the module."""
+    with pgcluster.cluster() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory):
+    """The populated site, built once for the module (:func:`populated_template`)."""
+    return populated_template(tmp_path_factory.mktemp("populated"))

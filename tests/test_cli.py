@@ -1203,21 +1203,3 @@ def test_kill_during_rename_keeps_disk_and_database_in_agreement(site, tmp_path)
     assert repo_dirs(site) == [listed["name"]], "the database and the disk disagree"
     assert site_nodes(site, listed["name"]) == nodes
     hg_verify(site, listed["name"])
-
-
-# -- start-up cost ---------------------------------------------------------------------------
-
-
-def test_the_cli_loads_neither_the_repository_machinery_nor_twisted():
-    """Every ``hg-hosting`` command is a new process: importing the program must not load
-    ``mercurial.hg`` (and with it localrepo, revlogs, bundle2) nor Twisted, which only the
-    repository commands and ``serve`` use.  They cost ~0.2 s of CPU per process."""
-    import sys
-
-    probe = ("import sys\n"
-             "import daemon.cli, hgext_hosting.admin\n"
-             "daemon.cli.build_parser()\n"
-             "heavy = sorted(m for m in ('mercurial.hg', 'mercurial.localrepo', 'twisted') if m in sys.modules)\n"
-             "assert not heavy, heavy\n")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr[-2000:]

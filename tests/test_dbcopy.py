@@ -13,23 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pgcluster
+import dbcopyhelpers
 import pytest
 from clibatch import cli_batch
 from conftest import SiteHandle
-from dbcopyhelpers import everything, populated_site, populated_template, push, token_clone
+from dbcopyhelpers import everything, populated_site, push, token_clone
 from pgcluster import Cluster
 
-
-@pytest.fixture(scope="module")
-def cluster():
-    with pgcluster.cluster() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def populated(tmp_path_factory):
-    return populated_template(tmp_path_factory.mktemp("populated"))
+cluster, populated = dbcopyhelpers.cluster, dbcopyhelpers.populated
 
 
 def test_sqlite_to_postgresql_and_back(tmp_path: Path, env, populated, cluster: Cluster):

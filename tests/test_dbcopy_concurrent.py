@@ -12,22 +12,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import pgcluster
+import dbcopyhelpers
 import pytest
 from conftest import HG_HOSTING, Daemon, commit
-from dbcopyhelpers import populated_site, populated_template
+from dbcopyhelpers import populated_site
 from pgcluster import Cluster
 
-
-@pytest.fixture(scope="module")
-def cluster():
-    with pgcluster.cluster() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def populated(tmp_path_factory):
-    return populated_template(tmp_path_factory.mktemp("populated"))
+cluster, populated = dbcopyhelpers.cluster, dbcopyhelpers.populated
 
 
 def test_the_old_database_refuses_pushes_after_the_move(tmp_path: Path, env, populated, cluster: Cluster):

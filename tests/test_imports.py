@@ -122,17 +122,32 @@ def test_find_cycle(edges, expected):
     assert find_cycle(edges) == expected
 
 
+def run_probe(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (an import's effects show only the first time); it must succeed."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_cli_loads_neither_the_repository_machinery_nor_twisted():
+    """Every ``hg-hosting`` command is a new process: importing the program must not load
+    ``mercurial.hg`` (and with it localrepo, revlogs, bundle2) nor Twisted, which only the
+    repository commands and ``serve`` use.  They cost ~0.2 s of CPU per process."""
+    run_probe("import sys\n"
+              "import daemon.cli, hgext_hosting.admin\n"
+              "daemon.cli.build_parser()\n"
+              "heavy = sorted(m for m in ('mercurial.hg', 'mercurial.localrepo', 'twisted') if m in sys.modules)\n"
+              "assert not heavy, heavy\n")
+
+
 def test_importing_the_daemon_changes_nothing_in_mercurial():
     """hgweb's permission hook is installed by the daemon's factory (``setup_hgweb``), not by an import.
 
     A fresh interpreter: an import's side effects show only the first time.
     """
-    probe = ("from mercurial.hgweb import common\n"
-             "before = list(common.permhooks)\n"
-             "import daemon.app, daemon.service, daemon.pages, daemon.cli\n"
-             "assert common.permhooks == before, common.permhooks\n"
-             "daemon.app.setup_hgweb()\n"
-             "daemon.app.setup_hgweb()\n"
-             "assert common.permhooks == [*before, daemon.app.hosting_permhook], common.permhooks\n")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_probe("from mercurial.hgweb import common\n"
+              "before = list(common.permhooks)\n"
+              "import daemon.app, daemon.service, daemon.pages, daemon.cli\n"
+              "assert common.permhooks == before, common.permhooks\n"
+              "daemon.app.setup_hgweb()\n"
+              "daemon.app.setup_hgweb()\n"
+              "assert common.permhooks == [*before, daemon.app.hosting_permhook], common.permhooks\n")
