@@ -427,11 +427,8 @@ class Authenticator:
                           " FROM api_token t JOIN owner o ON o.id = t.user_id WHERE t.id = ?", (token_id,))
         if not rows:
             return None, None
-        width = len(ApiToken._meta.sorted_fields)
-        token, user = models.from_row(ApiToken, rows[0][:width]), models.from_row(Owner, rows[0][width:])
-        token.user = user
-        token._dirty.clear()
-        return token, user
+        token = models.from_joined(rows[0], ApiToken, Owner, "user")
+        return token, token.user
 
     def _remember(self, key: bytes, user: Owner, token_id: int | None = None) -> None:
         with self._lock:
@@ -571,12 +568,7 @@ class Authenticator:
             ' FROM "session" s JOIN owner o ON o.id = s.user_id WHERE s.digest = ? AND s.expires > ?'
             " AND s.epoch = o.login_epoch AND o.disabled = ?",
             (hashlib.sha256(sid.encode()).hexdigest(), str(utcnow()), False))
-        row = None
-        if found:
-            width = len(Session._meta.sorted_fields)
-            row = models.from_row(Session, found[0][:width])
-            row.user = models.from_row(Owner, found[0][width:])
-            row._dirty.clear()
+        row = models.from_joined(found[0], Session, Owner, "user") if found else None
         if row is not None and address is not None:
             touch_session(row, address)
         return row

@@ -57,6 +57,26 @@ def from_row(model: type[BaseModel], values) -> BaseModel:
     return instance
 
 
+def from_joined(values, model: type[BaseModel], parent: type[BaseModel], via: str,
+                parents: dict | None = None) -> BaseModel:
+    """A ``model`` instance with its ``via`` foreign key's ``parent`` instance loaded, from a
+    row of ``columns(model), columns(parent)`` (extra values after them are ignored), as
+    peewee's ``select(model, parent).join(parent)`` builds them.  ``parents``: a dict by
+    parent id to share one parent instance among the rows of one query.
+    """
+    width = len(model._meta.sorted_fields)
+    end = width + len(parent._meta.sorted_fields)
+    child = from_row(model, values[:width])
+    above = parents.get(values[width]) if parents is not None else None
+    if above is None:
+        above = from_row(parent, values[width:end])
+        if parents is not None:
+            parents[values[width]] = above
+    setattr(child, via, above)
+    child._dirty.clear()  # loading the relation is not a change
+    return child
+
+
 class Meta(BaseModel):
     """Key/value facts about the database itself (``schema_version``)."""
 
@@ -140,13 +160,7 @@ class Repository(BaseModel):
             f"SELECT {columns(cls, 'r')}, {columns(Owner, 'o')} FROM repository r"
             " JOIN owner o ON o.id = r.owner_id WHERE o.name_key = ? AND r.name_key = ?",
             (names.key(owner), names.key(name)))
-        if not found:
-            return None
-        width = len(cls._meta.sorted_fields)
-        repo = from_row(cls, found[0][:width])
-        repo.owner = from_row(Owner, found[0][width:])
-        repo._dirty.clear()
-        return repo
+        return from_joined(found[0], cls, Owner, "owner") if found else None
 
 
 class Grant(BaseModel):

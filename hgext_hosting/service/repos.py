@@ -29,7 +29,7 @@ from ..models import (
     Push,
     Repository,
     database,
-    from_row,
+    from_joined,
     write_transaction,
 )
 from ..site import Site
@@ -168,7 +168,7 @@ def listing(actor: Actor, search: str = "", owner: str | Owner | None = None, pa
         )
     total = query.count()
     # The page's rows and their last push in one query, run as plain SQL and the instances
-    # built from its tuples (models.from_row): peewee's row processing was most of a page's
+    # built from its tuples (models.from_joined): peewee's row processing was most of a page's
     # time.  One MAX per repository, each an index probe of (repository, state, date): a
     # GROUP BY over the pushes would walk every push of the page's repositories.
     newest = Push.alias()
@@ -177,16 +177,10 @@ def listing(actor: Actor, search: str = "", owner: str | Owner | None = None, pa
     sql, params = (query.select(*Repository._meta.sorted_fields, *Owner._meta.sorted_fields, last_push)
                    .order_by(Owner.name_key, Repository.name_key)
                    .offset((page - 1) * per_page).limit(per_page).sql())
-    width = len(Repository._meta.sorted_fields)
-    found, owners = [], {}
-    for values in database().execute_sql(sql, params).fetchall():
-        repo = from_row(Repository, values[:width])
-        owner = owners.get(values[width])  # one instance per owner of the page
-        if owner is None:
-            owner = owners[values[width]] = from_row(Owner, values[width:-1])
-        repo.owner = owner
-        repo._dirty.clear()
-        found.append((repo, Push.date.python_value(values[-1])))  # as stored: text on SQLite
+    owners: dict = {}  # one instance per owner of the page
+    found = [(from_joined(values, Repository, Owner, "owner", owners),
+              Push.date.python_value(values[-1]))  # as stored: text on SQLite
+             for values in database().execute_sql(sql, params).fetchall()]
     return Listing(found, page, max(1, math.ceil(total / per_page)), total, per_page, search)
 
 
