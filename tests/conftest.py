@@ -219,7 +219,8 @@ def commit(hg_run, wc: Path, filename: str, content: str, message: str | None = 
         hg_run("branch", "-q", "-f", branch, cwd=wc)
     proc = hg_run("commit", "-A", "--debug", "-d", DATE, "-m", message or f"change {filename}", cwd=wc)
     nodes = COMMITTED.findall(f"{proc.stdout}\n{proc.stderr}")
-    return nodes[-1] if nodes else hg_run("log", "-r", ".", "-T", "{node}", cwd=wc).stdout
+    assert nodes, f"hg commit --debug named no changeset:\n{proc.stdout}\n{proc.stderr}"
+    return nodes[-1]
 
 
 #: The line ``hg commit --debug`` prints for the changeset it made.
